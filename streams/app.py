@@ -1,0 +1,136 @@
+"""The one Faust app of a lensflow worker, and the context every agent is built with.
+
+``build(settings, stages)`` makes a ``faust.App`` configured from settings (the consumer group,
+guarantees, batching and buffer sizes, state store, web endpoint), then asks each selected stage's
+module to ``register(ctx)`` its agent. Agents get everything through ``Context``: the codec, the
+storage, the metrics, the topics by name, ``send`` (Avro-encode + produce, keyed by image id) and
+``dead_letter``. Nothing is registered at import time, so ``--stages`` really selects what runs.
+
+Choices, with the facts behind them in shared FAUST-NOTES.md:
+* values are ``raw`` bytes decoded by lensflow's codec inside try/except: a Faust codec that fails
+  crashes the agent;
+* ``stream_buffer_maxsize`` and ``broker_max_poll_records`` are a few batches, not 4096 records;
+* agent ``concurrency=1`` (Faust can commit past in-flight messages otherwise); stages parallelise
+  inside a batch instead;
+* ``web_tables_enabled`` is off (it would serve table contents over HTTP);
+* tables use ``rocksdb://`` so a restart does not replay whole changelogs, and their changelog
+  partition is chosen by key (``use_partitioner``) because take() batches span partitions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import faust
+import structlog
+
+from .codec import Codec
+from .errors import Verdict
+from .observability import Metrics
+from .records import now
+from .settings import Settings
+from .storage import Storage
+from .topology import DEADLETTER, RUNNABLE, STAGES, TOPICS
+
+log = structlog.get_logger("lensflow")
+
+
+class Context:
+    def __init__(self, app: faust.App, settings: Settings, codec: Codec, storage: Storage, metrics: Metrics):
+        self.app = app
+        self.settings = settings
+        self.codec = codec
+        self.storage = storage
+        self.metrics = metrics
+        self.log = log
+        self._topics: dict[str, Any] = {}
+        self.closers: list[Any] = []
+        self.ready_checks: list[Any] = []
+
+    def topic(self, *names: str):
+        """The Faust topic (or multi-topic channel) for topology names; created once per name set."""
+        key = tuple(names)
+        if key not in self._topics:
+            for n in names:
+                if n not in TOPICS:
+                    raise KeyError(f"topic {n!r} is not in the topology")
+            self._topics[key] = self.app.topic(*(self.settings.topic(n) for n in names), key_type=bytes,
+                                               value_type=bytes, key_serializer="raw", value_serializer="raw",
+                                               partitions=self.settings.partitions, acks=True)
+        return self._topics[key]
+
+    async def send(self, topic: str, image_id: str, record_name: str, record: dict) -> None:
+        value = self.codec.encode(record_name, record, topic=self.settings.topic(topic))
+        await self.topic(topic).send(key=image_id.encode(), value=value)
+
+    async def dead_letter(self, stage: str, event, verdict: Verdict, attempts: int = 1, image_id: str | None = None) -> None:
+        msg = event.message
+        record = {"stage": stage, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                  "key": msg.key, "value": msg.value or b"", "image_id": image_id,
+                  "error": verdict.as_error(attempts), "failed_at": now()}
+        self.metrics.deadletters.labels(stage, verdict.code).inc()
+        log.error("dead_letter", stage=stage, image_id=image_id, code=verdict.code, reason=verdict.message,
+                  topic=msg.topic, partition=msg.partition, offset=msg.offset)
+        key = (image_id or (msg.key.decode("utf-8", "replace") if msg.key else f"{msg.topic}/{msg.partition}/{msg.offset}"))
+        await self.send(DEADLETTER, key, "DeadLetter", record)
+
+
+def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.App, Context]:
+    stages = list(stages or RUNNABLE)
+    unknown = [s for s in stages if s not in RUNNABLE]
+    if unknown:
+        raise ValueError(f"cannot run stage(s) {unknown}; runnable: {list(RUNNABLE)}")
+    batch = settings.batch_size
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
+        store="rocksdb://",
+        datadir=str(settings.data_path / "faust"),
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4 * batch, 64),
+        broker_max_poll_records=max(2 * batch, 32),
+        producer_acks=-1,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_in_thread=True,
+        web_tables_enabled=False,
+        table_cleanup_interval=30.0,
+    )
+    metrics = Metrics()
+    ctx = Context(app, settings, Codec(registry_url=settings.schema_registry_url), Storage(settings.roots), metrics)
+    for name in stages:
+        importlib.import_module(f"lensflow.agents.{STAGES[name].module}").register(ctx)
+    _web(app, ctx, stages)
+    return app, ctx
+
+
+def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
+    from faust.web import Request, Response, View
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(ctx.metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"ok": True, "stages": stages})
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            recovered = app.tables.recovery.completed.is_set() if app.tables else True
+            checks = {"recovered": recovered, "rebalancing": bool(app.rebalancing)}
+            for name, fn in ctx.ready_checks:
+                checks[name] = bool(fn())
+            ok = recovered and not app.rebalancing and all(fn() for _, fn in ctx.ready_checks)
+            return self.json({"ready": ok, **checks}, status=200 if ok else 503)

@@ -1,0 +1,487 @@
+"""The `lensflow` command line (typer + rich). Every failure is one clear line on stderr and a non-zero
+exit code, never a traceback (set LENSFLOW_DEBUG=1 to get the traceback).
+
+Exit codes: 0 ok; 1 `submit --wait` finished but some image failed; 2 usage or runtime error;
+3 `stack status`: a service is not running; 4 `submit --wait` timed out.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .settings import Settings, get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lensflow: streaming image analysis on Kafka (Faust agents, Avro topics, Cassandra + Qdrant).")
+stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + Cassandra stack (jars from Maven Central).")
+app.add_typer(stack_app, name="stack")
+out = Console()
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def friendly(fn):
+    """One line per failure, a non-zero exit, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CliError as exc:
+            err.print(f"[red]lensflow: {exc}[/red]", highlight=False)
+            raise typer.Exit(exc.code) from None
+        except KeyboardInterrupt:
+            err.print("lensflow: interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("LENSFLOW_DEBUG"):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            err.print(f"[red]lensflow: error: {message}[/red]", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic ValidationError: name the setting
+        raise CliError(f"invalid setting: {exc}".replace("\n", " ")) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# stack
+# ----------------------------------------------------------------------------------------------
+
+@stack_app.command("up")
+@friendly
+def stack_up() -> None:
+    """Start Kafka and Cassandra on 127.0.0.1 (idempotent), create the topics, apply the CQL schema."""
+    from . import stack
+
+    t0 = time.monotonic()
+    stack.up(settings(), log=lambda m: err.print(f"lensflow: {m}", highlight=False))
+    err.print(f"lensflow: stack ready in {time.monotonic() - t0:.0f}s", highlight=False)
+
+
+@stack_app.command("down")
+@friendly
+def stack_down() -> None:
+    """Stop Kafka and Cassandra (idempotent). Data stays in DATA_DIR/stack."""
+    from . import stack
+
+    stack.down(settings())
+
+
+@stack_app.command("status")
+@friendly
+def stack_status() -> None:
+    """Each service, its pid, port and log file. Exit 3 when one is not running."""
+    from . import stack
+
+    code = stack.status(settings())
+    if code:
+        raise typer.Exit(3)
+
+
+# ----------------------------------------------------------------------------------------------
+# worker
+# ----------------------------------------------------------------------------------------------
+
+def _pidfile(s: Settings) -> Path:
+    return s.data_path / "run" / "worker.pid"
+
+
+def _worker_alive(s: Settings) -> int | None:
+    try:
+        pid = int(_pidfile(s).read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+
+
+def wait_ready(s: Settings, timeout_s: float, pid: int | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{s.web_host}:{s.web_port}/readyz"
+    while time.monotonic() < deadline:
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                raise CliError(f"worker exited during start-up; see {s.data_path / 'logs' / 'worker.log'}") from None
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise CliError(f"worker not ready after {timeout_s:.0f}s ({url}); see {s.data_path / 'logs' / 'worker.log'}")
+
+
+@app.command()
+@friendly
+def worker(
+    stages: Optional[str] = typer.Option(None, help="Comma-separated stages to run in this process (default: all)."),
+    background: bool = typer.Option(False, "--background", help="Run detached (log in DATA_DIR/logs/worker.log); return once ready."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the background worker."),
+    ready_timeout: float = typer.Option(180.0, help="--background: seconds to wait for readiness."),
+) -> None:
+    """Run a Faust worker with the selected stages (all of them by default)."""
+    s = settings()
+    if stop:
+        pid = _worker_alive(s)
+        if pid is None:
+            err.print("lensflow: no background worker running")
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(600):
+            if _worker_alive(s) is None:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        _pidfile(s).unlink(missing_ok=True)
+        err.print(f"lensflow: worker {pid} stopped")
+        return
+    if background:
+        pid = _worker_alive(s)
+        if pid is not None:
+            err.print(f"lensflow: worker already running (pid {pid})")
+            wait_ready(s, ready_timeout, pid)
+            return
+        logs = s.data_path / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        _pidfile(s).parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "lensflow.streams.cli", "worker"] + (["--stages", stages] if stages else [])
+        with open(logs / "worker.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        _pidfile(s).write_text(str(proc.pid))
+        wait_ready(s, ready_timeout, proc.pid)
+        err.print(f"lensflow: worker {proc.pid} ready (log: {logs / 'worker.log'}; stop: lensflow worker --stop)")
+        return
+    run_worker(s, [x.strip() for x in stages.split(",")] if stages else None)
+
+
+def run_worker(s: Settings, stages: list[str] | None) -> None:
+    from faust.worker import Worker
+
+    from .app import build
+    from .observability import configure_logging
+
+    logging_config = configure_logging(s.log_level, s.log_json)
+    app_, _ = build(s, stages)
+    w = Worker(app_, loglevel=s.log_level.upper(), logging_config=logging_config, redirect_stdouts=False, quiet=True)
+    w.execute_from_commandline()
+
+
+# ----------------------------------------------------------------------------------------------
+# submit
+# ----------------------------------------------------------------------------------------------
+
+def _uploads(s: Settings, user: str, items: list[str]) -> list[dict]:
+    from .records import image_id_for
+    from .storage import Storage
+
+    storage = Storage(s.roots)
+    uploads = []
+    for item in items:
+        if "://" in item:
+            image_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{user}/{item}"))
+            uploads.append({"image_id": image_id, "uri": item, "name": item, "size": None})
+            continue
+        path = Path(item).expanduser()
+        if not path.is_file():
+            raise CliError(f"{item}: no such file")
+        data = path.read_bytes()
+        image_id = image_id_for(user, hashlib.sha256(data).hexdigest())
+        uri = storage.write(f"{s.storage}/uploads/{user}/{image_id}{path.suffix.lower()}", data)
+        uploads.append({"image_id": image_id, "uri": uri, "name": str(path), "size": len(data)})
+    return uploads
+
+
+@app.command()
+@friendly
+def submit(
+    paths: list[str] = typer.Argument(..., help="Local files (copied into storage) or URIs under a storage root."),
+    user: str = typer.Option(..., "--user", "-u", help="Owner of the images."),
+    wait: bool = typer.Option(False, "--wait", help="Block until every image is analyzed; one line per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON lines."),
+    stages: Optional[str] = typer.Option(None, help="Comma-separated stages for these images (default: configured)."),
+    timeout: float = typer.Option(300.0, help="--wait: give up after this many seconds (exit 4)."),
+) -> None:
+    """Upload images: produce one ImageUploaded event per image (idempotent producer)."""
+    from .codec import Codec
+    from .kafka import end_offsets_consumer, producer
+    from .records import now
+    from .topology import ANALYZED, UPLOADED, plan_for
+
+    s = settings()
+    stage_list = [x.strip() for x in stages.split(",")] if stages else None
+    if stage_list is not None:
+        try:
+            plan_for(stage_list, s.stages)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    codec = Codec(registry_url=s.schema_registry_url)
+    uploads = _uploads(s, user, paths)
+    consumer = end_offsets_consumer(s, [ANALYZED]) if wait else None
+    prod = producer(s)
+    failures: list[str] = []
+
+    def delivered(error, msg):
+        if error is not None:
+            failures.append(f"{msg.key().decode()}: {error}")
+
+    run_id = str(uuid.uuid4())
+    started = time.monotonic()
+    with _progress(as_json) as progress:
+        task = progress.add_task("submitting", total=len(uploads))
+        for u in uploads:
+            record = {"image_id": u["image_id"], "user_id": user, "run_id": f"{run_id}:{u['image_id'][:8]}", "uri": u["uri"],
+                      "content_type": None, "size_bytes": u["size"], "uploaded_at": now(), "stages": stage_list,
+                      "source": "lensflow-cli", "attributes": {"file": Path(u["name"]).name}}
+            u["run_id"] = record["run_id"]
+            prod.produce(s.topic(UPLOADED), key=u["image_id"].encode(), on_delivery=delivered,
+                         value=codec.encode("ImageUploaded", record, topic=s.topic(UPLOADED)))
+            prod.poll(0)
+            progress.advance(task)
+        remaining = prod.flush(30)
+    if remaining or failures:
+        raise CliError(f"{remaining + len(failures)} upload event(s) not delivered: {'; '.join(failures[:3]) or 'Kafka unreachable'}")
+    if not wait:
+        for u in uploads:
+            _emit(as_json, {"image_id": u["image_id"], "file": u["name"], "status": "submitted"},
+                  f"{u['image_id']}  submitted  {u['name']}")
+        return
+    results = _await_analyzed(consumer, codec, uploads, timeout, started, as_json)
+    consumer.close()
+    for u in uploads:
+        r = results.get(u["image_id"])
+        if r is None:
+            _emit(as_json, {"image_id": u["image_id"], "file": u["name"], "status": "timeout"},
+                  f"{u['image_id']}  timeout   {u['name']}")
+            continue
+        line = f"{u['image_id']}  {r['status']:<8}  {r['seconds']:6.2f}s  {u['name']}"
+        if r.get("error"):
+            line += f"  ({r['error']['code']}: {r['error']['message']})"
+        _emit(as_json, {"image_id": u["image_id"], "file": u["name"], "status": r["status"], "seconds": round(r["seconds"], 3),
+                        "analysis_version": r["analysis_version"], "error": r.get("error")}, line)
+    if len(results) < len(uploads):
+        raise CliError(f"{len(uploads) - len(results)} image(s) not analyzed within {timeout:.0f}s (is a worker running? `lensflow worker`)", 4)
+    if any(r["status"] == "failed" for r in results.values()):
+        raise typer.Exit(1)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True, disable=quiet or not err.is_terminal)
+
+
+def _await_analyzed(consumer, codec, uploads: list[dict], timeout: float, started: float, quiet: bool) -> dict:
+    wanted = {u["image_id"]: u["run_id"] for u in uploads}
+    results: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    with _progress(quiet) as progress:
+        task = progress.add_task("analyzing", total=len(wanted))
+        while len(results) < len(wanted) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            try:
+                _, rec = codec.decode(msg.value(), expect="ImageAnalyzed")
+            except Exception:
+                continue
+            if wanted.get(rec["image_id"]) == rec["run_id"] and rec["image_id"] not in results:
+                rec["seconds"] = time.monotonic() - started
+                results[rec["image_id"]] = rec
+                progress.advance(task)
+    return results
+
+
+def _emit(as_json: bool, obj: dict, line: str) -> None:
+    if as_json:
+        print(json.dumps(obj, default=str))
+    else:
+        out.print(line, highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# show
+# ----------------------------------------------------------------------------------------------
+
+def fetch_image(s: Settings, image_id: str) -> dict | None:
+    """The stored image row, its tags and the stages of its latest analysis run (from Cassandra)."""
+    from .sinks import connect_cassandra
+
+    cluster, session = connect_cassandra(s.cassandra_hosts, s.cassandra_port)
+    try:
+        session.set_keyspace(s.cassandra_keyspace)
+        row = session.execute("SELECT * FROM images WHERE image_id = %s", (image_id,)).one()
+        if row is None:
+            return None
+        image = {k: v for k, v in row._asdict().items() if k != "visual"}
+        image["has_visual_vector"] = row.visual is not None
+        image["tags"] = [{"kind": t.kind, "tag": t.tag, "score": t.score}
+                         for t in session.execute("SELECT kind, tag, score FROM image_tags WHERE image_id = %s", (image_id,))]
+        run = session.execute("SELECT stage_status, stage_ms, stage_errors, stage_models, completed_at FROM analysis_results "
+                              "WHERE image_id = %s AND run_id = %s", (image_id, row.run_id)).one()
+        if run is not None:
+            image["stages"] = {stage: {"status": status, "ms": round((run.stage_ms or {}).get(stage, 0.0), 2),
+                                       "error": (run.stage_errors or {}).get(stage), "model": (run.stage_models or {}).get(stage)}
+                               for stage, status in (run.stage_status or {}).items()}
+        return image
+    finally:
+        cluster.shutdown()
+
+
+@app.command()
+@friendly
+def show(image_id: str = typer.Argument(..., help="Image id (as printed by submit)."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The stored analysis of one image, from Cassandra."""
+    s = settings()
+    image = fetch_image(s, image_id)
+    if image is None:
+        raise CliError(f"image {image_id} not found in Cassandra keyspace {s.cassandra_keyspace}")
+    if as_json:
+        print(json.dumps(image, default=str, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"image {image_id}", show_header=False)
+    for key in ["status", "error_code", "error_message", "user_id", "source_uri", "uri", "format", "size_bytes",
+                "original_width", "original_height", "width", "height", "orientation", "taken_at", "taken_at_local",
+                "tz_offset", "camera_make", "camera_model", "lens_model", "exposure_time_s", "f_number", "iso",
+                "focal_length_mm", "gps_lat", "gps_lon", "gps_alt_m", "analysis_version", "last_analyzed"]:
+        if image.get(key) is not None:
+            table.add_row(key, str(image[key]))
+    if image.get("tags"):
+        table.add_row("tags", ", ".join(f"{t['kind']}:{t['tag']}" for t in image["tags"]))
+    for stage, info in (image.get("stages") or {}).items():
+        table.add_row(f"stage {stage}", f"{info['status']} {info['ms']} ms" + (f" — {info['error']}" if info["error"] else ""))
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------------------------
+# schemas, config, demo
+# ----------------------------------------------------------------------------------------------
+
+@app.command()
+@friendly
+def schemas(check: bool = typer.Option(False, "--check", help="Fail when a schema changed without being frozen, or broke compatibility."),
+            freeze: bool = typer.Option(False, "--freeze", help="Record changed schemas as new versions (after checking them).")) -> None:
+    """List the Avro records and their topics; check or freeze schema evolution."""
+    from . import evolution
+    from .codec import default_schemas
+    from .topology import TOPICS
+
+    if freeze:
+        for path in evolution.freeze():
+            err.print(f"lensflow: froze {path}")
+        return
+    if check:
+        findings = evolution.check()
+        for f in findings:
+            err.print(f"lensflow: {f}", highlight=False)
+        if findings:
+            raise typer.Exit(1)
+        err.print(f"lensflow: {len(evolution.TOPIC_RECORDS)} records, all frozen and backward compatible")
+        return
+    sset = default_schemas()
+    table = Table("topic", "record", "versions", "fingerprint (CRC-64-AVRO)")
+    for spec in TOPICS.values():
+        name = f"lensflow.v1.{spec.record}"
+        table.add_row(spec.name, name, str(len(sset.history.get(name, []))), sset.current[name].fingerprint.hex())
+    out.print(table)
+
+
+@app.command()
+@friendly
+def config(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The effective settings (environment, .env and defaults)."""
+    s = settings()
+    values = json.loads(s.model_dump_json())
+    if as_json:
+        print(json.dumps(values, indent=2))
+        return
+    table = Table("setting", "value", "description")
+    for name, field in Settings.model_fields.items():
+        table.add_row(f"LENSFLOW_{name.upper()}", json.dumps(values[name]), field.description or "")
+    out.print(table)
+
+
+@app.command()
+@friendly
+def demo(
+    photos: Path = typer.Option(Path("samples/photos"), help="Folder of photos to submit."),
+    user: str = typer.Option("demo", help="User id for the demo images."),
+    keep_worker: bool = typer.Option(True, help="Leave the background worker running afterwards."),
+) -> None:
+    """Start the stack and a worker, submit the sample photos, print what was found."""
+    s = settings()
+    files = sorted(p for p in photos.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".heic", ".avif"})
+    if not files:
+        raise CliError(f"no photos in {photos}")
+    stack_up()
+    worker(stages=None, background=True, stop=False, ready_timeout=240.0)
+    err.print(f"lensflow: submitting {len(files)} photos as user {user!r}")
+    code = 0
+    try:
+        submit(paths=[str(p) for p in files], user=user, wait=True, as_json=False, stages=None, timeout=300.0)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    from .records import image_id_for
+
+    table = Table("image", "file", "status", "taken", "camera", "gps", "size", "stages")
+    for p in files:
+        image_id = image_id_for(user, hashlib.sha256(p.read_bytes()).hexdigest())
+        row = fetch_image(s, image_id)
+        if row is None:
+            table.add_row(image_id[:8], p.name, "missing", "", "", "", "", "")
+            continue
+        gps = f"{row['gps_lat']:.4f},{row['gps_lon']:.4f}" if row.get("gps_lat") is not None else ""
+        camera = " ".join(x for x in [row.get("camera_make"), row.get("camera_model")] if x)
+        stages_ = ", ".join(f"{k} {v['ms']:.0f}ms" for k, v in (row.get("stages") or {}).items())
+        table.add_row(image_id[:8], p.name, row["status"], str(row.get("taken_at_local") or ""), camera, gps,
+                      f"{row.get('original_width')}x{row.get('original_height')}", stages_)
+    out.print(table)
+    out.print(f"show one: lensflow show {image_id_for(user, hashlib.sha256(files[0].read_bytes()).hexdigest())}")
+    if not keep_worker:
+        worker(stages=None, background=False, stop=True, ready_timeout=0)
+    else:
+        out.print("the worker keeps running: `lensflow worker --stop`, then `lensflow stack down`")
+    if code not in (0, 1):
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    app(prog_name="lensflow")
+
+
+if __name__ == "__main__":
+    main()

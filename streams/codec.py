@@ -1,0 +1,201 @@
+"""Avro encoding of every lensflow record, on fastavro.
+
+Wire formats (decoders accept both, whatever the writer chose):
+
+* **Avro single-object encoding** (default): ``C3 01`` + the 8-byte little-endian CRC-64-AVRO
+  fingerprint of the writer schema's parsing canonical form + the Avro binary body. The writer
+  schema is found by fingerprint among the schemas in ``schemas/`` and their frozen history, so
+  data written by an older lensflow still decodes (fastavro schema resolution to the current
+  reader schema).
+* **Confluent framing** (when ``LENSFLOW_SCHEMA_REGISTRY_URL`` is set): ``00`` + 4-byte big-endian
+  schema id + body; schemas are registered under ``<topic>-value`` (TopicNameStrategy), exactly as
+  confluent-kafka's AvroSerializer does, so either side can read the other's bytes.
+
+Records are plain dicts shaped like their schema; ``timestamp-millis`` fields are ints (epoch ms) on
+both sides. Schema files use named-type references (``lensflow.v1.Box``) that fastavro resolves from
+sibling files; the expanded form is what is fingerprinted and registered.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+
+NAMESPACE = "lensflow.v1"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+
+
+class CodecError(ValueError):
+    """Bytes that are not a lensflow record (unknown framing, unknown schema, corrupt body)."""
+
+
+def schemas_dir() -> Path:
+    return Path(str(resources.files("lensflow.schemas")))
+
+
+def fullname(name: str) -> str:
+    return name if "." in name else f"{NAMESPACE}.{name}"
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    name: str  # full name
+    version: int | None  # history version, None for the current file only
+    schema: dict  # expanded JSON schema
+    parsed: Any  # fastavro parsed schema
+
+    @cached_property
+    def canonical(self) -> str:
+        return to_parsing_canonical_form(self.schema)
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        return bytes.fromhex(fingerprint(self.canonical, "CRC-64-AVRO"))
+
+
+def _expand(path: Path) -> dict:
+    schema = load_schema(str(path), _write_hint=False)
+    return json.loads(json.dumps(schema))  # plain JSON (load_schema may return its own dict subclasses)
+
+
+class SchemaSet:
+    """The current schema of every record plus the frozen history, indexed by fingerprint."""
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = directory or schemas_dir()
+        self.current: dict[str, SchemaVersion] = {}
+        self.history: dict[str, list[SchemaVersion]] = {}
+        self.by_fingerprint: dict[bytes, SchemaVersion] = {}
+        for path in sorted(self.directory.glob(f"{NAMESPACE}.*.avsc")):
+            raw = json.loads(path.read_text())
+            if raw.get("type") != "record":
+                continue
+            schema = _expand(path)
+            sv = SchemaVersion(fullname(raw["name"]), None, schema, fastavro.parse_schema(schema, _write_hint=False))
+            self.current[sv.name] = sv
+            self.by_fingerprint[sv.fingerprint] = sv
+        hist = self.directory / "history"
+        for folder in sorted(p for p in hist.glob("*") if p.is_dir()):
+            versions = []
+            for f in sorted(folder.glob("*.avsc"), key=lambda p: int(p.stem)):
+                schema = json.loads(f.read_text())
+                sv = SchemaVersion(fullname(folder.name), int(f.stem), schema, fastavro.parse_schema(schema, _write_hint=False))
+                versions.append(sv)
+                self.by_fingerprint.setdefault(sv.fingerprint, sv)
+            self.history[fullname(folder.name)] = versions
+
+    def get(self, name: str) -> SchemaVersion:
+        try:
+            return self.current[fullname(name)]
+        except KeyError:
+            raise CodecError(f"no schema named {fullname(name)} in {self.directory}") from None
+
+
+_DEFAULT_SET: SchemaSet | None = None
+
+
+def default_schemas() -> SchemaSet:
+    global _DEFAULT_SET
+    if _DEFAULT_SET is None:
+        _DEFAULT_SET = SchemaSet()
+    return _DEFAULT_SET
+
+
+def write_body(sv: SchemaVersion, record: dict) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, sv.parsed, record, strict_allow_default=True)
+    return buf.getvalue()
+
+
+def read_body(data: bytes | memoryview, writer: SchemaVersion | Any, reader: SchemaVersion | None) -> dict:
+    wparsed = writer.parsed if isinstance(writer, SchemaVersion) else writer
+    rparsed = reader.parsed if reader is not None else None
+    if rparsed is wparsed:
+        rparsed = None
+    return fastavro.schemaless_reader(io.BytesIO(data), wparsed, rparsed)
+
+
+class Codec:
+    """Encode/decode lensflow records. One instance per process; thread-safe for reads."""
+
+    def __init__(self, schemas: SchemaSet | None = None, registry_url: str | None = None, registry: Any = None):
+        self.schemas = schemas or default_schemas()
+        self.registry_url = registry_url
+        self._registry = registry
+        self._ids: dict[tuple[str, str], int] = {}  # (subject, name) -> schema id
+        self._writers: dict[int, tuple[str, Any]] = {}  # schema id -> (full name, parsed writer)
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            if not self.registry_url:
+                raise CodecError("record is in Confluent framing but no schema registry is configured (LENSFLOW_SCHEMA_REGISTRY_URL)")
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            self._registry = SchemaRegistryClient.new_client({"url": self.registry_url})  # mock:// for tests
+        return self._registry
+
+    # encoding --------------------------------------------------------------------------------
+    def encode(self, name: str, record: dict, topic: str | None = None) -> bytes:
+        sv = self.schemas.get(name)
+        try:
+            body = write_body(sv, record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CodecError(f"record does not match {sv.name}: {exc}") from exc
+        if self.registry_url or self._registry is not None:
+            if topic is None:
+                raise CodecError("Confluent framing needs the topic (subject <topic>-value)")
+            return struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(f"{topic}-value", sv)) + body
+        return SINGLE_OBJECT_MAGIC + sv.fingerprint + body
+
+    def _schema_id(self, subject: str, sv: SchemaVersion) -> int:
+        key = (subject, sv.name)
+        if key not in self._ids:
+            from confluent_kafka.schema_registry import Schema
+
+            self._ids[key] = self.registry.register_schema(subject, Schema(json.dumps(sv.schema), "AVRO"))
+        return self._ids[key]
+
+    # decoding --------------------------------------------------------------------------------
+    def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict]:
+        """Return (record full name, record). ``expect`` checks the record type."""
+        if data is None or len(data) < 5:
+            raise CodecError("empty or truncated record")
+        view = memoryview(data)
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < 10:
+                raise CodecError("truncated single-object header")
+            writer = self.schemas.by_fingerprint.get(bytes(view[2:10]))
+            if writer is None:
+                raise CodecError(f"unknown schema fingerprint {bytes(view[2:10]).hex()}")
+            name, wparsed, body = writer.name, writer.parsed, view[10:]
+        elif data[0] == CONFLUENT_MAGIC:
+            (schema_id,) = struct.unpack(">I", view[1:5])
+            name, wparsed = self._writer_for_id(schema_id)
+            body = view[5:]
+        else:
+            raise CodecError(f"unknown framing (first byte 0x{data[0]:02x}): not Avro single-object nor Confluent")
+        if expect is not None and fullname(expect) != name:
+            raise CodecError(f"expected {fullname(expect)}, got {name}")
+        reader = self.schemas.current.get(name)
+        try:
+            return name, read_body(body, wparsed, reader)
+        except Exception as exc:  # fastavro raises many types on corrupt input
+            raise CodecError(f"corrupt {name} body: {exc}") from exc
+
+    def _writer_for_id(self, schema_id: int) -> tuple[str, Any]:
+        if schema_id not in self._writers:
+            schema = json.loads(self.registry.get_schema(schema_id).schema_str)
+            name = fullname(schema["name"]) if "namespace" not in schema else f"{schema['namespace']}.{schema['name'].split('.')[-1]}"
+            self._writers[schema_id] = (name, fastavro.parse_schema(schema, _write_hint=False))
+        return self._writers[schema_id]

@@ -1,0 +1,38 @@
+"""Small helpers shared by every stage for building records (dicts shaped like their Avro schemas)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+#: Namespace of lensflow's derived UUIDs (image ids from content, Qdrant point ids).
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LENSFLOW_NS = uuid.UUID("6f1b7a52-93a4-4c1c-9a43-6c1f0c6f3e11")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def ms(dt: datetime | int | None) -> int | None:
+    if dt is None or isinstance(dt, int):
+        return dt
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def result(stage: str, image_id: str, user_id: str, run_id: str, *, model: dict | None, status: str = "ok",
+           error: dict | None = None, duration_ms: float = 0.0, **fields: Any) -> dict:
+    """The envelope every stage result carries, plus the stage's own fields."""
+    return {"image_id": image_id, "user_id": user_id, "run_id": run_id, "stage": stage, "model": model,
+            "status": status, "error": error, "duration_ms": float(duration_ms), "produced_at": now(), **fields}
+
+
+def image_id_for(user_id: str, sha256_hex: str) -> str:
+    """Deterministic image id for content submitted by the CLI: the same bytes by the same user are one image."""
+    return str(uuid.uuid5(LENSFLOW_NS, f"{user_id}/{sha256_hex}"))
+
+
+def point_id(image_id: str) -> str:
+    """Qdrant point id (UUID) of an image: stable, so upserts are idempotent."""
+    return str(uuid.uuid5(LENSFLOW_NS, f"image/{image_id}"))

@@ -1,0 +1,137 @@
+"""Every setting of lensflow, in one place, read from the environment with one prefix: ``LENSFLOW_``.
+
+``LENSFLOW_KAFKA_BOOTSTRAP=broker:9092 lensflow worker`` overrides a default; a ``.env`` file in the
+working directory is read too. List settings take JSON (``LENSFLOW_STAGES='["metadata"]'``) or a
+comma-separated string. ``lensflow config`` prints the effective values. The README's table is
+generated from the field descriptions below, so documentation and code cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .topology import AVAILABLE_STAGES, DEFAULT_STAGES
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            import json
+
+            return json.loads(value)
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LENSFLOW_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(Path(".lensflow"), description="Local state: stack data and logs, uploads, Faust tables, Qdrant local storage. Relative paths resolve against the working directory.")
+    cache_dir: Path = Field(Path("~/.cache/lensflow"), description="Downloads kept between runs (Kafka and Cassandra jars, converted models).")
+    storage_url: str | None = Field(None, description="fsspec URL where `submit` stores originals and preprocess writes derivatives. Default: file://DATA_DIR/storage.")
+    storage_roots: CsvList = Field(default_factory=list, description="URL prefixes an upload may reference; anything else is refused. Default: [storage_url].")
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    schema_registry_url: str | None = Field(None, description="Confluent schema registry URL. When set, records are written in Confluent framing; otherwise Avro single-object encoding.")
+    topic_prefix: str = Field("", description="Prefix for every topic name (e.g. 'prod.').")
+    partitions: int = Field(6, ge=1, description="Partitions of every topic the join reads (they must all be equal).")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics and Faust changelogs.")
+    app_id: str = Field("lensflow", description="Faust application id: the consumer group and changelog topic prefix.")
+
+    # --- stages --------------------------------------------------------------------------------
+    stages: CsvList = Field(default_factory=lambda: list(DEFAULT_STAGES), description="Stages an image goes through unless its upload event names its own.")
+    join_timeout_s: float = Field(120.0, gt=0, description="Seconds the join waits for the expected stages before writing a 'partial' result.")
+    join_tick_interval_s: float = Field(2.0, gt=0, description="How often the join looks for images past their deadline.")
+    batch_size: int = Field(16, ge=1, description="Max records per agent batch (stream.take_events).")
+    batch_within_s: float = Field(0.05, gt=0, description="Max seconds an agent waits to fill a batch.")
+    preprocess_threads: int = Field(0, ge=0, description="Threads decoding images inside a preprocess batch (0 = number of CPUs).")
+
+    # --- image limits and normalisation --------------------------------------------------------
+    max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest accepted original, in bytes.")
+    max_pixels: int = Field(100_000_000, gt=0, description="Largest accepted pixel count (decompression-bomb guard).")
+    max_side: int = Field(1600, ge=64, description="Long side of the normalised derivative, pixels.")
+    jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality of derivatives.")
+    formats: CsvList = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF", "AVIF"], description="Accepted formats (sniffed from magic bytes). HEIF/AVIF need their Pillow plugin installed.")
+    fetch_retries: int = Field(3, ge=1, description="Attempts to fetch an original on transient storage errors.")
+
+    # --- stores --------------------------------------------------------------------------------
+    cassandra_hosts: CsvList = Field(default_factory=lambda: ["127.0.0.1"], description="Cassandra contact points.")
+    cassandra_port: int = Field(9042, description="Cassandra CQL port.")
+    cassandra_keyspace: str = Field("lensflow", description="Cassandra keyspace.")
+    cassandra_replication: int = Field(1, ge=1, description="Replication factor of the keyspace created by `stack up` / `db init`.")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL. Unset: qdrant-client local mode in DATA_DIR/qdrant (owned by the worker that runs the join).")
+    qdrant_api_key: str | None = Field(None, description="Qdrant API key, for a server.")
+    sink_retry_deadline_s: float = Field(300.0, gt=0, description="How long the join retries a failing Cassandra/Qdrant write before the worker exits without committing (nothing is acked while a store is down).")
+
+    # --- local stack ---------------------------------------------------------------------------
+    stack_dir: Path | None = Field(None, description="Data and logs of the local Kafka + Cassandra. Default: DATA_DIR/stack.")
+    stack_timeout_s: int = Field(300, gt=0, description="Seconds `stack up` waits for Kafka and Cassandra to answer.")
+
+    # --- worker --------------------------------------------------------------------------------
+    web_host: str = Field("127.0.0.1", description="Address of the worker's HTTP endpoint (/metrics, /healthz, /readyz).")
+    web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_json: bool = Field(True, description="JSON logs (one object a line) instead of console-formatted ones.")
+
+    @field_validator("storage_roots", "stages", "formats", "cassandra_hosts", mode="before")
+    @classmethod
+    def _lists(cls, v: Any) -> Any:
+        return _split(v)
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in AVAILABLE_STAGES]
+        if unknown:
+            raise ValueError(f"unknown or unavailable stage(s) {unknown}; available: {list(AVAILABLE_STAGES)}")
+        return v
+
+    @field_validator("formats")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        return [x.upper() for x in v]
+
+    # derived values -----------------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir)).resolve()
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(os.path.expanduser(self.cache_dir)).resolve()
+
+    @property
+    def storage(self) -> str:
+        return (self.storage_url or (self.data_path / "storage").as_uri()).rstrip("/")
+
+    @property
+    def roots(self) -> list[str]:
+        return [r.rstrip("/") for r in (self.storage_roots or [self.storage])]
+
+    @property
+    def stack_path(self) -> Path:
+        return Path(os.path.expanduser(self.stack_dir)).resolve() if self.stack_dir else self.data_path / "stack"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_path / "qdrant"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,72 @@
+"""`lensflow stack up|down|status`: the local Kafka + Cassandra, started by deploy/local/stack.sh
+(jars from Maven Central, cached under LENSFLOW_CACHE_DIR), then made ready for lensflow: every
+topology topic created (idempotently) and the CQL schema applied. Qdrant needs nothing started: local
+mode lives in DATA_DIR/qdrant, opened by the worker that runs the join.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .kafka import ensure_topics, wait_for_kafka
+from .settings import Settings
+from .sinks import connect_cassandra, cql_statements, wait_for_cassandra
+
+SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local" / "stack.sh"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    first = settings.kafka_bootstrap.split(",")[0]
+    port = urlsplit(f"//{first}").port or 9092
+    env = dict(os.environ)
+    env.update(LENSFLOW_DATA_DIR=str(settings.stack_path), LENSFLOW_CACHE_DIR=str(settings.cache_path),
+               LENSFLOW_KAFKA_PORT=str(port), LENSFLOW_CQL_PORT=str(settings.cassandra_port),
+               LENSFLOW_STACK_TIMEOUT=str(settings.stack_timeout_s))
+    return env
+
+
+def script(settings: Settings, command: str, capture: bool = False) -> subprocess.CompletedProcess:
+    if not SCRIPT.exists():
+        raise StackError(f"the local stack needs a source checkout ({SCRIPT} not found)")
+    return subprocess.run(["bash", str(SCRIPT), command], env=_env(settings), text=True,
+                          capture_output=capture, check=False)
+
+
+def apply_cql(settings: Settings) -> int:
+    cluster, session = connect_cassandra(settings.cassandra_hosts, settings.cassandra_port, timeout=30)
+    try:
+        statements = cql_statements(settings.cassandra_keyspace, settings.cassandra_replication)
+        for stmt in statements:
+            session.execute(stmt, timeout=60)
+        return len(statements)
+    finally:
+        cluster.shutdown()
+
+
+def up(settings: Settings, log=print) -> None:
+    proc = script(settings, "up")
+    if proc.returncode != 0:
+        raise StackError(f"local stack did not start (exit {proc.returncode}); see the message above")
+    wait_for_kafka(settings, settings.stack_timeout_s)
+    created = ensure_topics(settings)
+    log(f"topics: {len(created)} created" if created else "topics: all present")
+    wait_for_cassandra(settings.cassandra_hosts, settings.cassandra_port, settings.stack_timeout_s)
+    n = apply_cql(settings)
+    log(f"cassandra schema: {n} statements applied to keyspace {settings.cassandra_keyspace}")
+
+
+def down(settings: Settings) -> None:
+    proc = script(settings, "down")
+    if proc.returncode != 0:
+        raise StackError(f"local stack did not stop cleanly (exit {proc.returncode})")
+
+
+def status(settings: Settings) -> int:
+    return script(settings, "status").returncode

@@ -1,0 +1,134 @@
+"""The whole dataflow in one place: every topic, every stage, what each reads and writes.
+
+Nothing else in lensflow names a topic or decides which stage feeds which: the Faust app, `stack up`
+(topic creation), the join's completion rule and the Helm chart's stage groups all read this module.
+
+    images.uploaded ─► preprocess ─► images.prepared ─► pixel stages ─► analysis.<stage> ─┐
+                          └────────► analysis.metadata ─────────────────────────────────────┤
+                                                                                           join ─► Cassandra, Qdrant,
+      images.described ◄─ describe ◄─ images.aggregated ◄─ join (phase 1, when derived)  ◄─┘      images.analyzed,
+                                                                                                  cache.invalidations
+    any stage ─► images.deadletter
+
+Every record is keyed by ``image_id`` (UTF-8 bytes) and every producer uses Kafka's murmur2
+partitioner, so all topics the join reads are co-partitioned with its table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    record: str  # Avro record name (lensflow.v1.<record>) of the values
+    doc: str
+    retention_ms: int = 7 * DAY_MS
+    joined: bool = False  # read by the join: must share the join's partition count
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    kind: str  # "source" (reads uploads), "inline" (computed inside another stage), "pixel", "derived", "sink"
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    module: str | None  # lensflow.agents.<module> providing register(app, ctx); None = not built yet
+    doc: str
+    inside: str | None = None  # for "inline" stages: the stage that computes it
+    result_field: str | None = None  # field of the aggregate that holds this stage's result
+
+
+UPLOADED = "images.uploaded"
+PREPARED = "images.prepared"
+AGGREGATED = "images.aggregated"
+DESCRIBED = "images.described"
+ANALYZED = "images.analyzed"
+INVALIDATIONS = "cache.invalidations"
+DEADLETTER = "images.deadletter"
+JOIN_TICKS = "lensflow.join.ticks"
+
+TOPICS: dict[str, TopicSpec] = {
+    t.name: t
+    for t in [
+        TopicSpec(UPLOADED, "ImageUploaded", "One event per uploaded image, from upstream producers."),
+        TopicSpec(PREPARED, "ImagePrepared", "Validated, normalised derivative + expected stages.", joined=True),
+        TopicSpec("analysis.metadata", "MetadataResult", "EXIF metadata.", joined=True),
+        TopicSpec("analysis.objects", "ObjectsResult", "Object detections.", joined=True),
+        TopicSpec("analysis.scene", "SceneResult", "Scene classification.", joined=True),
+        TopicSpec("analysis.text", "TextResult", "OCR.", joined=True),
+        TopicSpec("analysis.faces", "FacesResult", "Faces and person matches.", joined=True),
+        TopicSpec("analysis.embedding", "EmbeddingResult", "Visual image vector.", joined=True),
+        TopicSpec(AGGREGATED, "ImageAggregated", "Phase-1 aggregate, read by derived stages."),
+        TopicSpec(DESCRIBED, "ImageDescribed", "Caption + semantic vector.", joined=True),
+        TopicSpec(ANALYZED, "ImageAnalyzed", "Final notification: stored and searchable."),
+        TopicSpec(INVALIDATIONS, "CacheInvalidation", "Cache keys made stale by a write."),
+        TopicSpec(DEADLETTER, "DeadLetter", "Records a stage gave up on, replayable.", retention_ms=30 * DAY_MS),
+        TopicSpec(JOIN_TICKS, "JoinTick", "Internal: deadline nudges for the join.", retention_ms=DAY_MS, joined=True),
+    ]
+}
+
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in [
+        StageSpec("preprocess", "source", (UPLOADED,), (PREPARED, "analysis.metadata", DEADLETTER), "preprocess",
+                  "fetch, sniff, validate limits, decode, EXIF transpose, resize, store derivative"),
+        StageSpec("metadata", "inline", (), ("analysis.metadata",), "metadata",
+                  "EXIF date, camera, lens, exposure, GPS from the original bytes", inside="preprocess",
+                  result_field="metadata"),
+        StageSpec("objects", "pixel", (PREPARED,), ("analysis.objects",), None, "object detection", result_field="objects"),
+        StageSpec("scene", "pixel", (PREPARED,), ("analysis.scene",), None, "scene classification", result_field="scene"),
+        StageSpec("text", "pixel", (PREPARED,), ("analysis.text",), None, "OCR", result_field="text"),
+        StageSpec("faces", "pixel", (PREPARED,), ("analysis.faces",), None, "faces + gallery match", result_field="faces"),
+        StageSpec("embedding", "pixel", (PREPARED,), ("analysis.embedding",), None, "visual vector", result_field="embedding"),
+        StageSpec("describe", "derived", (AGGREGATED,), (DESCRIBED,), None, "caption + semantic vector", result_field="described"),
+        StageSpec("join", "sink", tuple(t.name for t in TOPICS.values() if t.joined),
+                  (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, DEADLETTER), "join",
+                  "aggregate per image, write Cassandra + Qdrant, notify"),
+    ]
+}
+
+#: Result topic of each analysis stage (what the join waits for), by stage name.
+RESULT_TOPIC: dict[str, str] = {s.name: s.writes[0] for s in STAGES.values() if s.kind in ("inline", "pixel", "derived")}
+#: Stage name by the Avro record name of its result.
+STAGE_OF_RECORD: dict[str, str] = {TOPICS[t].record: s for s, t in RESULT_TOPIC.items()}
+
+#: Analysis stages a user can ask for (results the join waits for).
+ANALYSIS_STAGES = tuple(RESULT_TOPIC)
+#: Analysis stages that have an implementation today.
+AVAILABLE_STAGES = tuple(s for s in ANALYSIS_STAGES if STAGES[s].module is not None)
+DEFAULT_STAGES = AVAILABLE_STAGES
+#: Processes a worker can run (``lensflow worker --stages``): stages with their own agent.
+RUNNABLE = tuple(s.name for s in STAGES.values() if s.module is not None and s.kind != "inline")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which stages one image goes through, split the way the join needs it."""
+
+    expected: list[str] = field(default_factory=list)  # reported before phase 1 completes
+    derived: list[str] = field(default_factory=list)  # reported after images.aggregated
+
+
+def plan_for(requested: list[str] | None, default: list[str]) -> Plan:
+    """The stages for one image: the upload's own list when given, else the configured default.
+
+    Unknown or unavailable names raise ValueError (the upload fails with a clear reason).
+    ``metadata`` always runs: it costs nothing beyond the preprocess read and is what `show` needs.
+    """
+    names = list(dict.fromkeys(requested if requested is not None else default))
+    bad = [n for n in names if n not in ANALYSIS_STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; known: {list(ANALYSIS_STAGES)}")
+    missing = [n for n in names if n not in AVAILABLE_STAGES]
+    if missing:
+        raise ValueError(f"stage(s) {missing} are not available in this build")
+    if "metadata" not in names:
+        names.insert(0, "metadata")
+    return Plan(
+        expected=[n for n in names if STAGES[n].kind in ("inline", "pixel")],
+        derived=[n for n in names if STAGES[n].kind == "derived"],
+    )
