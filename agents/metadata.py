@@ -116,7 +116,7 @@ def extract(img: Image.Image) -> dict:
         gps = {}
         warn("gps_ifd_unreadable")
 
-    def tag(name: str, *sources: dict) -> Any:
+    def tag(name: str, *sources: dict) -> Any:  # Exif sub-IFD first, then IFD0 (some TIFFs keep EXIF there)
         key = T[name].value
         for src in sources:
             try:
@@ -163,22 +163,22 @@ def extract(img: Image.Image) -> dict:
             out["taken_at"] = local.replace(tzinfo=timezone.utc)
         break
 
-    exposure = _num(tag("ExposureTime", ifd))
+    exposure = _num(tag("ExposureTime", ifd, exif))
     if exposure is not None and 0 < exposure < 3600:
         out["exposure_time_s"] = exposure
-    fnum = _num(tag("FNumber", ifd))
+    fnum = _num(tag("FNumber", ifd, exif))
     if fnum is not None and 0.5 <= fnum <= 128:
         out["f_number"] = round(fnum, 2)
-    iso = tag("ISOSpeedRatings", ifd)
+    iso = tag("ISOSpeedRatings", ifd, exif)
     if isinstance(iso, (tuple, list)):
         iso = iso[0] if iso else None
     iso_n = _num(iso)
     if iso_n is not None and 0 < iso_n < 10_000_000:
         out["iso"] = int(iso_n)
-    focal = _num(tag("FocalLength", ifd))
+    focal = _num(tag("FocalLength", ifd, exif))
     if focal is not None and 0 < focal < 10_000:
         out["focal_length_mm"] = round(focal, 2)
-    f35 = _num(tag("FocalLengthIn35mmFilm", ifd))
+    f35 = _num(tag("FocalLengthIn35mmFilm", ifd, exif))
     if f35 is not None and 0 < f35 < 10_000:
         out["focal_length_35mm"] = int(f35)
 

@@ -1,0 +1,140 @@
+"""The join's completion rules, as pure functions: N stages, duplicates, late results, timeouts."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from lensflow.agents.join import assemble, decide, merge, stage_of, tags_of
+from lensflow.streams.codec import Codec
+
+T0 = 1_700_000_000_000
+TIMEOUT = 10_000
+codec = Codec()
+
+
+def at(offset_ms):
+    return datetime.fromtimestamp((T0 + offset_ms) / 1000, timezone.utc)
+
+
+def prepared(run="r1", expected=("metadata",), derived=(), status="ok", produced=0):
+    rec = {"image_id": "img", "user_id": "u", "run_id": run, "stage": "preprocess", "model": None, "status": status,
+           "error": None if status == "ok" else {"code": "not_an_image", "message": "no", "retryable": False, "attempts": 1},
+           "duration_ms": 3.0, "produced_at": at(produced), "source_uri": "file:///x", "uri": "file:///x" if status == "ok" else None,
+           "format": "JPEG", "mime_type": "image/jpeg", "size_bytes": 10, "sha256": "ab", "original_width": 4,
+           "original_height": 3, "width": 4, "height": 3, "orientation": 1, "derivative_sha256": "ab",
+           "derivative_size_bytes": 10, "expected_stages": list(expected), "derived_stages": list(derived),
+           "uploaded_at": at(-1000)}
+    return rec
+
+
+def md(run="r1", produced=0, status="ok", make="Canon"):
+    return {"image_id": "img", "user_id": "u", "run_id": run, "stage": "metadata", "model": {"name": "m", "version": "1", "sha256": None},
+            "status": status, "error": None, "duration_ms": 1.0, "produced_at": at(produced), "camera_make": make,
+            "camera_model": "EOS", "taken_at": datetime(2020, 5, 1, tzinfo=timezone.utc), "width": 4, "height": 3,
+            "orientation": 1, "warnings": []}
+
+
+def objects(run="r1", produced=0):
+    return {"image_id": "img", "user_id": "u", "run_id": run, "stage": "objects", "model": None, "status": "ok", "error": None,
+            "duration_ms": 20.0, "produced_at": at(produced),
+            "detections": [{"label": "Dog", "class_id": 16, "confidence": 0.9, "box": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}}]}
+
+
+def feed(entry, name, rec, now=0):
+    raw = codec.encode(name, rec)
+    return merge(entry, stage_of(f"lensflow.v1.{name}"), raw, rec, T0 + now, TIMEOUT)
+
+
+def test_waits_for_prepared_and_every_expected_stage_in_any_order():
+    e, _ = feed(None, "MetadataResult", md())
+    assert decide(e, T0).action == "wait"  # no prepared yet
+    e, _ = feed(e, "ImagePrepared", prepared(expected=["metadata", "objects"]))
+    d = decide(e, T0)
+    assert d.action == "wait" and d.missing == ["objects"]
+    e, _ = feed(e, "ObjectsResult", objects())
+    assert decide(e, T0).action == "complete"
+
+
+def test_duplicates_change_nothing():
+    e, changed = feed(None, "ImagePrepared", prepared())
+    assert changed
+    e2, changed = feed(e, "ImagePrepared", prepared())
+    assert not changed and e2 == e
+    e3, _ = feed(e, "MetadataResult", md(produced=5))
+    e4, changed = feed(e3, "MetadataResult", md(produced=5))
+    assert not changed
+    e5, changed = feed(e3, "MetadataResult", md(produced=1))  # older re-delivery
+    assert not changed
+
+
+def test_newer_result_of_the_same_stage_wins():
+    e, _ = feed(None, "ImagePrepared", prepared(expected=["metadata", "objects"]))
+    e, _ = feed(e, "MetadataResult", md(produced=1, make="Old"))
+    e, changed = feed(e, "MetadataResult", md(produced=2, make="New"))
+    assert changed
+    assert codec.decode(__import__("base64").b64decode(e["results"]["metadata"]["b64"]))[1]["camera_make"] == "New"
+
+
+def test_results_of_another_run_are_ignored_and_a_new_run_drops_old_results():
+    e, _ = feed(None, "ImagePrepared", prepared(run="r1", expected=["metadata", "objects"]))
+    e, changed = feed(e, "MetadataResult", md(run="r0"))
+    assert not changed
+    e, _ = feed(e, "MetadataResult", md(run="r1"))
+    e, _ = feed(e, "ImagePrepared", prepared(run="r2", expected=["metadata", "objects"], produced=50))
+    assert e["run_id"] == "r2" and e["results"] == {}
+
+
+def test_timeout_completes_as_partial_with_missing_stages_named():
+    e, _ = feed(None, "ImagePrepared", prepared(expected=["metadata", "objects"]))
+    e, _ = feed(e, "MetadataResult", md())
+    assert decide(e, T0 + TIMEOUT - 1).action == "wait"
+    d = decide(e, T0 + TIMEOUT)
+    assert d.action == "complete" and d.missing == ["objects"]
+    recs = {"metadata": md()}
+    c = assemble(prepared(expected=["metadata", "objects"]), recs, {}, ["metadata", "objects"], 1)
+    assert c.status == "partial"
+    missing = [s for s in c.analyzed["stages"] if s["stage"] == "objects"][0]
+    assert missing["status"] == "failed" and missing["error"]["code"] == "timeout"
+
+
+def test_failed_preprocess_completes_as_failed_once_metadata_is_in():
+    e, _ = feed(None, "ImagePrepared", prepared(status="failed", expected=["metadata"]))
+    assert decide(e, T0).action == "wait"
+    e, _ = feed(e, "MetadataResult", md(status="failed"))
+    assert decide(e, T0).action == "complete"
+    c = assemble(prepared(status="failed"), {"metadata": md(status="failed")}, {}, ["metadata"], 1)
+    assert c.status == "failed" and c.image_row["error_code"] == "not_an_image"
+    assert c.analyzed["error"]["code"] == "not_an_image"
+
+
+def test_derived_stages_get_a_phase_of_their_own():
+    e, _ = feed(None, "ImagePrepared", prepared(expected=["metadata"], derived=["describe"]))
+    e, _ = feed(e, "MetadataResult", md())
+    assert decide(e, T0).action == "aggregate"
+    e["aggregated"] = True
+    assert decide(e, T0).action == "wait"
+    e["results"]["describe"] = {"run_id": "r1", "at": T0, "b64": ""}
+    assert decide(e, T0).action == "complete"
+
+
+def test_results_without_prepared_past_the_deadline_are_late():
+    e, _ = feed(None, "MetadataResult", md())
+    assert decide(e, T0 + TIMEOUT).action == "late"
+
+
+def test_assemble_builds_rows_tags_point_and_events():
+    recs = {"metadata": md(), "objects": objects()}
+    c = assemble(prepared(expected=["metadata", "objects"]), recs, {"metadata": b"x"}, ["metadata", "objects"], 3)
+    assert c.status == "complete" and c.version == 3
+    assert c.image_row["camera_make"] == "Canon" and c.image_row["analysis_version"] == 3
+    assert c.analysis_row["stage_status"] == {"preprocess": "ok", "metadata": "ok", "objects": "ok"}
+    assert {(t["kind"], t["tag"]) for t in c.tags} == {("camera", "canon eos"), ("year", "2020"), ("object", "dog")}
+    assert c.point["payload"]["user_id"] == "u" and c.point["vectors"] == {}
+    assert c.invalidation["keys"] == ["image:img", "user:u:gallery", "user:u:tags"]
+    # the notification is a valid ImageAnalyzed record
+    codec.encode("ImageAnalyzed", c.analyzed)
+    codec.encode("CacheInvalidation", c.invalidation)
+
+
+def test_tags_skip_failed_stages():
+    assert tags_of({"metadata": md(status="failed")}) == []
