@@ -69,6 +69,8 @@ def merge(entry: dict | None, stage: str, raw: bytes, record: dict, now: int, ti
             return entry, False  # duplicate
         if entry["prepared"] is not None and entry["run_id"] != run_id and at <= entry.get("prepared_at", 0):
             return entry, False  # an older run arriving after a newer one
+        if entry["run_id"] not in (None, run_id):  # a new run of this image starts its own clock
+            entry.update(first_seen=now, deadline=now + timeout_ms, aggregated=False)
         entry.update(prepared=b64, prepared_at=at, run_id=run_id, expected=list(record.get("expected_stages") or []),
                      derived=list(record.get("derived_stages") or []), prepared_failed=record["status"] == "failed")
         entry["results"] = {s: r for s, r in entry["results"].items() if r["run_id"] == run_id}
@@ -269,13 +271,16 @@ def aggregated_record(prepared: dict, results: dict[str, dict], stages: list[str
 def register(ctx) -> None:
     import asyncio
 
+    from lensflow.streams.app import use_event
     from lensflow.streams.errors import classify, fatal, sink_retrying
     from lensflow.streams.sinks import CassandraSink, QdrantSink
     from lensflow.streams.topology import AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, STAGES
 
     settings, app, codec = ctx.settings, ctx.app, ctx.codec
     timeout_ms = int(settings.join_timeout_s * 1000)
-    table = app.Table("join-state", default=None, key_type=bytes, key_serializer="raw", value_serializer="json",
+    # key_type=bytes selects the raw key serializer (keys are the image id bytes of the source records);
+    # values are JSON documents (faust derives both serializers from the types, not from a Schema)
+    table = app.Table("join-state", default=None, key_type=bytes,
                       partitions=settings.partitions, use_partitioner=True,
                       help="in-flight images of the join, keyed by image_id")
     inputs = ctx.topic(*STAGES[STAGE].reads)
@@ -286,8 +291,8 @@ def register(ctx) -> None:
 
     def sinks() -> tuple[CassandraSink, QdrantSink]:
         if not stores:
-            stores["cassandra"] = CassandraSink(settings.cassandra_hosts, settings.cassandra_port, settings.cassandra_keyspace)
-            stores["qdrant"] = QdrantSink(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
+            cassandra = CassandraSink(settings.cassandra_hosts, settings.cassandra_port, settings.cassandra_keyspace)
+            stores.update(cassandra=cassandra, qdrant=QdrantSink(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key))
         return stores["cassandra"], stores["qdrant"]
 
     ctx.ready_checks.append(("stores", lambda: bool(stores)))
@@ -369,7 +374,7 @@ def register(ctx) -> None:
         now = now_ms()
         todo: dict[bytes, Any] = {}
         for event in events:
-            stream._set_current_event(event)  # table writes must land in this event's partition store
+            use_event(event)  # table writes must land in this event's partition store
             key = event.message.key
             try:
                 name, rec = codec.decode(event.message.value)
@@ -395,7 +400,7 @@ def register(ctx) -> None:
                 await ctx.dead_letter(STAGE, event, classify(exc))
         done: list[tuple[bytes, Any, Completed | None]] = []
         for key, event in todo.items():
-            stream._set_current_event(event)
+            use_event(event)
             entry = table.get(key)
             if entry is None:
                 continue
@@ -428,7 +433,7 @@ def register(ctx) -> None:
                 metrics.end_to_end.labels(c.status).observe(max(0.0, (c.analyzed["analyzed_at"] - c.analyzed["uploaded_at"]).total_seconds()))
                 log.info("image_analyzed", image_id=c.image_id, status=c.status, version=c.version)
         for key, event, _ in done:
-            stream._set_current_event(event)
+            use_event(event)
             del table[key]
             ticked.pop(key, None)
 

@@ -20,6 +20,7 @@ Choices, with the facts behind them in shared FAUST-NOTES.md:
 from __future__ import annotations
 
 import importlib
+import weakref
 from typing import Any
 
 import faust
@@ -74,6 +75,20 @@ class Context:
                   topic=msg.topic, partition=msg.partition, offset=msg.offset)
         key = (image_id or (msg.key.decode("utf-8", "replace") if msg.key else f"{msg.topic}/{msg.partition}/{msg.offset}"))
         await self.send(DEADLETTER, key, "DeadLetter", record)
+
+
+def use_event(event) -> None:
+    """Make ``event`` Faust's *current event* for this task, so a table write inside a take() batch lands
+    in that event's partition store (the rocksdb store picks its partition from the current event).
+
+    Only the context variable is set. ``Stream._set_current_event`` would also overwrite the stream's
+    ``current_event`` attribute, which take()'s background buffer-filler reads to record each new
+    event: setting it from the batch body races with that filler and silently swaps events out of
+    the batch (seen as lost records before this helper existed).
+    """
+    from faust.streams import _current_event
+
+    _current_event.set(weakref.ref(event))
 
 
 def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.App, Context]:

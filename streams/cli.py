@@ -107,6 +107,21 @@ def stack_status() -> None:
         raise typer.Exit(3)
 
 
+@app.command()
+@friendly
+def init(topics_only: bool = typer.Option(False, "--topics-only", help="Only create the Kafka topics."),
+         cql_only: bool = typer.Option(False, "--cql-only", help="Only apply the Cassandra schema."),
+         timeout: float = typer.Option(120.0, help="Seconds to wait for Kafka / Cassandra to answer.")) -> None:
+    """Create the topics and apply the CQL schema on the configured Kafka and Cassandra (idempotent).
+
+    `stack up` does this for the local stack; Kubernetes runs it as a Helm hook Job.
+    """
+    from .stack import prepare
+
+    prepare(settings(), log=lambda m: err.print(f"lensflow: {m}", highlight=False), topics=not cql_only,
+            cql=not topics_only, timeout_s=timeout)
+
+
 # ----------------------------------------------------------------------------------------------
 # worker
 # ----------------------------------------------------------------------------------------------
@@ -115,26 +130,34 @@ def _pidfile(s: Settings) -> Path:
     return s.data_path / "run" / "worker.pid"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie (exited, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
 def _worker_alive(s: Settings) -> int | None:
     try:
         pid = int(_pidfile(s).read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+    except (FileNotFoundError, ValueError):
         return None
+    return pid if _alive(pid) else None
 
 
-def wait_ready(s: Settings, timeout_s: float, pid: int | None = None) -> None:
+def wait_ready(s: Settings, timeout_s: float, proc: "subprocess.Popen | int | None" = None) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
     url = f"http://{s.web_host}:{s.web_port}/readyz"
     while time.monotonic() < deadline:
-        if pid is not None:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                raise CliError(f"worker exited during start-up; see {s.data_path / 'logs' / 'worker.log'}") from None
+        exited = proc.poll() is not None if isinstance(proc, subprocess.Popen) else (proc is not None and not _alive(proc))
+        if exited:
+            raise CliError(f"worker exited during start-up; see {s.data_path / 'logs' / 'worker.log'}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -183,7 +206,7 @@ def worker(
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         _pidfile(s).write_text(str(proc.pid))
-        wait_ready(s, ready_timeout, proc.pid)
+        wait_ready(s, ready_timeout, proc)
         err.print(f"lensflow: worker {proc.pid} ready (log: {logs / 'worker.log'}; stop: lensflow worker --stop)")
         return
     run_worker(s, [x.strip() for x in stages.split(",")] if stages else None)
@@ -329,7 +352,7 @@ def _emit(as_json: bool, obj: dict, line: str) -> None:
     if as_json:
         print(json.dumps(obj, default=str))
     else:
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -74,17 +74,16 @@ class CassandraSink:
         ks = keyspace
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ks):
             raise ValueError(f"bad keyspace name {ks!r}")
-        self.session.set_keyspace(ks)
-        p = self.session.prepare
-        self.insert_image = p(f"INSERT INTO images ({', '.join(IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(IMAGE_COLUMNS))})")
-        self.insert_analysis = p(f"INSERT INTO analysis_results ({', '.join(ANALYSIS_COLUMNS)}) VALUES ({', '.join('?' * len(ANALYSIS_COLUMNS))})")
-        self.select_tags = p("SELECT kind, tag FROM image_tags WHERE image_id = ?")
-        self.insert_tag = p("INSERT INTO image_tags (image_id, kind, tag, score) VALUES (?, ?, ?, ?)")
-        self.delete_tag = p("DELETE FROM image_tags WHERE image_id = ? AND kind = ? AND tag = ?")
-        self.insert_user_tag = p("INSERT INTO user_images_by_tag (user_id, tag, image_id, kind, score, taken_at) VALUES (?, ?, ?, ?, ?, ?)")
-        self.delete_user_tag = p("DELETE FROM user_images_by_tag WHERE user_id = ? AND tag = ? AND image_id = ?")
-        self.select_current = p("SELECT run_id, analysis_version, user_id FROM images WHERE image_id = ?")
-        self.select_run = p("SELECT stage_records, analysis_version FROM analysis_results WHERE image_id = ? AND run_id = ?")
+        p = lambda cql: self.session.prepare(cql.format(ks=ks))  # noqa: E731  (fully qualified names)
+        self.insert_image = p(f"INSERT INTO {ks}.images ({', '.join(IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(IMAGE_COLUMNS))})")
+        self.insert_analysis = p(f"INSERT INTO {ks}.analysis_results ({', '.join(ANALYSIS_COLUMNS)}) VALUES ({', '.join('?' * len(ANALYSIS_COLUMNS))})")
+        self.select_tags = p("SELECT kind, tag FROM {ks}.image_tags WHERE image_id = ?")
+        self.insert_tag = p("INSERT INTO {ks}.image_tags (image_id, kind, tag, score) VALUES (?, ?, ?, ?)")
+        self.delete_tag = p("DELETE FROM {ks}.image_tags WHERE image_id = ? AND kind = ? AND tag = ?")
+        self.insert_user_tag = p("INSERT INTO {ks}.user_images_by_tag (user_id, tag, image_id, kind, score, taken_at) VALUES (?, ?, ?, ?, ?, ?)")
+        self.delete_user_tag = p("DELETE FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ? AND image_id = ?")
+        self.select_current = p("SELECT run_id, analysis_version, user_id FROM {ks}.images WHERE image_id = ?")
+        self.select_run = p("SELECT stage_records, analysis_version FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
 
     async def current(self, image_id: str) -> tuple[str, int, str] | None:
         """(run_id, analysis_version, user_id) of the stored image, or None."""

@@ -50,16 +50,24 @@ def apply_cql(settings: Settings) -> int:
         cluster.shutdown()
 
 
+def prepare(settings: Settings, log=print, topics: bool = True, cql: bool = True, timeout_s: float | None = None) -> None:
+    """Make Kafka and Cassandra ready for lensflow: every topic created, the CQL schema applied (idempotent)."""
+    timeout_s = timeout_s or settings.stack_timeout_s
+    if topics:
+        wait_for_kafka(settings, timeout_s)
+        created = ensure_topics(settings)
+        log(f"topics: {len(created)} created" if created else "topics: all present")
+    if cql:
+        wait_for_cassandra(settings.cassandra_hosts, settings.cassandra_port, timeout_s)
+        n = apply_cql(settings)
+        log(f"cassandra schema: {n} statements applied to keyspace {settings.cassandra_keyspace}")
+
+
 def up(settings: Settings, log=print) -> None:
     proc = script(settings, "up")
     if proc.returncode != 0:
         raise StackError(f"local stack did not start (exit {proc.returncode}); see the message above")
-    wait_for_kafka(settings, settings.stack_timeout_s)
-    created = ensure_topics(settings)
-    log(f"topics: {len(created)} created" if created else "topics: all present")
-    wait_for_cassandra(settings.cassandra_hosts, settings.cassandra_port, settings.stack_timeout_s)
-    n = apply_cql(settings)
-    log(f"cassandra schema: {n} statements applied to keyspace {settings.cassandra_keyspace}")
+    prepare(settings, log)
 
 
 def down(settings: Settings) -> None:
