@@ -140,12 +140,20 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
         async def get(self, request: Request) -> Response:
             return self.json({"ok": True, "stages": stages})
 
+    # Readiness is computed on the worker's own event loop and only *read* by the web thread
+    # (web_in_thread=True): touching app.tables from the web thread would create Faust services
+    # bound to the wrong event loop ("Future attached to a different loop" at start-up).
+    state: dict[str, Any] = {"ready": False, "recovered": False, "rebalancing": True}
+
+    @app.timer(1.0)
+    async def _readiness() -> None:
+        recovered = app.tables.recovery.completed.is_set()
+        checks = {name: bool(fn()) for name, fn in ctx.ready_checks}
+        state.update(recovered=recovered, rebalancing=bool(app.rebalancing), **checks,
+                     ready=recovered and not app.rebalancing and all(checks.values()))
+
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            recovered = app.tables.recovery.completed.is_set() if app.tables else True
-            checks = {"recovered": recovered, "rebalancing": bool(app.rebalancing)}
-            for name, fn in ctx.ready_checks:
-                checks[name] = bool(fn())
-            ok = recovered and not app.rebalancing and all(fn() for _, fn in ctx.ready_checks)
-            return self.json({"ready": ok, **checks}, status=200 if ok else 503)
+            snapshot = dict(state)
+            return self.json(snapshot, status=200 if snapshot["ready"] else 503)
