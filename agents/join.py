@@ -289,22 +289,26 @@ def register(ctx) -> None:
     metrics = ctx.metrics
     log = ctx.log.bind(stage=STAGE)
 
+    stores_ready = asyncio.Event()
+
     def sinks() -> tuple[CassandraSink, QdrantSink]:
-        if not stores:
-            cassandra = CassandraSink(settings.cassandra_hosts, settings.cassandra_port, settings.cassandra_keyspace)
-            stores.update(cassandra=cassandra, qdrant=QdrantSink(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key))
         return stores["cassandra"], stores["qdrant"]
 
-    ctx.ready_checks.append(("stores", lambda: bool(stores)))
+    def open_both() -> None:
+        cassandra = CassandraSink(settings.cassandra_hosts, settings.cassandra_port, settings.cassandra_keyspace)
+        stores.update(cassandra=cassandra, qdrant=QdrantSink(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key))
+
+    ctx.ready_checks.append(("stores", stores_ready.is_set))
 
     @app.task
     async def open_stores() -> None:
-        # open before consuming: a store that is down is a clear start-up error, not a stuck batch
-        loop = asyncio.get_running_loop()
+        # opened once, before the join consumes anything: a store that is down is a clear start-up
+        # error, not a stuck batch (and Qdrant local mode must never be opened twice)
         try:
-            await loop.run_in_executor(None, sinks)
+            await asyncio.get_running_loop().run_in_executor(None, open_both)
         except Exception as exc:
             fatal(f"cannot open the stores: {exc}", exc, code=3)
+        stores_ready.set()
 
     def decoded(b64: str) -> tuple[str, dict, bytes]:
         raw = base64.b64decode(b64)
@@ -439,6 +443,7 @@ def register(ctx) -> None:
 
     @app.agent(inputs, name=STAGE)
     async def join(stream):
+        await stores_ready.wait()
         async for events in stream.take_events(max(settings.batch_size * 4, 32), within=settings.batch_within_s):
             try:
                 with metrics.batch(STAGE, len(events)):
