@@ -39,6 +39,15 @@ def pct(values, q):
     return values[k]
 
 
+_NOISE: dict = {}
+
+
+def _noise(w: int, h: int) -> Image.Image:
+    if (w, h) not in _NOISE:
+        _NOISE[(w, h)] = Image.effect_noise((w, h), 24).convert("RGB")
+    return _NOISE[(w, h)]
+
+
 def make_photo(w: int, h: int, seed: int) -> bytes:
     """A photo-like JPEG: smooth gradients plus noise (compresses like a camera file), with EXIF."""
     import random
@@ -47,7 +56,7 @@ def make_photo(w: int, h: int, seed: int) -> bytes:
     small = Image.new("RGB", (64, 48))
     small.putdata([(rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)) for _ in range(64 * 48)])
     img = small.resize((w, h), Image.Resampling.BICUBIC)
-    noise = Image.effect_noise((w, h), 24).convert("RGB")
+    noise = _noise(w, h)
     img = Image.blend(img, noise, 0.15)
     exif = Image.Exif()
     exif[0x010F], exif[0x0110] = "BenchCam", "B-1"
@@ -108,6 +117,19 @@ def hop_overhead_ms(env: dict, topic: str, n: int = 300) -> list[float]:
         out.append((time.perf_counter() - t0) * 1000)
     consumer.close()
     return out[20:]  # warm-up
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """utime + stime of each process (all threads), from /proc."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            out[name] = float("nan")
+    return out
 
 
 def run_pipeline(env: dict, files: list[Path], timeout_s: float) -> list[dict]:
@@ -206,10 +228,19 @@ def main() -> None:
 
     worker = subprocess.Popen(cli + ["worker"], env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
     figures = {"cpu_count": os.cpu_count()}
+    run_dir = ROOT / ".lensflow" / "stack" / "run"
+    pids = {"worker": worker.pid}
+    for svc in ("kafka", "cassandra"):
+        try:
+            pids[svc] = int((run_dir / f"{svc}.pid").read_text().split()[0])
+        except (OSError, ValueError):
+            pass
     try:
         import httpx
 
         for _ in range(240):
+            if worker.poll() is not None:
+                raise SystemExit(f"worker exited; see {work / 'worker.log'}")
             try:
                 if httpx.get("http://127.0.0.1:6099/readyz", timeout=1).status_code == 200:
                     break
@@ -222,8 +253,13 @@ def main() -> None:
         run_pipeline(env, sets["2 MP"][:10], 120)
         for label, files in sets.items():
             floor = floor_ms(files)
+            before = cpu_seconds(pids)
             recs = run_pipeline(env, files, 600)
+            after = cpu_seconds(pids)
             figures[label] = report(label, files, recs, floor)
+            cpu = {k: (after[k] - before[k]) * 1000 / len(recs) for k in pids}
+            figures[label]["cpu_ms_per_image"] = cpu
+            print("  cpu per image   " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items()))
         hops = hop_overhead_ms(env, f"b{tag}.analysis.metadata", args.hops)
         figures["hop_p50_ms"], figures["hop_p95_ms"] = statistics.median(hops), pct(hops, 95)
         print(f"\n== one Kafka+Avro hop (encode, produce acks=all, consume, decode): p50 {figures['hop_p50_ms']:.2f} ms, "

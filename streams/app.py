@@ -97,6 +97,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
     if unknown:
         raise ValueError(f"cannot run stage(s) {unknown}; runnable: {list(RUNNABLE)}")
     batch = settings.batch_size
+    (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],

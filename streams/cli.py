@@ -445,8 +445,15 @@ def schemas(check: bool = typer.Option(False, "--check", help="Fail when a schem
 
 @app.command()
 @friendly
-def config(as_json: bool = typer.Option(False, "--json")) -> None:
+def config(as_json: bool = typer.Option(False, "--json"),
+           markdown: bool = typer.Option(False, "--markdown", help="Print the defaults as the README's table.")) -> None:
     """The effective settings (environment, .env and defaults)."""
+    if markdown:
+        print("| variable | default | what it does |\n| --- | --- | --- |")
+        for name, field in Settings.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default
+            print(f"| `LENSFLOW_{name.upper()}` | `{json.dumps(default, default=str)}` | {field.description} |")
+        return
     s = settings()
     values = json.loads(s.model_dump_json())
     if as_json:

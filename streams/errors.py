@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 log = structlog.get_logger("lensflow.errors")
 
@@ -75,6 +75,12 @@ def retrying(attempts: int, max_wait_s: float = 5.0) -> AsyncRetrying:
     """Backoff for transient faults of one record (e.g. fetching an original)."""
     return AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=max_wait_s),
                          retry=retry_if_exception(is_transient), reraise=True)
+
+
+def retrying_sync(attempts: int, max_wait_s: float = 5.0) -> Retrying:
+    """The same policy as ``retrying`` for code running in a worker thread."""
+    return Retrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=max_wait_s),
+                    retry=retry_if_exception(is_transient), reraise=True)
 
 
 def sink_retrying(deadline_s: float) -> AsyncRetrying:

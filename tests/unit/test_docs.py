@@ -1,0 +1,21 @@
+"""The README documents every setting with its real default (the table is `lensflow config --markdown`)."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_readme_settings_table_matches_the_code():
+    table = subprocess.run([sys.executable, "-m", "lensflow.streams.cli", "config", "--markdown"],
+                           capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    missing = [line for line in table if line not in readme]
+    assert not missing, "README's settings table is stale; paste `lensflow config --markdown`:\n" + "\n".join(missing)
+
+
+def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    head = readme.split("## ", 1)[0]
+    assert "make demo" in head and "make test" in head
+    assert "exec make test" in (ROOT / ".ci" / "run").read_text()
