@@ -173,6 +173,7 @@ class Completed:
     point: dict
     analyzed: dict
     invalidation: dict
+    first_write: bool = False  # no earlier row: the sink can skip reading old tags
 
 
 def _jsonable(value: Any) -> Any:
@@ -324,7 +325,7 @@ def register(ctx) -> None:
             results[stage], raw[stage] = rec, b
         stored = await cassandra.current(prepared["image_id"])
         if stored is None:
-            version = 1
+            version = 1  # first write of this image: it has no old tags to replace
         elif stored[0] == prepared["run_id"]:
             version = stored[1]  # a replay of a run already written: same version, idempotent
         else:
@@ -332,7 +333,9 @@ def register(ctx) -> None:
         stages = list(dict.fromkeys(entry["expected"] + entry["derived"]))
         if decision.missing:
             log.warning("image_partial", image_id=prepared["image_id"], missing=decision.missing)
-        return assemble(prepared, results, raw, stages, version)
+        done = assemble(prepared, results, raw, stages, version)
+        done.first_write = stored is None
+        return done
 
     async def late(key: bytes, entry: dict) -> Completed | None:
         """Results whose image already completed: merge them into the stored run."""
@@ -366,7 +369,7 @@ def register(ctx) -> None:
         t0 = time.perf_counter()
         async for attempt in sink_retrying(settings.sink_retry_deadline_s):
             with attempt:
-                await asyncio.gather(*(cassandra.write(c.image_row, c.analysis_row, c.tags) for c in done))
+                await asyncio.gather(*(cassandra.write(c.image_row, c.analysis_row, c.tags, c.first_write) for c in done))
         t1 = time.perf_counter()
         async for attempt in sink_retrying(settings.sink_retry_deadline_s):
             with attempt:
@@ -375,39 +378,41 @@ def register(ctx) -> None:
         metrics.sink_seconds.labels("qdrant").observe(time.perf_counter() - t1)
 
     async def handle(stream, events) -> None:
+        """Fold a batch into the table. Entries are kept batch-local and written back once per key at
+        the end: an image that completes within the batch never touches the changelog at all."""
         now = now_ms()
-        todo: dict[bytes, Any] = {}
+        work: dict[bytes, dict | None] = {}  # the entry of each key as of this batch
+        existed: dict[bytes, bool] = {}  # key had a table entry from an earlier batch
+        last: dict[bytes, Any] = {}  # the last event of each key (its partition owns the entry)
         for event in events:
-            use_event(event)  # table writes must land in this event's partition store
+            use_event(event)  # table reads and writes go to this event's partition store
             key = event.message.key
             try:
                 name, rec = codec.decode(event.message.value)
                 if key is None or key.decode() != rec["image_id"]:
                     raise ValueError(f"record key {key!r} does not match image_id {rec['image_id']!r}")
+                if key not in work:
+                    work[key] = table.get(key)
+                    existed[key] = work[key] is not None
                 if name.endswith(".JoinTick"):
-                    entry = table.get(key)
-                    if entry is None:
+                    if work[key] is None:
                         continue
                 else:
                     stage = stage_of(name)
                     if stage is None:
                         raise ValueError(f"the join does not read {name}")
-                    entry, changed = merge(table.get(key), stage, event.message.value, rec, now, timeout_ms)
+                    entry, changed = merge(work[key], stage, event.message.value, rec, now, timeout_ms)
                     if not changed:
                         metrics.images_total.labels(STAGE, "duplicate").inc()
                         continue
-                    table[key] = entry
-                decision = decide(entry, now)
-                if decision.action != "wait":
-                    todo[key] = event
+                    work[key] = entry
+                last[key] = event
             except Exception as exc:
                 await ctx.dead_letter(STAGE, event, classify(exc))
-        done: list[tuple[bytes, Any, Completed | None]] = []
-        for key, event in todo.items():
-            use_event(event)
-            entry = table.get(key)
-            if entry is None:
-                continue
+        done: list[Completed] = []
+        finished_keys: set[bytes] = set()
+        for key, event in last.items():
+            entry = work[key]
             decision = decide(entry, now)
             try:
                 if decision.action == "aggregate":
@@ -416,30 +421,33 @@ def register(ctx) -> None:
                     await ctx.send(AGGREGATED, key.decode(), "ImageAggregated",
                                    aggregated_record(prepared, results, entry["expected"]))
                     entry["aggregated"], entry["deadline"] = True, now + timeout_ms
-                    table[key] = entry
-                elif decision.action == "complete":
-                    done.append((key, event, await complete(key, entry, decision)))
-                elif decision.action == "late":
-                    done.append((key, event, await late(key, entry)))
+                elif decision.action in ("complete", "late"):
+                    c = await (complete(key, entry, decision) if decision.action == "complete" else late(key, entry))
+                    if c is not None:
+                        done.append(c)
+                    finished_keys.add(key)
             except Exception as exc:
                 await ctx.dead_letter(STAGE, event, classify(exc), image_id=key.decode())
-                del table[key]
-        finished = [c for _, _, c in done if c is not None]
-        if finished:
+                finished_keys.add(key)
+        if done:
             try:
-                await write(finished)
+                await write(done)
             except Exception as exc:
                 fatal("stores did not accept writes within LENSFLOW_SINK_RETRY_DEADLINE_S", exc)
-            for c in finished:
+            for c in done:
                 await ctx.send(ANALYZED, c.image_id, "ImageAnalyzed", c.analyzed)
                 await ctx.send(INVALIDATIONS, c.image_id, "CacheInvalidation", c.invalidation)
                 metrics.images_total.labels(STAGE, c.status).inc()
                 metrics.end_to_end.labels(c.status).observe(max(0.0, (c.analyzed["analyzed_at"] - c.analyzed["uploaded_at"]).total_seconds()))
                 log.info("image_analyzed", image_id=c.image_id, status=c.status, version=c.version)
-        for key, event, _ in done:
+        for key, event in last.items():
             use_event(event)
-            del table[key]
-            ticked.pop(key, None)
+            if key in finished_keys:
+                if existed[key]:
+                    del table[key]
+                ticked.pop(key, None)
+            else:
+                table[key] = work[key]
 
     @app.agent(inputs, name=STAGE)
     async def join(stream):

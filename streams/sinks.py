@@ -98,10 +98,11 @@ class CassandraSink:
             return dict(row.stage_records or {})
         return {}
 
-    async def write(self, image_row: dict, analysis_row: dict, tags: list[dict]) -> None:
+    async def write(self, image_row: dict, analysis_row: dict, tags: list[dict], first_write: bool = False) -> None:
         """Upsert the image row, its analysis run, and replace its tags (both tag tables)."""
         image_id, user_id = image_row["image_id"], image_row["user_id"]
-        old = {(r.kind, r.tag) for r in await _aio(self.session.execute_async(self.select_tags, (image_id,)))}
+        old = set() if first_write else {
+            (r.kind, r.tag) for r in await _aio(self.session.execute_async(self.select_tags, (image_id,)))}
         new = {(t["kind"], t["tag"]): t for t in tags}
         ex = self.session.execute_async
         futures = [
