@@ -269,7 +269,7 @@ def aggregated_record(prepared: dict, results: dict[str, dict], stages: list[str
 # The agent
 # --------------------------------------------------------------------------------------------
 
-def register(ctx) -> None:
+def register(ctx, stages: list[str] | None = None) -> None:
     import asyncio
 
     from lensflow.streams.app import use_event
@@ -285,31 +285,13 @@ def register(ctx) -> None:
                       partitions=settings.partitions, use_partitioner=True,
                       help="in-flight images of the join, keyed by image_id")
     inputs = ctx.topic(*STAGES[STAGE].reads)
-    stores: dict[str, Any] = {}
+    ctx.stores.want("cassandra", "qdrant")
     ticked: dict[bytes, int] = {}
     metrics = ctx.metrics
     log = ctx.log.bind(stage=STAGE)
 
-    stores_ready = asyncio.Event()
-
     def sinks() -> tuple[CassandraSink, QdrantSink]:
-        return stores["cassandra"], stores["qdrant"]
-
-    def open_both() -> None:
-        cassandra = CassandraSink(settings.cassandra_hosts, settings.cassandra_port, settings.cassandra_keyspace)
-        stores.update(cassandra=cassandra, qdrant=QdrantSink(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key))
-
-    ctx.ready_checks.append(("stores", stores_ready.is_set))
-
-    @app.task
-    async def open_stores() -> None:
-        # opened once, before the join consumes anything: a store that is down is a clear start-up
-        # error, not a stuck batch (and Qdrant local mode must never be opened twice)
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, open_both)
-        except Exception as exc:
-            fatal(f"cannot open the stores: {exc}", exc, code=3)
-        stores_ready.set()
+        return ctx.stores.cassandra, ctx.stores.qdrant
 
     def decoded(b64: str) -> tuple[str, dict, bytes]:
         raw = base64.b64decode(b64)
@@ -451,7 +433,7 @@ def register(ctx) -> None:
 
     @app.agent(inputs, name=STAGE)
     async def join(stream):
-        await stores_ready.wait()
+        await ctx.stores.ready.wait()
         async for events in stream.take_events(max(settings.batch_size * 4, 32), within=settings.batch_within_s):
             try:
                 with metrics.batch(STAGE, len(events)):
@@ -472,9 +454,3 @@ def register(ctx) -> None:
                 await ctx.send(JOIN_TICKS, key.decode(), "JoinTick", {"image_id": key.decode(), "reason": "timeout",
                                                                         "produced_at": datetime.now().astimezone()})
         metrics.inflight.set(count)
-
-    @app.service
-    class CloseStores(__import__("mode").Service):
-        async def on_stop(self) -> None:
-            for store in stores.values():
-                store.close()

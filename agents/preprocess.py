@@ -217,7 +217,7 @@ def _register_heif_plugin(fmt: str) -> None:
 # The agent: moves bytes; the logic above is what it runs.
 # ---------------------------------------------------------------------------------------------
 
-def register(ctx) -> None:
+def register(ctx, stages: list[str] | None = None) -> None:
     settings = ctx.settings
     limits = Limits.from_settings(settings)
     pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads or os.cpu_count() or 2,

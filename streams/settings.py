@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.05, gt=0, description="Max seconds an agent waits to fill a batch.")
     preprocess_threads: int = Field(0, ge=0, description="Threads decoding images inside a preprocess batch (0 = number of CPUs).")
 
+    # --- models ----------------------------------------------------------------------------------
+    model_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model (1: two single-threaded workers beat one two-threaded one on small machines).")
+    model_gpu: bool = Field(True, description="Use the CUDA execution provider when ONNX Runtime has it.")
+    face_match_threshold: float = Field(0.6, gt=0, description="Face descriptor distance under which two faces are the same person (dlib).")
+
     # --- image limits and normalisation --------------------------------------------------------
     max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest accepted original, in bytes.")
     max_pixels: int = Field(100_000_000, gt=0, description="Largest accepted pixel count (decompression-bomb guard).")

@@ -163,8 +163,12 @@ class QdrantSink:
         await loop.run_in_executor(self._pool, lambda: self.client.upsert("images", points=structs, wait=True))
 
     def run(self, fn, *args: Any):
-        """Run a client call on the Qdrant thread (for read views)."""
+        """Run a client call on the Qdrant thread, blocking (for code already off the event loop)."""
         return self._pool.submit(fn, self.client, *args).result()
+
+    async def call(self, fn, *args: Any):
+        """Run ``fn(client, *args)`` on the Qdrant thread, awaited from the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self.client, *args)
 
     def close(self) -> None:
         try:

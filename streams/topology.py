@@ -80,10 +80,10 @@ STAGES: dict[str, StageSpec] = {
                   "EXIF date, camera, lens, exposure, GPS from the original bytes", inside="preprocess",
                   result_field="metadata"),
         StageSpec("objects", "pixel", (PREPARED,), ("analysis.objects",), None, "object detection", result_field="objects"),
-        StageSpec("scene", "pixel", (PREPARED,), ("analysis.scene",), None, "scene classification", result_field="scene"),
+        StageSpec("scene", "pixel", (PREPARED,), ("analysis.scene",), "visual", "scene classification", result_field="scene"),
         StageSpec("text", "pixel", (PREPARED,), ("analysis.text",), None, "OCR", result_field="text"),
-        StageSpec("faces", "pixel", (PREPARED,), ("analysis.faces",), None, "faces + gallery match", result_field="faces"),
-        StageSpec("embedding", "pixel", (PREPARED,), ("analysis.embedding",), None, "visual vector", result_field="embedding"),
+        StageSpec("faces", "pixel", (PREPARED,), ("analysis.faces",), "faces", "faces + gallery match", result_field="faces"),
+        StageSpec("embedding", "pixel", (PREPARED,), ("analysis.embedding",), "visual", "visual vector", result_field="embedding"),
         StageSpec("describe", "derived", (AGGREGATED,), (DESCRIBED,), None, "caption + semantic vector", result_field="described"),
         StageSpec("join", "sink", tuple(t.name for t in TOPICS.values() if t.joined),
                   (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, DEADLETTER), "join",
@@ -100,7 +100,9 @@ STAGE_OF_RECORD: dict[str, str] = {TOPICS[t].record: s for s, t in RESULT_TOPIC.
 ANALYSIS_STAGES = tuple(RESULT_TOPIC)
 #: Analysis stages that have an implementation today.
 AVAILABLE_STAGES = tuple(s for s in ANALYSIS_STAGES if STAGES[s].module is not None)
-DEFAULT_STAGES = AVAILABLE_STAGES
+#: What an image goes through when neither its upload nor LENSFLOW_STAGES says otherwise. Model stages
+#: are opt-in until every analysis stage exists (they need `lensflow models prepare` first).
+DEFAULT_STAGES = ("metadata",)
 #: Processes a worker can run (``lensflow worker --stages``): stages with their own agent.
 RUNNABLE = tuple(s.name for s in STAGES.values() if s.module is not None and s.kind != "inline")
 

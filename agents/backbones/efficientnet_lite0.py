@@ -126,7 +126,21 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
 
 def read_legacy_pth(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
-    """A legacy-format torch state dict as numpy arrays (bit-exact), without importing torch."""
+    """A legacy-format torch state dict as numpy arrays (bit-exact), without importing torch.
+
+    Only ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``, ``torch.FloatStorage`` and
+    ``torch.LongStorage`` are resolved (to local stand-ins); any other global, and any malformed or
+    truncated file, raises ``ModelError``."""
+    try:
+        return _read_legacy_pth(path)
+    except ModelError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            struct.error) as exc:
+        raise ModelError(f"{path}: not a readable legacy torch state dict: {exc}") from exc
+
+
+def _read_legacy_pth(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
     storages: dict[str, _Storage] = {}
     with open(path, "rb") as fh:
         if _DataOnlyUnpickler(fh).load() != _LEGACY_MAGIC:

