@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     # --- models ----------------------------------------------------------------------------------
     model_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model (1: two single-threaded workers beat one two-threaded one on small machines).")
     model_gpu: bool = Field(True, description="Use the CUDA execution provider when ONNX Runtime has it.")
+    captioner: str = Field("grounded", description="Captioner of the describe stage: 'grounded' (composed from the other stages' results) or 'transformers:/path' (a local generative model; not in this build).")
     face_match_threshold: float = Field(0.6, gt=0, description="Face descriptor distance under which two faces are the same person (dlib).")
 
     # --- image limits and normalisation --------------------------------------------------------

@@ -84,7 +84,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("text", "pixel", (PREPARED,), ("analysis.text",), None, "OCR", result_field="text"),
         StageSpec("faces", "pixel", (PREPARED,), ("analysis.faces",), "faces", "faces + gallery match", result_field="faces"),
         StageSpec("embedding", "pixel", (PREPARED,), ("analysis.embedding",), "visual", "visual vector", result_field="embedding"),
-        StageSpec("describe", "derived", (AGGREGATED,), (DESCRIBED,), None, "caption + semantic vector", result_field="described"),
+        StageSpec("describe", "derived", (AGGREGATED,), (DESCRIBED,), "describe", "caption + semantic vector", result_field="described"),
         StageSpec("join", "sink", tuple(t.name for t in TOPICS.values() if t.joined),
                   (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, DEADLETTER), "join",
                   "aggregate per image, write Cassandra + Qdrant, notify"),

@@ -1,0 +1,194 @@
+"""describe: images.aggregated → images.described — a grounded one-sentence caption and the
+``semantic`` vector for text→image search.
+
+A *derived* stage: it reads the join's phase-1 aggregate, because a grounded caption needs the
+objects, the scene, the people and the text. No captioning weights are reachable from the registries
+here, so the default captioner (``grounded``, versioned like a model) composes the sentence from
+those results: objects counted and named, the place or indoor/outdoor, recognised people by name,
+and a short quote of the text. It never says more than the stages found. The semantic vector is
+all-MiniLM-L6-v2 over the caption plus tags, place, OCR text and people, one inference per batch.
+
+``LENSFLOW_CAPTIONER`` selects the captioner: ``grounded`` (default) or
+``transformers:/path/to/local/model`` for a generative model from a local directory — that backend
+is not part of this build, so naming it is a clear configuration error at start-up rather than a
+silent fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lensflow.streams.errors import classify
+from lensflow.streams.models import ModelCache, ModelError
+from lensflow.streams.records import result
+from lensflow.streams.topology import AGGREGATED, DESCRIBED
+
+STAGE = "describe"
+CAPTIONER = {"name": "grounded-caption", "version": "1", "sha256": None}
+MIN_OBJECT_CONFIDENCE = 0.4
+MAX_QUOTE_WORDS = 6
+_NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+_PLURAL = {"person": "people", "knife": "knives", "mouse": "mice", "sheep": "sheep", "skis": "skis",
+           "scissors": "scissors", "bus": "buses", "glass": "glasses", "wine glass": "wine glasses",
+           "bench": "benches", "couch": "couches", "sandwich": "sandwiches", "toothbrush": "toothbrushes"}
+
+
+def _plural(label: str, n: int) -> str:
+    if n == 1:
+        return label
+    if label in _PLURAL:
+        return _PLURAL[label]
+    return label + ("es" if label.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+def _count(label: str, n: int) -> str:
+    word = _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+    if n == 1:
+        word = "an" if label[:1] in "aeiou" else "a"
+    return f"{word} {_plural(label, n)}"
+
+
+def _join(parts: list[str]) -> str:
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _ok(rec: dict | None) -> dict | None:
+    return rec if rec and rec.get("status") == "ok" else None
+
+
+def caption(agg: dict) -> str:
+    """One sentence from what the stages found. Pure."""
+    faces, objects, scene, text = (_ok(agg.get(k)) for k in ("faces", "objects", "scene", "text"))
+    names = sorted({f["person_name"] for f in (faces or {}).get("faces", []) if f.get("person_name")})
+    n_faces = len((faces or {}).get("faces", []))
+    counts = Counter(d["label"] for d in (objects or {}).get("detections", []) if d["confidence"] >= MIN_OBJECT_CONFIDENCE)
+    n_people = max(counts.pop("person", 0), n_faces)
+    subjects: list[str] = []
+    if names:
+        subjects.append(_join(names))
+        unnamed = n_people - len(names)
+        if unnamed > 0:
+            subjects.append("another person" if unnamed == 1 else f"{_NUMBERS[min(unnamed, 10)]} other people")
+    elif n_people:
+        subjects.append(_count("person", n_people))
+    for label, n in counts.most_common(3):
+        subjects.append(_count(label, n))
+    place = None
+    if scene:
+        if scene.get("places"):
+            place = scene["places"][0]["label"]
+        elif scene.get("environment"):
+            place = scene["environment"]["label"]
+    if subjects:
+        sentence = _join(subjects)
+        sentence = sentence[0].upper() + sentence[1:]
+        if place in ("indoor", "outdoor"):
+            sentence += f", {place}s"
+        elif place:
+            sentence += f" in a {place}" if not place.endswith("s") else f" in {place}"
+    elif place in ("indoor", "outdoor"):
+        sentence = f"A photo taken {place}s"
+    elif place:
+        sentence = f"A photo of a {place}"
+    else:
+        top = (scene or {}).get("classes") or []
+        sentence = f"A photo of a {top[0]['label'].split(',')[0]}" if top else "A photo"
+    quote = " ".join(((text or {}).get("text") or "").split()[:MAX_QUOTE_WORDS])
+    if quote:
+        sentence += f'; the text reads "{quote}"'
+    return sentence + "."
+
+
+def semantic_text(agg: dict, cap: str) -> str:
+    """What the semantic vector encodes: the caption plus every searchable fact."""
+    parts = [cap]
+    scene = _ok(agg.get("scene"))
+    if scene:
+        parts += [lab["label"] for lab in scene.get("places", []) + scene.get("events", [])]
+        parts += [lab["label"].split(",")[0] for lab in scene.get("classes", [])[:3]]
+    objects = _ok(agg.get("objects"))
+    if objects:
+        parts += sorted({d["label"] for d in objects.get("detections", []) if d["confidence"] >= MIN_OBJECT_CONFIDENCE})
+    faces = _ok(agg.get("faces"))
+    if faces:
+        parts += sorted({f["person_name"] for f in faces.get("faces", []) if f.get("person_name")})
+    text = _ok(agg.get("text"))
+    if text and text.get("text"):
+        parts.append(text["text"][:300])
+    return ". ".join(p for p in parts if p)
+
+
+def check_captioner(setting: str) -> None:
+    if setting == "grounded":
+        return
+    if setting.startswith("transformers:"):
+        path = Path(setting.split(":", 1)[1]).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"LENSFLOW_CAPTIONER names {path}, which is not a directory")
+        raise ModelError("the transformers captioner backend is not part of this build (LENSFLOW_CAPTIONER=grounded)")
+    raise ModelError(f"unknown LENSFLOW_CAPTIONER {setting!r}: use 'grounded' or 'transformers:/path/to/model'")
+
+
+def register(ctx, stages: list[str] | None = None) -> None:
+    from .textembed import TextEmbedder
+
+    settings, app = ctx.settings, ctx.app
+    check_captioner(settings.captioner)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="describe")
+    embedder = TextEmbedder(ModelCache(settings.cache_path / "models"), threads=settings.model_threads)
+    state: dict[str, Any] = {"error": None}
+    loaded = asyncio.Event()
+    metrics = ctx.metrics.stage(STAGE)
+    log = ctx.log.bind(stage=STAGE)
+
+    @app.task
+    async def load() -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(pool, lambda: (embedder.load(), embedder.warmup("warm up")))
+        except Exception as exc:
+            state["error"] = exc
+            log.error("model_unavailable", error=str(exc))
+        loaded.set()
+
+    ctx.ready_checks.append(("describe_model", loaded.is_set))
+
+    @app.agent(ctx.topic(AGGREGATED), name=STAGE)
+    async def describe(stream):
+        await loaded.wait()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            with ctx.metrics.batch(STAGE, len(events)):
+                aggs = []
+                for event in events:
+                    try:
+                        aggs.append(ctx.codec.decode(event.message.value, expect="ImageAggregated")[1])
+                    except Exception as exc:
+                        await ctx.dead_letter(STAGE, event, classify(exc))
+                if not aggs:
+                    continue
+                t0 = time.perf_counter()
+                caps, vectors, error = [], [], None
+                try:
+                    if state["error"] is not None:
+                        raise ModelError(f"text embedding model unavailable: {state['error']}")
+                    caps = [caption(a) for a in aggs]
+                    vectors = await asyncio.get_running_loop().run_in_executor(
+                        pool, embedder.predict, [semantic_text(a, c) for a, c in zip(aggs, caps)])
+                except Exception as exc:
+                    verdict = classify(exc)
+                    error = verdict.as_error()
+                    log.warning("batch_failed", code=verdict.code, reason=verdict.message)
+                ms = (time.perf_counter() - t0) * 1000 / len(aggs)
+                for i, agg in enumerate(aggs):
+                    rec = result(STAGE, agg["image_id"], agg["user_id"], agg["run_id"], model=CAPTIONER,
+                                 status="failed" if error else "ok", error=error, duration_ms=ms,
+                                 caption=caps[i] if not error else "", text_model=embedder.ref,
+                                 semantic_vector=vectors[i] if not error else [])
+                    await ctx.send(DESCRIBED, agg["image_id"], "ImageDescribed", rec)
+                    metrics.observe(ms / 1000, rec["status"])
