@@ -10,7 +10,8 @@ Per image (see shared MODELS.md for the measurements behind each step):
    runs (a photo without text costs only this).
 2. **Detection** at long side ≤ ``DET_MAX_SIDE`` (rapidocr 1.4.4 ignores its own cap with
    ``limit_type="max"``, so the detector's resize step is overridden here, see ``_CappedResize``).
-   Images smaller than the gate size are upscaled to it, and then reuse the gate's boxes.
+   Images smaller than the gate size are upscaled to it (a 300x400 photo's banner word is found then), and
+   reuse the gate's boxes (found with the gate's lower box threshold).
 3. **Recognition** of each box cropped from the image given, one line per ONNX call: batching pads every
    line to the widest one in the batch, and the padded lines lose their spaces ("Region-basedsegmentation");
    one line per call is also faster here (no padding to compute). Lines lower than the recogniser's 48 px
@@ -23,14 +24,18 @@ Per image (see shared MODELS.md for the measurements behind each step):
 The angle classifier of rapidocr is not used (upside-down text is rare in photos; it costs a model call
 per line batch). The weights ship inside the rapidocr package: ``lensflow models prepare`` copies the two
 bundled .onnx files into the model cache, checking them against the checksums pinned below, and records
-them in the manifest; ``load()`` verifies the copies like any other model file and opens those.
+them in the manifest; ``load()`` verifies the copies like any other model file and opens those, so what
+runs is what was checked (a pip reinstall cannot change it underneath) and ``sha256`` in the model ref is
+the base class's digest of the two files' checksums.
+
+ONNX Runtime sessions come from ``ort_session`` (intra-op threads = ``Model.threads``, 1 by default;
+inter-op 1). One ``predict`` at a time per instance (the detector objects keep per-call state).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import math
 import re
 import shutil
 import unicodedata

@@ -204,6 +204,9 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
         async def get(self, request: Request) -> Response:
             return self.json({"ok": True, "stages": stages})
 
+    if {"cassandra", "qdrant"} <= ctx.stores.wanted:
+        _store_views(app, ctx)
+
     # Readiness is computed on the worker's own event loop and only *read* by the web thread
     # (web_in_thread=True): touching app.tables from the web thread would create Faust services
     # bound to the wrong event loop ("Future attached to a different loop" at start-up).
@@ -221,3 +224,79 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
         async def get(self, request: Request) -> Response:
             snapshot = dict(state)
             return self.json(snapshot, status=200 if snapshot["ready"] else 503)
+
+
+def _store_views(app: faust.App, ctx: Context) -> None:
+    """Search and the face gallery, served by the worker that owns the stores (Qdrant local mode
+    admits one process). Views run in Faust's web thread; store calls go to the stores' own threads."""
+    import base64
+    import io
+
+    from faust.web import Request, Response, View
+
+    from .search import Query, SearchError, SearchService
+
+    service = SearchService(ctx.stores, ctx.settings)
+    face_model: dict[str, Any] = {}
+
+    def not_ready() -> Response | None:
+        return None if ctx.stores.ready.is_set() else "stores are not open yet"
+
+    @app.page("/search")
+    class Search(View):
+        async def get(self, request: Request) -> Response:
+            if not_ready():
+                return self.json({"error": not_ready()}, status=503)
+            try:
+                q = Query.parse(dict(request.query))
+                return self.json({"results": service.search(q)})
+            except SearchError as exc:
+                return self.json({"error": str(exc)}, status=400)
+
+    def faces_in(data: bytes) -> list[dict]:
+        from PIL import Image, ImageOps
+
+        from lensflow.agents.faces import FaceModel
+
+        from .models import ModelCache
+
+        if "model" not in face_model:
+            face_model["model"] = FaceModel(ModelCache(ctx.settings.cache_path / "models")).load()
+        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        return face_model["model"].predict([img])[0]
+
+    @app.page("/faces/enroll")
+    class Enroll(View):
+        async def post(self, request: Request) -> Response:
+            from lensflow.agents.faces import FaceGallery
+
+            if not_ready():
+                return self.json({"error": not_ready()}, status=503)
+            body = await request.json()
+            user, name = body.get("user"), body.get("name")
+            if not user or not name or not body.get("images"):
+                return self.json({"error": "user, name and images are required"}, status=400)
+            enrolled = []
+            for i, b64 in enumerate(body["images"]):
+                faces = faces_in(base64.b64decode(b64))
+                if not faces:
+                    return self.json({"error": f"no face found in image {i + 1}"}, status=400)
+                largest = max(faces, key=lambda f: (f["box"]["x2"] - f["box"]["x1"]) * (f["box"]["y2"] - f["box"]["y1"]))
+                enrolled.append(ctx.stores.qdrant.run(lambda c: FaceGallery(c).enroll(user, name, largest["encoding"])))
+            return self.json({"person_id": enrolled[0], "faces": len(enrolled)})
+
+    @app.page("/faces/name")
+    class Name(View):
+        async def post(self, request: Request) -> Response:
+            from lensflow.agents.faces import FaceGallery
+
+            if not_ready():
+                return self.json({"error": not_ready()}, status=503)
+            body = await request.json()
+            user, person, name = body.get("user"), body.get("person_id"), body.get("name")
+            if not user or not person or not name:
+                return self.json({"error": "user, person_id and name are required"}, status=400)
+            changed = ctx.stores.qdrant.run(lambda c: FaceGallery(c).rename(user, person, name))
+            if not changed:
+                return self.json({"error": f"person {person} not found for user {user}"}, status=404)
+            return self.json({"person_id": person, "name": name, "faces": changed})

@@ -472,6 +472,81 @@ def models_list() -> None:
     out.print(table)
 
 
+def _worker_call(s: Settings, method: str, path: str, **kwargs) -> dict:
+    """A request to the worker that owns the stores (Qdrant local mode admits one process)."""
+    import httpx
+
+    url = f"http://{s.web_host}:{s.web_port}{path}"
+    try:
+        resp = httpx.request(method, url, timeout=120, **kwargs)
+    except httpx.HTTPError:
+        raise CliError(f"no worker answers at {url}: start one (`lensflow worker --background`)") from None
+    try:
+        body = resp.json()
+    except ValueError:
+        raise CliError(f"worker answered {resp.status_code} without JSON at {url}") from None
+    if resp.status_code >= 400:
+        raise CliError(body.get("error") or f"worker answered {resp.status_code}")
+    return body
+
+
+@app.command()
+@friendly
+def search(user: str = typer.Option(..., "--user", "-u", help="Whose images (never anyone else's)."),
+           text: Optional[str] = typer.Option(None, "--text", help="Describe what you look for."),
+           like: Optional[str] = typer.Option(None, "--like", help="An image id: find similar images."),
+           tag: Optional[str] = typer.Option(None, "--tag", help="A tag (object, place, event, camera, year …)."),
+           person: Optional[str] = typer.Option(None, "--person", help="A person's name."),
+           taken_after: Optional[str] = typer.Option(None, "--taken-after", help="ISO date, e.g. 2020-01-01."),
+           near: Optional[str] = typer.Option(None, "--near", help="LAT,LON,KM"),
+           limit: int = typer.Option(10, "--limit"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Find a user's images by text, by example, by tag or by person (through the running worker)."""
+    s = settings()
+    params = {k: v for k, v in {"user": user, "text": text, "like": like, "tag": tag, "person": person,
+                                "taken_after": taken_after, "near": near, "limit": str(limit)}.items() if v}
+    if sum(1 for k in ("text", "like", "tag", "person") if k in params) != 1:
+        raise CliError("give exactly one of --text, --like, --tag, --person")
+    results = _worker_call(s, "GET", "/search", params=params)["results"]
+    if as_json:
+        print(json.dumps(results, indent=2, default=str))
+        return
+    table = Table("image", "score", "taken", "caption")
+    for r in results:
+        table.add_row(r["image_id"], f"{r['score']:.3f}", str(r.get("taken_at") or ""), r.get("caption") or "")
+    out.print(table)
+
+
+faces_app = typer.Typer(no_args_is_help=True, help="A user's face gallery: enroll named people, name clustered ones.")
+app.add_typer(faces_app, name="faces")
+
+
+@faces_app.command("enroll")
+@friendly
+def faces_enroll(photos: list[Path] = typer.Argument(..., help="Photos of the person (the largest face is used)."),
+                 user: str = typer.Option(..., "--user", "-u"), name: str = typer.Option(..., "--name")) -> None:
+    """Add named reference faces for a user; later photos of that person are tagged with the name."""
+    import base64
+
+    s = settings()
+    for p in photos:
+        if not p.is_file():
+            raise CliError(f"{p}: no such file")
+    body = {"user": user, "name": name, "images": [base64.b64encode(p.read_bytes()).decode() for p in photos]}
+    r = _worker_call(s, "POST", "/faces/enroll", json=body)
+    out.print(f"enrolled {r['faces']} face(s) of {name!r} for {user} (person {r['person_id']})", highlight=False)
+
+
+@faces_app.command("name")
+@friendly
+def faces_name(person_id: str = typer.Argument(..., help="A person id (as shown in `show --json` faces)."),
+               name: str = typer.Argument(...), user: str = typer.Option(..., "--user", "-u")) -> None:
+    """Name a clustered person; earlier matches are kept."""
+    s = settings()
+    r = _worker_call(s, "POST", "/faces/name", json={"user": user, "person_id": person_id, "name": name})
+    out.print(f"{r['faces']} face(s) of person {person_id} are now {name!r}", highlight=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # schemas, config, demo
 # ----------------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from .conftest import LENSFLOW, run
 
 pytestmark = pytest.mark.integration
 
-STAGES = "faces,scene,embedding"
+STAGES = "faces,scene,embedding,describe"
 
 
 @pytest.fixture(scope="module")
 def models(stack):
-    run(["models", "prepare", "dlib-faces", "efficientnet-lite0"], stack)
+    run(["models", "prepare", "dlib-faces", "efficientnet-lite0", "minilm-l6-v2"], stack)
 
 
 def submit(ns, user, *names):
@@ -40,6 +40,8 @@ def faces_of(ns, image_id):
 @pytest.fixture(scope="module")
 def analyzed(namespace, models):
     namespace.start_worker()
+    # bob enrolls Obama before his photo arrives; alice enrolls no one
+    namespace.cli("faces", "enroll", "--user", "bob", "--name", "Barack Obama", str(PHOTOS / "obama_portrait.jpg"))
     a = submit(namespace, "alice", "obama_portrait.jpg", "biden_blue_room.jpg", "road_cars_canberra.jpg",
                "office_kitchen_fruit.jpg", "cat_chelsea.png")
     a.update(submit(namespace, "alice", "obama_podium.jpg"))  # after the portrait: clustering has something to join
@@ -64,11 +66,15 @@ def test_same_person_matches_and_another_does_not(namespace, analyzed):
     assert faces_of(namespace, a["cat_chelsea.png"]["image_id"]) == []
 
 
-def test_faces_are_never_matched_across_users(namespace, analyzed):
+def test_enrolled_person_is_recognised_for_that_user_only(namespace, analyzed):
     a, b = analyzed
-    alice = faces_of(namespace, a["obama_portrait.jpg"]["image_id"])[0]["person_id"]
+    alice = faces_of(namespace, a["obama_portrait.jpg"]["image_id"])[0]
     bob = faces_of(namespace, b["obama_podium.jpg"]["image_id"])
-    assert len(bob) == 1 and bob[0]["person_id"] != alice and bob[0]["match_distance"] is None
+    assert len(bob) == 1 and bob[0]["person_name"] == "Barack Obama" and bob[0]["match_distance"] < 0.6
+    assert bob[0]["person_id"] != alice["person_id"]
+    assert alice["person_name"] is None  # bob's enrollment never names alice's faces
+    shown = json.loads(namespace.cli("show", b["obama_podium.jpg"]["image_id"], "--json").stdout)
+    assert {"kind": "person", "tag": "barack obama", "score": 1.0} in shown["tags"]
 
 
 def test_people_become_tags(namespace, analyzed):
@@ -87,6 +93,56 @@ def test_scene_indoor_and_outdoor(namespace, analyzed):
         return tags
     assert ("scene", "outdoor") in env("road_cars_canberra.jpg")
     assert ("scene", "indoor") in env("office_kitchen_fruit.jpg")
+
+
+def search(ns, *args):
+    return json.loads(ns.cli("search", "--json", *args).stdout)
+
+
+def test_caption_is_grounded(namespace, analyzed):
+    a, _ = analyzed
+    row = namespace.cql.execute("SELECT caption FROM images WHERE image_id = %s", (a["biden_blue_room.jpg"]["image_id"],)).one()
+    assert row.caption and "person" in row.caption.lower()
+
+
+def test_text_search_ranks_the_right_photo_first(namespace, analyzed):
+    a, _ = analyzed
+    hits = search(namespace, "--user", "alice", "--text", "a cat")
+    assert hits[0]["image_id"] == a["cat_chelsea.png"]["image_id"]
+
+
+def test_like_finds_the_same_person_first(namespace, analyzed):
+    a, _ = analyzed
+    hits = search(namespace, "--user", "alice", "--like", a["obama_portrait.jpg"]["image_id"])
+    assert hits[0]["image_id"] == a["obama_podium.jpg"]["image_id"]
+    assert a["obama_portrait.jpg"]["image_id"] not in [h["image_id"] for h in hits]
+
+
+def test_search_never_returns_another_users_images(namespace, analyzed):
+    a, b = analyzed
+    for args in (["--text", "a man in a suit"], ["--tag", "2009"], ["--person", "Barack Obama"]):
+        hits = search(namespace, "--user", "alice", *args)
+        assert b["obama_podium.jpg"]["image_id"] not in [h["image_id"] for h in hits]
+    bob_hits = search(namespace, "--user", "bob", "--person", "Barack Obama")
+    assert [h["image_id"] for h in bob_hits] == [b["obama_podium.jpg"]["image_id"]]
+
+
+def test_naming_a_clustered_person_makes_them_searchable(namespace, analyzed):
+    a, _ = analyzed
+    person = faces_of(namespace, a["obama_portrait.jpg"]["image_id"])[0]["person_id"]
+    namespace.cli("faces", "name", "--user", "alice", person, "The President")
+    hits = search(namespace, "--user", "alice", "--person", "The President")
+    assert sorted(h["image_id"] for h in hits) == sorted([a["obama_portrait.jpg"]["image_id"], a["obama_podium.jpg"]["image_id"]])
+
+
+def test_tag_and_time_filters(namespace, analyzed):
+    a, _ = analyzed
+    hits = search(namespace, "--user", "alice", "--tag", "2012")
+    assert [h["image_id"] for h in hits] == [a["obama_portrait.jpg"]["image_id"]]
+    later = search(namespace, "--user", "alice", "--tag", "2012", "--taken-after", "2013-01-01")
+    assert later == []
+    near = search(namespace, "--user", "alice", "--text", "photo", "--near", "-35.3,149.1,50")
+    assert [h["image_id"] for h in near] == [a["road_cars_canberra.jpg"]["image_id"]]
 
 
 def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
@@ -109,6 +165,6 @@ def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
         assert all(len(p.vector["visual"]) == 1280 for p in points)
         # the two photos of the same car are nearer to each other than to the kitchen
         faces_count = client.count("faces").count
-        assert faces_count == 4  # alice: portrait, biden, podium; bob: podium
+        assert faces_count == 5  # alice: portrait, biden, podium; bob: the enrolled reference + podium
     finally:
         client.close()

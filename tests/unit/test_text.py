@@ -227,7 +227,8 @@ def test_clean_text_whitespace_and_lost_spaces():
 
 def test_clean_text_drops_low_confidence_and_junk():
     lines = [L("EXIT", 0, 0, 50, 20, 0.9), L("RADEBERGER", 0, 30, 50, 50, 0.59), L("★★★", 0, 60, 50, 80, 0.9),
-             L("→", 0, 90, 50, 110, 0.98), L("(", 0, 120, 50, 140), L("6", 0, 150, 50, 170, 0.99), L("", 0, 180, 5, 190)]
+             L("→", 0, 90, 50, 110, 0.98), L("(", 0, 120, 50, 140), L("6", 0, 150, 50, 170, 0.99),
+             L("", 0, 180, 5, 190)]
     text, kept = T.clean_text(lines)
     assert text == "EXIT\n6"
     assert T.clean_text(lines, min_confidence=0.5)[0] == "EXIT\nRADEBERGER\n6"

@@ -1,0 +1,183 @@
+"""Search over a user's analysed images: by text, by example, by tag, by person, with time and place
+filters. Never returns another user's images: every query is filtered by ``user_id``.
+
+Served by the worker that owns the stores (``GET /search``, ``POST /faces/enroll``, ``POST
+/faces/name``): qdrant-client's local mode locks its folder to one process, so the CLI goes
+through that worker; with a Qdrant server it is the same code path.
+
+* ``text``: all-MiniLM-L6-v2 of the query against the ``semantic`` named vector (caption, tags,
+  place, OCR text and people, written by the describe stage);
+* ``like``: the ``visual`` vector of one of the user's images against everyone else's;
+* ``tag`` / ``person``: Cassandra ``user_images_by_tag`` (a person is found by name, and by the
+  ids of every face cluster carrying that name);
+* ``taken_after`` / ``near``: Qdrant payload filters (datetime range, geo radius) for vector
+  queries, the same checks on stored rows for tag queries.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .records import point_id
+
+
+class SearchError(ValueError):
+    """A bad query: one clear line for the user."""
+
+
+@dataclass
+class Query:
+    user: str
+    text: str | None = None
+    like: str | None = None
+    tag: str | None = None
+    person: str | None = None
+    taken_after: datetime | None = None
+    near: tuple[float, float, float] | None = None  # lat, lon, km
+    limit: int = 10
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> "Query":
+        user = (params.get("user") or "").strip()
+        if not user:
+            raise SearchError("a user is required")
+        modes = [k for k in ("text", "like", "tag", "person") if params.get(k)]
+        if len(modes) != 1:
+            raise SearchError("give exactly one of text, like, tag, person")
+        taken_after = None
+        if params.get("taken_after"):
+            try:
+                taken_after = datetime.fromisoformat(params["taken_after"])
+            except ValueError:
+                raise SearchError(f"taken_after: not an ISO date: {params['taken_after']!r}") from None
+            if taken_after.tzinfo is None:
+                taken_after = taken_after.replace(tzinfo=timezone.utc)
+        near = None
+        if params.get("near"):
+            try:
+                lat, lon, km = (float(x) for x in params["near"].split(","))
+            except ValueError:
+                raise SearchError("near: expected LAT,LON,KM") from None
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180 and km > 0):
+                raise SearchError("near: latitude -90..90, longitude -180..180, radius > 0 km")
+            near = (lat, lon, km)
+        try:
+            limit = int(params.get("limit") or 10)
+        except ValueError:
+            raise SearchError("limit: expected a number") from None
+        return cls(user=user, text=params.get("text"), like=params.get("like"), tag=params.get("tag"),
+                   person=params.get("person"), taken_after=taken_after, near=near, limit=max(1, min(limit, 100)))
+
+
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 6371.0088 * 2 * math.asin(math.sqrt(a))
+
+
+class SearchService:
+    def __init__(self, stores, settings, embedder_factory=None):
+        self.stores = stores
+        self.settings = settings
+        self._embedder_factory = embedder_factory
+        self._embedder = None
+        self._lock = threading.Lock()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _embed(self, text: str) -> list[float]:
+        with self._lock:
+            if self._embedder is None:
+                if self._embedder_factory is None:
+                    from lensflow.agents.textembed import TextEmbedder
+
+                    from .models import ModelCache
+
+                    self._embedder = TextEmbedder(ModelCache(self.settings.cache_path / "models")).load()
+                else:
+                    self._embedder = self._embedder_factory()
+            return self._embedder.predict([text])[0]
+
+    def _filter(self, q: Query, exclude: str | None = None):
+        from qdrant_client import models as m
+
+        must: list[Any] = [m.FieldCondition(key="user_id", match=m.MatchValue(value=q.user))]
+        if q.taken_after:
+            must.append(m.FieldCondition(key="taken_at", range=m.DatetimeRange(gt=q.taken_after)))
+        if q.near:
+            lat, lon, km = q.near
+            must.append(m.FieldCondition(key="geo", geo_radius=m.GeoRadius(center=m.GeoPoint(lat=lat, lon=lon),
+                                                                           radius=km * 1000)))
+        must_not = [m.HasIdCondition(has_id=[point_id(exclude)])] if exclude else []
+        return m.Filter(must=must, must_not=must_not)
+
+    def _vector_search(self, vector_name: str, vector: list[float], q: Query, exclude: str | None = None) -> list[dict]:
+        def run(client):
+            return client.query_points("images", query=vector, using=vector_name, query_filter=self._filter(q, exclude),
+                                       limit=q.limit, with_payload=True).points
+        hits = self.stores.qdrant.run(lambda client: run(client))
+        return [{"image_id": h.payload["image_id"], "score": round(float(h.score), 4), "taken_at": h.payload.get("taken_at"),
+                 "tags": h.payload.get("tags", [])} for h in hits]
+
+    # -- queries ---------------------------------------------------------------------------------
+    def search(self, q: Query) -> list[dict]:
+        if q.text:
+            hits = self._vector_search("semantic", self._embed(q.text), q)
+        elif q.like:
+            point = self.stores.qdrant.run(lambda c: c.retrieve("images", [point_id(q.like)], with_vectors=["visual"],
+                                                                with_payload=True))
+            if not point or point[0].payload.get("user_id") != q.user:
+                raise SearchError(f"image {q.like} not found for user {q.user}")
+            vector = (point[0].vector or {}).get("visual")
+            if not vector:
+                raise SearchError(f"image {q.like} has no visual vector (analysed without the embedding stage)")
+            hits = self._vector_search("visual", vector, q, exclude=q.like)
+        else:
+            return self.filter_near(self._with_rows(self._tag_search(q)), q)
+        return self._with_rows(hits)
+
+    def _tag_search(self, q: Query) -> list[dict]:
+        tags = [q.tag.lower().strip()] if q.tag else self._person_tags(q.user, q.person)
+        session, ks = self.stores.cassandra.session, self.settings.cassandra_keyspace
+        seen: dict[str, dict] = {}
+        for tag in tags:
+            for r in session.execute(f"SELECT image_id, kind, score, taken_at FROM {ks}.user_images_by_tag "
+                                     "WHERE user_id = %s AND tag = %s", (q.user, tag)):
+                if q.taken_after and (r.taken_at is None or r.taken_at.replace(tzinfo=timezone.utc) <= q.taken_after):
+                    continue
+                seen.setdefault(r.image_id, {"image_id": r.image_id, "score": round(float(r.score or 1.0), 4),
+                                             "taken_at": r.taken_at.isoformat() if r.taken_at else None, "tags": [tag]})
+        hits = sorted(seen.values(), key=lambda h: (h["taken_at"] or ""), reverse=True)
+        return hits if q.near else hits[: q.limit]
+
+    def _person_tags(self, user: str, name: str) -> list[str]:
+        from qdrant_client import models as m
+
+        flt = m.Filter(must=[m.FieldCondition(key="user_id", match=m.MatchValue(value=user)),
+                             m.FieldCondition(key="person_name", match=m.MatchValue(value=name))])
+        points, _ = self.stores.qdrant.run(lambda c: c.scroll("faces", scroll_filter=flt, limit=1000, with_payload=True))
+        ids = sorted({p.payload["person_id"] for p in points if p.payload.get("person_id")})
+        return [name.lower().strip()] + ids
+
+    def _with_rows(self, hits: list[dict]) -> list[dict]:
+        session, ks = self.stores.cassandra.session, self.settings.cassandra_keyspace
+        out = []
+        for h in hits:
+            row = session.execute(f"SELECT user_id, caption, uri, gps_lat, gps_lon, taken_at FROM {ks}.images WHERE image_id = %s",
+                                  (h["image_id"],)).one()
+            if row is None:
+                continue
+            h.update(caption=row.caption, uri=row.uri,
+                     gps=[row.gps_lat, row.gps_lon] if row.gps_lat is not None else None)
+            out.append(h)
+        return out
+
+    def filter_near(self, hits: list[dict], q: Query) -> list[dict]:
+        if not q.near:
+            return hits
+        lat, lon, km = q.near
+        return [h for h in hits if h.get("gps") and _haversine_km(lat, lon, *h["gps"]) <= km][: q.limit]
