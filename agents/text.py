@@ -91,8 +91,9 @@ def _package_models_dir() -> Path:
 
 
 @preparer("rapidocr")
-def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None]) -> None:
-    """Copy the detector and recogniser bundled in rapidocr-onnxruntime into the model cache (idempotent)."""
+def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
+    """Copy the detector and recogniser bundled in rapidocr-onnxruntime into the model cache (idempotent;
+    ``force`` copies again)."""
     installed = importlib.metadata.version("rapidocr-onnxruntime")
     if installed != RAPIDOCR_VERSION:
         raise ModelError(f"rapidocr-onnxruntime {installed} is installed; the OCR stage needs {RAPIDOCR_VERSION}")
@@ -102,7 +103,7 @@ def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None]) -> None
         name = _CACHE_NAMES[bundled]
         dst = cache.root / name
         entry = manifest.get(name)
-        if entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected:
+        if not force and entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected:
             progress(f"{name}: up to date")
             continue
         src = src_dir / bundled
@@ -356,3 +357,20 @@ def warmup_image() -> Image.Image:
     draw = ImageDraw.Draw(img)
     draw.text((80, 360), "lensflow warm up 0123", fill=(20, 20, 20), font=ImageFont.load_default(size=48))
     return img
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+def register(ctx, stages: list[str] | None = None) -> None:
+    """The text agent: OCR on the derivatives (gate first), line boxes mapped to original pixels."""
+    from lensflow.streams.pixel import pixel_stage, scale_box
+
+    cache = ModelCache(ctx.settings.cache_path / "models")
+
+    def fields(read: dict, info: dict) -> dict:
+        return {"text": read["text"], "language": read["language"],
+                "lines": [{"text": ln["text"], "confidence": float(ln["confidence"]), "box": scale_box(ln["box"], info["scale"])}
+                          for ln in read["lines"]]}
+
+    pixel_stage(ctx, "text", lambda: OcrModel(cache, threads=ctx.settings.model_threads, allow_gpu=ctx.settings.model_gpu),
+                {"text": fields}, warmup=warmup_image)

@@ -605,46 +605,59 @@ def config(as_json: bool = typer.Option(False, "--json"),
     out.print(table)
 
 
+#: the prepared models each analysis stage needs
+STAGE_MODELS = {"scene": ["efficientnet-lite0"], "embedding": ["efficientnet-lite0"], "faces": ["dlib-faces"],
+                "describe": ["minilm-l6-v2"], "text": ["rapidocr"], "objects": ["coco-detector"]}
+
+
 @app.command()
 @friendly
 def demo(
     photos: Path = typer.Option(Path("samples/photos"), help="Folder of photos to submit."),
     user: str = typer.Option("demo", help="User id for the demo images."),
+    models: bool = typer.Option(True, "--models/--no-models", help="Run every available model stage (prepares the models first)."),
     keep_worker: bool = typer.Option(True, help="Leave the background worker running afterwards."),
 ) -> None:
     """Start the stack and a worker, submit the sample photos, print what was found."""
+    from .topology import AVAILABLE_STAGES
+
     s = settings()
     files = sorted(p for p in photos.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".heic", ".avif"})
     if not files:
         raise CliError(f"no photos in {photos}")
+    stages = list(AVAILABLE_STAGES) if models else ["metadata"]
+    needed = sorted({m for st in stages for m in STAGE_MODELS.get(st, [])})
+    if needed:
+        models_prepare(names=needed, force=False)
     stack_up()
     worker(stages=None, background=True, stop=False, ready_timeout=240.0)
-    err.print(f"lensflow: submitting {len(files)} photos as user {user!r}")
+    err.print(f"lensflow: submitting {len(files)} photos as user {user!r} through stages {', '.join(stages)}")
     code = 0
     try:
-        submit(paths=[str(p) for p in files], user=user, wait=True, as_json=False, stages=None, timeout=300.0)
+        submit(paths=[str(p) for p in files], user=user, wait=True, as_json=False, stages=",".join(stages), timeout=600.0)
     except typer.Exit as exc:
         code = exc.exit_code
     from .records import image_id_for
 
-    table = Table("image", "file", "status", "taken", "camera", "gps", "size", "stages")
+    table = Table("image", "file", "status", "taken", "camera", "gps", "tags", "caption")
     for p in files:
         image_id = image_id_for(user, hashlib.sha256(p.read_bytes()).hexdigest())
         row = fetch_image(s, image_id)
         if row is None:
             table.add_row(image_id[:8], p.name, "missing", "", "", "", "", "")
             continue
-        gps = f"{row['gps_lat']:.4f},{row['gps_lon']:.4f}" if row.get("gps_lat") is not None else ""
+        gps = f"{row['gps_lat']:.3f},{row['gps_lon']:.3f}" if row.get("gps_lat") is not None else ""
         camera = " ".join(x for x in [row.get("camera_make"), row.get("camera_model")] if x)
-        stages_ = ", ".join(f"{k} {v['ms']:.0f}ms" for k, v in (row.get("stages") or {}).items())
-        table.add_row(image_id[:8], p.name, row["status"], str(row.get("taken_at_local") or ""), camera, gps,
-                      f"{row.get('original_width')}x{row.get('original_height')}", stages_)
+        tags = ", ".join(f"{t['kind']}:{t['tag']}" for t in row.get("tags", []) if t["kind"] not in ("camera", "year"))
+        table.add_row(image_id[:8], p.name, row["status"], str(row.get("taken_at_local") or "")[:19], camera, gps,
+                      tags, row.get("caption") or "")
     out.print(table)
     out.print(f"show one: lensflow show {image_id_for(user, hashlib.sha256(files[0].read_bytes()).hexdigest())}")
     if not keep_worker:
         worker(stages=None, background=False, stop=True, ready_timeout=0)
     else:
-        out.print("the worker keeps running: `lensflow worker --stop`, then `lensflow stack down`")
+        out.print(f"the worker keeps running (try `lensflow search --user {user} --text \"a cat\"`); "
+                  "stop: `lensflow worker --stop`, then `lensflow stack down`")
     if code not in (0, 1):
         raise typer.Exit(code)
 

@@ -49,6 +49,9 @@ def test_prepare_copies_the_bundled_weights_and_records_their_checksums(cache):
     said = []
     PREPARERS["rapidocr"](cache, said.append)
     assert all("up to date" in s for s in said) and len(said) == 2
+    said.clear()
+    PREPARERS["rapidocr"](cache, said.append, force=True)
+    assert all("copied" in s for s in said) and len(said) == 2
 
 
 def test_model_ref_is_derived_from_the_bundled_files(model):
