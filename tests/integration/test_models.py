@@ -13,12 +13,13 @@ from .conftest import LENSFLOW, run
 
 pytestmark = pytest.mark.integration
 
-STAGES = "faces,scene,embedding,describe"
+STAGES = "objects,text,faces,scene,embedding,describe"
 
 
 @pytest.fixture(scope="module")
 def models(stack):
-    run(["models", "prepare", "dlib-faces", "efficientnet-lite0", "minilm-l6-v2"], stack)
+    run(["models", "prepare", "dlib-faces", "efficientnet-lite0", "minilm-l6-v2", "rapidocr", "coco-detector"], stack,
+        timeout=1500)
 
 
 def submit(ns, user, *names):
@@ -28,13 +29,17 @@ def submit(ns, user, *names):
             if line.startswith("{")}
 
 
-def faces_of(ns, image_id):
+def stage_result(ns, image_id, stage):
     from lensflow.streams.codec import Codec
 
     row = ns.cql.execute("SELECT run_id FROM images WHERE image_id = %s", (image_id,)).one()
     run_row = ns.cql.execute("SELECT stage_records FROM analysis_results WHERE image_id = %s AND run_id = %s",
                              (image_id, row.run_id)).one()
-    return Codec().decode(run_row.stage_records["faces"])[1]["faces"]
+    return Codec().decode(run_row.stage_records[stage])[1]
+
+
+def faces_of(ns, image_id):
+    return stage_result(ns, image_id, "faces")["faces"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,7 @@ def analyzed(namespace, models):
     # bob enrolls Obama before his photo arrives; alice enrolls no one
     namespace.cli("faces", "enroll", "--user", "bob", "--name", "Barack Obama", str(PHOTOS / "obama_portrait.jpg"))
     a = submit(namespace, "alice", "obama_portrait.jpg", "biden_blue_room.jpg", "road_cars_canberra.jpg",
-               "office_kitchen_fruit.jpg", "cat_chelsea.png")
+               "office_kitchen_fruit.jpg", "cat_chelsea.png", "printed_page_text.png")
     a.update(submit(namespace, "alice", "obama_podium.jpg"))  # after the portrait: clustering has something to join
     b = submit(namespace, "bob", "obama_podium.jpg")
     return a, b
@@ -52,6 +57,30 @@ def analyzed(namespace, models):
 def test_all_complete(analyzed):
     a, b = analyzed
     assert {r["status"] for r in list(a.values()) + list(b.values())} == {"complete"}
+
+
+def test_objects_are_found_where_they_are(namespace, analyzed):
+    a, _ = analyzed
+    def labels(name):
+        res = stage_result(namespace, a[name]["image_id"], "objects")
+        assert res["status"] == "ok"
+        return [d["label"] for d in res["detections"]]
+    assert labels("road_cars_canberra.jpg").count("car") >= 2
+    assert "person" in labels("obama_portrait.jpg")
+    assert "cat" in labels("cat_chelsea.png") and "person" not in labels("cat_chelsea.png")
+    # boxes are in original-image pixels
+    res = stage_result(namespace, a["road_cars_canberra.jpg"]["image_id"], "objects")
+    assert all(0 <= d["box"]["x1"] < d["box"]["x2"] <= 800 and 0 <= d["box"]["y1"] < d["box"]["y2"] <= 600
+               for d in res["detections"])
+
+
+def test_printed_words_are_read_back(namespace, analyzed):
+    a, _ = analyzed
+    page = stage_result(namespace, a["printed_page_text.png"]["image_id"], "text")
+    assert "Region-based segmentation" in page["text"]
+    assert page["language"] == "en"
+    cat = stage_result(namespace, a["cat_chelsea.png"]["image_id"], "text")
+    assert cat["text"] == ""
 
 
 def test_same_person_matches_and_another_does_not(namespace, analyzed):
