@@ -306,6 +306,8 @@ def register(ctx, stages: list[str] | None = None) -> None:
             _, rec, b = decoded(r["b64"])
             results[stage], raw[stage] = rec, b
         stored = await cassandra.current(prepared["image_id"])
+        if prepared.get("mode") == "merge":
+            return await merge_into_stored(prepared, results, raw, stored)
         if stored is None:
             version = 1  # first write of this image: it has no old tags to replace
         elif stored[0] == prepared["run_id"]:
@@ -318,6 +320,29 @@ def register(ctx, stages: list[str] | None = None) -> None:
         done = assemble(prepared, results, raw, stages, version)
         done.first_write = stored is None
         return done
+
+    async def merge_into_stored(prepared: dict, results: dict, raw: dict, stored) -> Completed | None:
+        """A re-analysis of some stages: their new results replace the stored ones, every other
+        stage's result is kept as stored; the run gets its own analysis_results row."""
+        image_id = prepared["image_id"]
+        if stored is None:
+            log.error("reanalysis_of_unknown_image", image_id=image_id)
+            return None
+        stored_run, version, _ = stored
+        merged = await cassandra_records(image_id, stored_run)
+        if PREPROCESS not in merged:
+            log.error("reanalysis_without_stored_run", image_id=image_id, run_id=stored_run)
+            return None
+        merged.update({stage: raw[stage] for stage in results})
+        recs = {stage: codec.decode(b)[1] for stage, b in merged.items()}
+        base = {**recs.pop(PREPROCESS), "run_id": prepared["run_id"]}
+        stages = list(dict.fromkeys(list(base.get("expected_stages") or []) + list(base.get("derived_stages") or []) + list(recs)))
+        new_version = version if stored_run == prepared["run_id"] else version + 1  # a replay keeps its version
+        log.info("reanalysis_merged", image_id=image_id, stages=sorted(results), version=new_version)
+        return assemble(base, recs, merged, stages, new_version, reason="reanalyzed")
+
+    async def cassandra_records(image_id: str, run_id: str) -> dict[str, bytes]:
+        return await sinks()[0].stage_records(image_id, run_id)
 
     async def late(key: bytes, entry: dict) -> Completed | None:
         """Results whose image already completed: merge them into the stored run."""

@@ -355,6 +355,76 @@ def _emit(as_json: bool, obj: dict, line: str) -> None:
         out.print(line, highlight=False, soft_wrap=True)
 
 
+@app.command()
+@friendly
+def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage to run again (a pixel stage)."),
+              user: Optional[str] = typer.Option(None, "--user", "-u", help="Only this user's images."),
+              older_than_version: Optional[int] = typer.Option(None, "--older-than-version",
+                                                               help="Only images whose analysis_version is below this."),
+              wait: bool = typer.Option(False, "--wait", help="Block until every image is stored again."),
+              timeout: float = typer.Option(600.0, help="--wait: give up after this many seconds (exit 4).")) -> None:
+    """Run one stage again on stored images; the join merges the new result into each stored aggregate
+    (other stages untouched), bumps analysis_version and last_analyzed, and emits the invalidation."""
+    from .codec import Codec
+    from .kafka import end_offsets_consumer, producer
+    from .records import now
+    from .sinks import connect_cassandra
+    from .topology import ANALYZED, AVAILABLE_STAGES, PREPARED, STAGES
+
+    s = settings()
+    if stage not in AVAILABLE_STAGES or STAGES[stage].kind != "pixel":
+        pixel = [x for x in AVAILABLE_STAGES if STAGES[x].kind == "pixel"]
+        raise CliError(f"--stage must be one of {pixel} (metadata and describe follow a re-submission)")
+    codec = Codec(registry_url=s.schema_registry_url)
+    cluster, session = connect_cassandra(s.cassandra_hosts, s.cassandra_port)
+    try:
+        ks = s.cassandra_keyspace
+        rows = [r for r in session.execute(f"SELECT image_id, user_id, run_id, analysis_version FROM {ks}.images")
+                if (user is None or r.user_id == user)
+                and (older_than_version is None or (r.analysis_version or 0) < older_than_version)]
+        consumer = end_offsets_consumer(s, [ANALYZED]) if wait else None
+        prod = producer(s)
+        batch_id = uuid.uuid4().hex[:12]
+        uploads, skipped = [], 0
+        with _progress(False) as progress:
+            task = progress.add_task(f"re-running {stage}", total=len(rows))
+            for r in rows:
+                run = session.execute(f"SELECT stage_records FROM {ks}.analysis_results WHERE image_id = %s AND run_id = %s",
+                                      (r.image_id, r.run_id)).one()
+                raw = (run.stage_records or {}).get("preprocess") if run else None
+                if raw is None:
+                    skipped += 1
+                    progress.advance(task)
+                    continue
+                _, prepared = codec.decode(raw, expect="ImagePrepared")
+                if prepared["status"] != "ok":
+                    skipped += 1
+                    progress.advance(task)
+                    continue
+                prepared.update(run_id=f"reanalyze-{batch_id}:{r.image_id[:8]}", expected_stages=[stage], derived_stages=[],
+                                mode="merge", produced_at=now())
+                prod.produce(s.topic(PREPARED), key=r.image_id.encode(),
+                             value=codec.encode("ImagePrepared", prepared, topic=s.topic(PREPARED)))
+                prod.poll(0)
+                uploads.append({"image_id": r.image_id, "run_id": prepared["run_id"], "name": r.image_id})
+                progress.advance(task)
+        if prod.flush(30):
+            raise CliError("re-analysis requests not delivered: Kafka unreachable")
+    finally:
+        cluster.shutdown()
+    err.print(f"lensflow: {len(uploads)} image(s) sent to {stage}" + (f", {skipped} skipped (failed or no stored run)" if skipped else ""))
+    if not wait or not uploads:
+        return
+    results = _await_analyzed(consumer, codec, uploads, timeout, time.monotonic(), False)
+    consumer.close()
+    for u in uploads:
+        r = results.get(u["image_id"])
+        out.print(f"{u['image_id']}  {r['status'] if r else 'timeout'}" + (f"  version {r['analysis_version']}" if r else ""),
+                  highlight=False, soft_wrap=True)
+    if len(results) < len(uploads):
+        raise CliError(f"{len(uploads) - len(results)} image(s) not stored again within {timeout:.0f}s", 4)
+
+
 # ----------------------------------------------------------------------------------------------
 # show
 # ----------------------------------------------------------------------------------------------

@@ -174,6 +174,29 @@ def test_tag_and_time_filters(namespace, analyzed):
     assert [h["image_id"] for h in near] == [a["road_cars_canberra.jpg"]["image_id"]]
 
 
+def test_reanalyze_one_stage_merges_without_touching_the_others(namespace, analyzed):
+    a, b = analyzed
+    before = {r["image_id"]: namespace.cql.execute(
+        "SELECT analysis_version, last_analyzed, caption FROM images WHERE image_id = %s", (r["image_id"],)).one()
+        for r in a.values()}
+    faces_before = faces_of(namespace, a["obama_portrait.jpg"]["image_id"])
+    proc = namespace.cli("reanalyze", "--stage", "scene", "--user", "alice", "--wait", "--timeout", "180")
+    assert proc.stdout.count("complete") == len(a)
+    for image_id, old in before.items():
+        new = namespace.cql.execute("SELECT analysis_version, last_analyzed, caption, run_id FROM images WHERE image_id = %s",
+                                    (image_id,)).one()
+        assert new.analysis_version == old.analysis_version + 1 and new.last_analyzed > old.last_analyzed
+        assert new.caption == old.caption and new.run_id.startswith("reanalyze-")
+        assert stage_result(namespace, image_id, "scene")["run_id"] == new.run_id  # the new scene result
+    assert faces_of(namespace, a["obama_portrait.jpg"]["image_id"]) == faces_before  # untouched
+    bob = namespace.cql.execute("SELECT analysis_version FROM images WHERE image_id = %s",
+                                (b["obama_podium.jpg"]["image_id"],)).one()
+    assert bob.analysis_version == 1  # another user's images are not re-analysed
+    from .helpers import read_topic
+    reasons = [rec["reason"] for _, rec in read_topic(namespace.topic("cache.invalidations"))]
+    assert reasons.count("reanalyzed") == len(a)
+
+
 def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
     import math
 
