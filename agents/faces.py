@@ -29,16 +29,13 @@ distance, so re-analysis is idempotent and never undoes a rename.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lensflow.streams.models import Model, ModelCache, ModelError, preparer, sha256_file
+from lensflow.streams.models import Model, ModelCache, copy_pinned, package_dir, preparer
 from lensflow.streams.records import LENSFLOW_NS
 from lensflow.streams.sinks import FACE_DIM
 
@@ -75,42 +72,19 @@ SOURCE_SHA256 = {
 # -- weights -----------------------------------------------------------------------------------
 
 def _source_dir() -> Path:
-    """``face_recognition_models/models`` of the installed package, found without importing it (its
-    ``__init__`` imports ``pkg_resources``)."""
-    try:
-        version = importlib.metadata.version(SOURCE_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"{SOURCE_PACKAGE} is not installed: pip install {SOURCE_PACKAGE}=={SOURCE_VERSION}") from None
-    if version != SOURCE_VERSION:
-        raise ModelError(f"{SOURCE_PACKAGE} {version} is installed, {SOURCE_VERSION} is required")
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"cannot locate the face_recognition_models package of {SOURCE_PACKAGE}")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+    """``face_recognition_models/models`` of the installed package (its ``__init__`` imports
+    ``pkg_resources``, so it is located, not imported)."""
+    return package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "face_recognition_models", "models")
 
 
 @preparer("dlib-faces")
-def prepare_dlib_faces(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None) -> None:
+def prepare_dlib_faces(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
     """Copy the dlib .dat files from face-recognition-models into the cache and record their SHA-256
     (idempotent: a file already there with the expected checksum is left alone)."""
     src_dir = _source_dir()
-    manifest = cache.manifest()
     for name, expected in SOURCE_SHA256.items():
-        dst = cache.root / name
-        if dst.exists() and manifest.get(name, {}).get("sha256") == expected and sha256_file(dst) == expected:
-            progress(f"{name}: up to date")
-            continue
-        src = src_dir / name
-        if not src.exists():
-            raise ModelError(f"{src} is missing from {SOURCE_PACKAGE} {SOURCE_VERSION}")
-        digest = sha256_file(src)
-        if digest != expected:
-            raise ModelError(f"{src} has SHA-256 {digest}, expected {expected}")
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-        cache.record(name, SOURCE_VERSION, f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/face_recognition_models/models/{name}")
-        progress(f"{name}: copied ({dst.stat().st_size / 1e6:.1f} MB)")
+        copy_pinned(cache, src_dir / name, name, expected, SOURCE_VERSION,
+                    f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/face_recognition_models/models/{name}", progress, force)
 
 
 # -- model -------------------------------------------------------------------------------------

@@ -529,5 +529,6 @@ def register(ctx, stages: list[str] | None = None) -> None:
         return {"detections": [{"label": d["label"], "class_id": int(d["class_id"]), "confidence": float(d["confidence"]),
                                 "box": scale_box(d["box"], info["scale"])} for d in detections]}
 
-    pixel_stage(ctx, "objects", lambda: ObjectDetector(cache, threads=ctx.settings.model_threads,
-                                                       allow_gpu=ctx.settings.model_gpu), {"objects": fields})
+    pixel_stage(ctx, "objects", lambda: ObjectDetector(cache, threads=ctx.settings.model_threads, allow_gpu=ctx.settings.model_gpu,
+                                                       threshold=ctx.settings.objects_min_score,
+                                                       iou_threshold=ctx.settings.objects_nms_iou), {"objects": fields})

@@ -220,7 +220,7 @@ def _register_heif_plugin(fmt: str) -> None:
 def register(ctx, stages: list[str] | None = None) -> None:
     settings = ctx.settings
     limits = Limits.from_settings(settings)
-    pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads or os.cpu_count() or 2,
+    pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads or (os.cpu_count() or 1) + 1,
                               thread_name_prefix="preprocess")
     stage_metrics = ctx.metrics.stage(STAGE)
     md_metrics = ctx.metrics.stage("metadata")

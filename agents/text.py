@@ -34,10 +34,7 @@ inter-op 1). One ``predict`` at a time per instance (the detector objects keep p
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import re
-import shutil
 import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -50,7 +47,7 @@ from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
-from lensflow.streams.models import Model, ModelCache, ModelError, ort_session, preparer, sha256_file
+from lensflow.streams.models import Model, ModelCache, copy_pinned, ort_session, package_dir, preparer
 
 # --- configuration ----------------------------------------------------------------------------------
 DET_MAX_SIDE = 960        # detection input, long side (px)
@@ -84,41 +81,17 @@ _CACHE_NAMES = {"ch_PP-OCRv4_det_infer.onnx": DET_FILE, "ch_PP-OCRv4_rec_infer.o
 
 
 def _package_models_dir() -> Path:
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None or spec.origin is None:
-        raise ModelError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime==1.4.4)")
-    return Path(spec.origin).parent / "models"
+    return package_dir("rapidocr-onnxruntime", RAPIDOCR_VERSION, "rapidocr_onnxruntime", "models")
 
 
 @preparer("rapidocr")
 def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
     """Copy the detector and recogniser bundled in rapidocr-onnxruntime into the model cache (idempotent;
     ``force`` copies again)."""
-    installed = importlib.metadata.version("rapidocr-onnxruntime")
-    if installed != RAPIDOCR_VERSION:
-        raise ModelError(f"rapidocr-onnxruntime {installed} is installed; the OCR stage needs {RAPIDOCR_VERSION}")
     src_dir = _package_models_dir()
-    manifest = cache.manifest()
     for bundled, expected in BUNDLED.items():
-        name = _CACHE_NAMES[bundled]
-        dst = cache.root / name
-        entry = manifest.get(name)
-        if not force and entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected:
-            progress(f"{name}: up to date")
-            continue
-        src = src_dir / bundled
-        if not src.exists():
-            raise ModelError(f"{src} is missing from the rapidocr-onnxruntime package: reinstall it")
-        digest = sha256_file(src)
-        if digest != expected:
-            raise ModelError(f"{src} has SHA-256 {digest}, expected {expected}: reinstall rapidocr-onnxruntime=="
-                             f"{RAPIDOCR_VERSION}")
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-        cache.record(name, OcrModel.version,
-                     f"pypi:rapidocr-onnxruntime=={RAPIDOCR_VERSION}:rapidocr_onnxruntime/models/{bundled}")
-        progress(f"{name}: copied from rapidocr-onnxruntime {RAPIDOCR_VERSION}")
+        copy_pinned(cache, src_dir / bundled, _CACHE_NAMES[bundled], expected, OcrModel.version,
+                    f"pypi:rapidocr-onnxruntime=={RAPIDOCR_VERSION}:rapidocr_onnxruntime/models/{bundled}", progress, force)
 
 
 # --- rapidocr pieces, fed our own ONNX Runtime sessions ----------------------------------------------

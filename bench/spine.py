@@ -121,6 +121,22 @@ def hop_overhead_ms(env: dict, topic: str, n: int = 300) -> list[float]:
     return out[20:]  # warm-up
 
 
+def wait_ready(worker: subprocess.Popen, port: int, work: Path, tries: int = 600) -> None:
+    """Until the worker's /readyz answers 200; exits with its log's path if it dies or never does."""
+    import httpx
+
+    for _ in range(tries):
+        if worker.poll() is not None:
+            raise SystemExit(f"worker exited; see {work / 'worker.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"worker not ready; see {work / 'worker.log'}")
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """utime + stime of each process (all threads), from /proc."""
     out = {}
@@ -134,7 +150,7 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def run_pipeline(env: dict, files: list[Path], timeout_s: float) -> list[dict]:
+def run_pipeline(env: dict, files: list[Path], timeout_s: float, user: str = "bench", stages: str | None = None) -> list[dict]:
     from confluent_kafka import Consumer, TopicPartition
 
     from lensflow.streams.codec import Codec
@@ -147,7 +163,8 @@ def run_pipeline(env: dict, files: list[Path], timeout_s: float) -> list[dict]:
                      for p in meta.partitions])
     codec = Codec()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "lensflow.streams.cli", "submit", "--user", "bench", "--json",
+    extra = ["--stages", stages] if stages else []
+    proc = subprocess.run([sys.executable, "-m", "lensflow.streams.cli", "submit", "--user", user, "--json", *extra,
                            *map(str, files)], env=env, capture_output=True, text=True, check=True)
     submitted = time.perf_counter()
     ids = {json.loads(line)["image_id"] for line in proc.stdout.splitlines() if line.startswith("{")}
@@ -205,6 +222,8 @@ def main() -> None:
     ap.add_argument("--n12", type=int, default=60, help="12 MP images")
     ap.add_argument("--hops", type=int, default=300, help="round trips for the per-hop overhead")
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a worker setting, e.g. --set preprocess_threads=3 (repeatable)")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -213,13 +232,16 @@ def main() -> None:
     env.update(LENSFLOW_STACK_DIR=str(ROOT / ".lensflow" / "stack"), LENSFLOW_DATA_DIR=str(work / "data"),
                LENSFLOW_TOPIC_PREFIX=f"b{tag}.", LENSFLOW_CASSANDRA_KEYSPACE=f"b_{tag}", LENSFLOW_APP_ID=f"bench-{tag}",
                LENSFLOW_WEB_PORT="6099", LENSFLOW_LOG_LEVEL="warning")
+    for item in args.set:
+        name, _, value = item.partition("=")
+        env[f"LENSFLOW_{name.upper()}"] = value
     cli = [sys.executable, "-m", "lensflow.streams.cli"]
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
 
     print("making synthetic photos ...", flush=True)
     sets = {}
-    for label, (w, h), n in [("2 MP within the cap", (1600, 1200), args.n2), ("2 MP over the cap", (1632, 1224), args.n2),
-                             ("12 MP", (4000, 3000), args.n12)]:
+    for label, (w, h), n in [x for x in [("2 MP within the cap", (1600, 1200), args.n2), ("2 MP over the cap", (1632, 1224), args.n2),
+                             ("12 MP", (4000, 3000), args.n12)] if x[2] > 0]:
         d = work / label.replace(" ", "_")
         d.mkdir()
         files = []
@@ -239,19 +261,7 @@ def main() -> None:
         except (OSError, ValueError):
             pass
     try:
-        import httpx
-
-        for _ in range(240):
-            if worker.poll() is not None:
-                raise SystemExit(f"worker exited; see {work / 'worker.log'}")
-            try:
-                if httpx.get("http://127.0.0.1:6099/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"worker not ready; see {work / 'worker.log'}")
+        wait_ready(worker, 6099, work)
         # warm-up: code paths, connections, JIT-free but cache-warm
         warm = work / "warmup"
         warm.mkdir()

@@ -54,13 +54,15 @@ class Settings(BaseSettings):
     stages: CsvList = Field(default_factory=lambda: list(DEFAULT_STAGES), description="Stages an image goes through unless its upload event names its own.")
     join_timeout_s: float = Field(120.0, gt=0, description="Seconds the join waits for the expected stages before writing a 'partial' result.")
     join_tick_interval_s: float = Field(2.0, gt=0, description="How often the join looks for images past their deadline.")
-    batch_size: int = Field(16, ge=1, description="Max records per agent batch (stream.take_events).")
+    batch_size: int = Field(32, ge=1, description="Max records per agent batch (stream.take_events).")
     batch_within_s: float = Field(0.05, gt=0, description="Max seconds an agent waits to fill a batch.")
-    preprocess_threads: int = Field(0, ge=0, description="Threads decoding images inside a preprocess batch (0 = number of CPUs).")
+    preprocess_threads: int = Field(0, ge=0, description="Threads decoding images inside a preprocess batch (0 = number of CPUs + 1: the extra thread keeps the cores busy while another holds the GIL).")
 
     # --- models ----------------------------------------------------------------------------------
     model_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model (1: two single-threaded workers beat one two-threaded one on small machines).")
     model_gpu: bool = Field(True, description="Use the CUDA execution provider when ONNX Runtime has it.")
+    objects_min_score: float = Field(0.30, gt=0, lt=1, description="Detections scoring below this are dropped (objects stage).")
+    objects_nms_iou: float = Field(0.5, gt=0, lt=1, description="Per-class non-maximum suppression IoU (objects stage).")
     captioner: str = Field("grounded", description="Captioner of the describe stage: 'grounded' (composed from the other stages' results) or 'transformers:/path' (a local generative model; not in this build).")
     face_match_threshold: float = Field(0.6, gt=0, description="Face descriptor distance under which two faces are the same person (dlib).")
 

@@ -68,3 +68,24 @@ def test_the_worker_kept_going(namespace, results):
     assert namespace.worker.poll() is None
     log = namespace.log_path.read_text()
     assert "image_failed" in log and "Traceback" not in log
+
+
+def test_missing_model_weights_fail_that_stage_and_the_image_completes_partial(stack, tmp_path):
+    """A worker whose model cache is empty keeps going: the stage reports model_unavailable."""
+    from .conftest import Namespace
+
+    ns = Namespace(stack, tmp_path / "data", cache_dir=tmp_path / "empty-cache", join_timeout_s=30)
+    try:
+        ns.cli("init")
+        ns.start_worker()
+        proc = ns.cli("submit", "--user", "u1", "--wait", "--json", "--stages", "scene,embedding",
+                      str(PHOTOS / "road_cars_canberra.jpg"))
+        r = json.loads(proc.stdout.splitlines()[-1])
+        assert r["status"] == "partial"
+        shown = json.loads(ns.cli("show", r["image_id"], "--json").stdout)
+        assert shown["stages"]["scene"]["status"] == "failed"
+        assert "model_unavailable" in shown["stages"]["scene"]["error"]
+        assert "lensflow models prepare" in shown["stages"]["scene"]["error"]
+        assert shown["stages"]["metadata"]["status"] == "ok" and shown["camera_make"] == "Canon"
+    finally:
+        ns.close()

@@ -4,7 +4,6 @@ Qdrant + images.analyzed + cache.invalidations, checked from outside lensflow's 
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import datetime
 
 import pytest

@@ -1,8 +1,7 @@
 """The join's completion rules, as pure functions: N stages, duplicates, late results, timeouts."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-import pytest
 
 from lensflow.agents.join import assemble, decide, merge, stage_of, tags_of
 from lensflow.streams.codec import Codec

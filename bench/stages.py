@@ -1,0 +1,179 @@
+"""Benchmark of the model stages.
+
+    .venv/bin/python bench/stages.py [--replicas 3] [--json out.json]
+
+1. Per model, on the sample photos normalised exactly as preprocess does (long side 1600, EXIF
+   applied): p50 ms/image of ``predict`` at batch 1 and at the configured batch size, and, for the
+   ONNX Runtime models, a bare loop of the same preprocessing + ``session.run`` on the same inputs
+   (the floor the stage is compared with).
+2. End to end with every stage on: the sample photos submitted ``--replicas`` times (as different
+   users, so they are different images) through the running stack and one worker; images/s,
+   p50/p95 latency, per-stage p50 as the stages report it, and the worker's RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from bench.spine import _cleanup, cpu_seconds, pct, run_pipeline, wait_ready  # noqa: E402
+
+PHOTOS = ROOT / "samples" / "photos"
+ALL = "objects,text,faces,scene,embedding,describe"
+
+
+def derivatives() -> list[Image.Image]:
+    from lensflow.agents.preprocess import Limits, prepare
+
+    limits = Limits(50 << 20, 100_000_000, 1600, 85, ["JPEG", "PNG", "WEBP", "TIFF"])
+    out = []
+    for p in sorted(PHOTOS.iterdir()):
+        if p.suffix.lower() not in (".jpg", ".png", ".webp", ".tif"):
+            continue
+        data = p.read_bytes()
+        o = prepare(data, limits)
+        img = Image.open(io.BytesIO(o.derivative or data))
+        if o.derivative is None:
+            from PIL import ImageOps
+            img = ImageOps.exif_transpose(img)
+        out.append(img.convert("RGB"))
+    return out
+
+
+def timed(fn, items, per: int = 1) -> list[float]:
+    out = []
+    for i in range(0, len(items), per):
+        chunk = items[i:i + per]
+        t0 = time.perf_counter()
+        fn(chunk)
+        out.append((time.perf_counter() - t0) * 1000 / len(chunk))
+    return out
+
+
+def models_report(batch: int) -> dict:
+    from lensflow.agents import objects, text, faces, textembed
+    from lensflow.agents.backbones import efficientnet_lite0 as eff
+    from lensflow.streams.models import ModelCache
+    from lensflow.streams.settings import Settings
+
+    cache = ModelCache(Settings().cache_path / "models")
+    images = derivatives()
+    figures = {}
+
+    def floor_eff(imgs):
+        m = models["visual"]
+        for im in imgs:
+            m.session.run(m._outputs, {"input": eff.preprocess(im)[None]})
+
+    def floor_obj(imgs):
+        m = models["objects"]
+        for im in imgs:
+            x, _ = objects.preprocess(im)
+            m.session.run(m._outputs, {m._input: x})
+
+    models = {"objects": objects.ObjectDetector(cache), "visual": eff.EfficientNetLite0(cache),
+              "text": text.OcrModel(cache), "faces": faces.FaceModel(cache)}
+    floors = {"objects": floor_obj, "visual": floor_eff}
+    for name, m in models.items():
+        m.load()
+        m.predict(images[:1])  # warm-up
+        b1 = timed(m.predict, images, 1)
+        bn = timed(m.predict, images, batch)
+        row = {"batch1_p50_ms": statistics.median(b1), f"batch{batch}_ms_per_image": statistics.median(bn)}
+        if name in floors:
+            floors[name](images[:1])
+            fl = timed(floors[name], images, 1)
+            row["bare_ort_p50_ms"] = statistics.median(fl)
+            row["vs_floor"] = row["batch1_p50_ms"] / row["bare_ort_p50_ms"]
+        figures[name] = row
+        print(f"  {name:<8} batch 1 p50 {row['batch1_p50_ms']:7.1f} ms   batch {batch} {row[f'batch{batch}_ms_per_image']:7.1f} ms/img"
+              + (f"   bare ORT {row['bare_ort_p50_ms']:6.1f} ms  ({row['vs_floor']:.2f}x)" if "bare_ort_p50_ms" in row else "   (no single ORT call to compare: multi-step pipeline)"))
+    emb = textembed.TextEmbedder(cache).load()
+    sentences = [f"A photo of {n} cars and a person in a street, outdoors" for n in range(64)]
+    b1 = timed(emb.predict, sentences, 1)
+    bn = timed(emb.predict, sentences, 32)
+    figures["minilm"] = {"batch1_p50_ms": statistics.median(b1), "batch32_ms_per_text": statistics.median(bn)}
+    print(f"  minilm   batch 1 p50 {figures['minilm']['batch1_p50_ms']:7.1f} ms   batch 32 {figures['minilm']['batch32_ms_per_text']:7.1f} ms/text")
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from lensflow.streams.settings import Settings
+
+    batch = Settings().batch_size
+    print("== models on the sample photos (1 thread each)")
+    figures = {"models": models_report(batch)}
+
+    tag = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix="lensflow-bench-stages-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENSFLOW_")}
+    env.update(LENSFLOW_STACK_DIR=str(ROOT / ".lensflow" / "stack"), LENSFLOW_DATA_DIR=str(work / "data"),
+               LENSFLOW_TOPIC_PREFIX=f"s{tag}.", LENSFLOW_CASSANDRA_KEYSPACE=f"s_{tag}", LENSFLOW_APP_ID=f"bench-{tag}",
+               LENSFLOW_WEB_PORT="6098", LENSFLOW_LOG_LEVEL="warning")
+    cli = [sys.executable, "-m", "lensflow.streams.cli"]
+    subprocess.run(cli + ["stack", "up"], env=env, check=True)
+    subprocess.run(cli + ["models", "prepare"], env=env, check=True)
+    files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".png", ".webp", ".tif"))
+    worker = subprocess.Popen(cli + ["worker"], env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_ready(worker, 6098, work)
+        run_pipeline(env, files[:4], 300, user="warmup", stages=ALL)
+        recs = []
+        pids = {"worker": worker.pid}
+        before = cpu_seconds(pids)
+        t0 = time.perf_counter()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.replicas) as pool:  # the replicas are submitted at once, as different users
+            for part in pool.map(lambda r: run_pipeline(env, files, 900, user=f"bench{r}", stages=ALL), range(args.replicas)):
+                recs += part
+        wall = time.perf_counter() - t0
+        after = cpu_seconds(pids)
+        first = min(r["uploaded_at"] for r in recs)
+        last = max(r["analyzed_at"] for r in recs)
+        e2e = [(r["analyzed_at"] - r["uploaded_at"]).total_seconds() * 1000 for r in recs]
+        stages: dict[str, list[float]] = {}
+        for r in recs:
+            for s in r["stages"]:
+                stages.setdefault(s["stage"], []).append(s["duration_ms"])
+        rss = subprocess.run(["ps", "-o", "rss=", "-p", str(worker.pid)], capture_output=True, text=True).stdout.strip()
+        e = figures["end_to_end"] = {
+            "images": len(recs), "statuses": sorted({r["status"] for r in recs}),
+            "images_per_s": len(recs) / (last - first).total_seconds(), "wall_s": wall,
+            "latency_p50_ms": pct(e2e, 50), "latency_p95_ms": pct(e2e, 95),
+            "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()},
+            "worker_cpu_ms_per_image": (after["worker"] - before["worker"]) * 1000 / len(recs),
+            "worker_rss_mib": int(rss) / 1024 if rss else None}
+        print(f"\n== end to end, every stage on: {e['images']} images, status {e['statuses']}")
+        print(f"  throughput {e['images_per_s']:.2f} images/s; latency p50 {e['latency_p50_ms']:.0f} ms, p95 {e['latency_p95_ms']:.0f} ms")
+        for k, v in e["stage_p50_ms"].items():
+            print(f"  stage {k:<10} p50 {v:7.1f} ms")
+        print(f"  worker CPU {e['worker_cpu_ms_per_image']:.0f} ms/image; RSS {e['worker_rss_mib']:.0f} MiB")
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        _cleanup(env)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
