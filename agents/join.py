@@ -194,9 +194,21 @@ def overall_status(prepared: dict | None, summaries: list[dict]) -> str:
     return "complete" if all(s["status"] == "ok" for s in summaries) else "partial"
 
 
+def with_refined_scene(results: dict[str, dict]) -> dict[str, dict]:
+    """The scene as the aggregate presents it: the scene stage's labels plus what the objects stage
+    found (scene and objects run in parallel, so only the join has both)."""
+    scene, objects = results.get("scene"), results.get("objects")
+    if not scene or scene.get("status") != "ok" or not objects or objects.get("status") != "ok":
+        return results
+    from .scene import refine
+
+    return {**results, "scene": {**scene, **refine(scene, objects.get("detections"))}}
+
+
 def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], stages: list[str], version: int,
              reason: str = "analyzed") -> Completed:
     """Everything the sinks and the notifications need, from the decoded records of one image."""
+    results = with_refined_scene(results)
     image_id, user_id, run_id = prepared["image_id"], prepared["user_id"], prepared["run_id"]
     summaries = [_summary(PREPROCESS, prepared)] + [_summary(s, results.get(s)) for s in stages]
     status = overall_status(prepared, summaries)
@@ -257,6 +269,7 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
 
 def aggregated_record(prepared: dict, results: dict[str, dict], stages: list[str]) -> dict:
     """The phase-1 aggregate for derived stages (ImageAggregated)."""
+    results = with_refined_scene(results)
     summaries = [_summary(PREPROCESS, prepared)] + [_summary(s, results.get(s)) for s in stages]
     rec = {"image_id": prepared["image_id"], "user_id": prepared["user_id"], "run_id": prepared["run_id"],
            "status": overall_status(prepared, summaries), "prepared": prepared, "stages": summaries, "aggregated_at": now()}

@@ -227,3 +227,29 @@ def classify(logits: np.ndarray, detections: Iterable[Any] | None = None) -> dic
                           EVENT_MIN_SCORE, MAX_EVENTS),
         "classes": top_classes(probs),
     }
+
+
+def refine(scene: dict[str, Any], detections: Iterable[Any] | None) -> dict[str, Any]:
+    """A scene result with the objects stage's detections folded in (the COCO rows of the scene map:
+    a cake and people → birthday, several cars → street …). The scene stage runs in parallel with
+    objects, so the join applies this once both are in; the stage's own record stays as it was."""
+    smap = scene_map()
+    coco = _coco_scores(smap, detections)
+    if not any(coco.values()):
+        return scene
+
+    def merged(kind: str, current: list[dict], minimum: float, limit: int) -> list[dict]:
+        names = tuple(sorted({c["label"] for c in current}))
+        base = np.array([next(c["score"] for c in current if c["label"] == n) for n in names], dtype=float)
+        return _ranked(names, base, coco[kind], minimum, limit)
+
+    out = dict(scene)
+    out["places"] = merged("place", list(scene.get("places") or []), PLACE_MIN_SCORE, MAX_PLACES)
+    out["events"] = merged("event", list(scene.get("events") or []), EVENT_MIN_SCORE, MAX_EVENTS)
+    if scene.get("environment") is None and coco["environment"]:
+        ev = {side: coco["environment"].get(side, 0.0) for side in ENVIRONMENTS}
+        total = sum(ev.values())
+        side = max(ENVIRONMENTS, key=lambda s: ev[s])
+        if total >= ENV_MIN_EVIDENCE and ev[side] / total >= ENV_MIN_SHARE:
+            out["environment"] = {"label": side, "score": round(ev[side] / total, 4)}
+    return out

@@ -410,3 +410,19 @@ def test_scene_places_on_photos(outputs):
     assert scene.classify(outputs["cat_chelsea.png"][0])["environment"] is None
     # suits are not weddings: 'groom' fires at .24 on the Obama portrait, below the event threshold
     assert scene.classify(outputs["obama_portrait.jpg"][0])["events"] == []
+
+
+def test_refine_folds_detected_objects_into_the_scene():
+    from lensflow.agents import scene
+
+    base = {"environment": None, "places": [], "events": [], "classes": []}
+    many_cars = [{"label": "car", "confidence": 0.8}] * 4
+    refined = scene.refine(base, many_cars)
+    assert refined["environment"]["label"] == "outdoor" and refined["places"][0]["label"] == "street"
+    street = {"environment": {"label": "outdoor", "score": 0.9}, "places": [{"label": "street", "score": 0.11}],
+              "events": [], "classes": []}
+    assert scene.refine(street, many_cars)["places"][0]["score"] > 0.11  # evidence adds up
+    assert scene.refine(base, []) == base  # nothing detected: unchanged
+    party = [{"label": "cake", "confidence": 0.9}] + [{"label": "person", "confidence": 0.9}] * 3
+    labels = [e["label"] for e in scene.refine(base, party)["events"]]
+    assert "birthday" in labels
