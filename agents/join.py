@@ -34,6 +34,8 @@ from datetime import datetime
 from typing import Any
 
 from lensflow.streams.records import ms, now, point_id
+
+from .metadata import camera_name
 from lensflow.streams.topology import STAGE_OF_RECORD
 
 STAGE = "join"
@@ -137,8 +139,7 @@ def tags_of(results: dict[str, dict]) -> list[dict]:
 
     md = results.get("metadata")
     if md and md["status"] == "ok":
-        camera = " ".join(x for x in [md.get("camera_make"), md.get("camera_model")] if x)
-        add("camera", camera)
+        add("camera", camera_name(md.get("camera_make"), md.get("camera_model")))
         if md.get("taken_at"):
             add("year", str(md["taken_at"].year))
     obj = results.get("objects")
@@ -255,7 +256,7 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
         vectors["semantic"] = described["semantic_vector"]
     payload = {"image_id": image_id, "user_id": user_id, "status": status, "tags": [t["tag"] for t in tags],
                "taken_at": md["taken_at"].isoformat() if md.get("taken_at") else None,
-               "camera": " ".join(x for x in [md.get("camera_make"), md.get("camera_model")] if x) or None,
+               "camera": camera_name(md.get("camera_make"), md.get("camera_model")),
                "geo": {"lat": gps["lat"], "lon": gps["lon"]} if gps else None, "analysis_version": version}
     analyzed = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "analysis_version": version, "status": status,
                 "error": err, "stages": summaries, "uri": prepared.get("uri"), "caption": image_row["caption"],

@@ -226,3 +226,10 @@ def _gps(gps: dict, warn) -> dict | None:
         else:
             warn(f"gps_altitude_out_of_range: {alt}")
     return point
+
+
+def camera_name(make: str | None, model: str | None) -> str | None:
+    """'Canon' + 'Canon EOS 5D' -> 'Canon EOS 5D'; 'Apple' + 'iPhone XS' -> 'Apple iPhone XS'."""
+    if model and make and model.lower().startswith(make.split()[0].lower()):
+        return model
+    return " ".join(x for x in (make, model) if x) or None

@@ -30,7 +30,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="lensflow: streaming image analysis on Kafka (Faust agents, Avro topics, Cassandra + Qdrant).")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + Cassandra stack (jars from Maven Central).")
 app.add_typer(stack_app, name="stack")
-out = Console()
+# piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default
+out = Console() if sys.stdout.isatty() else Console(width=200)
 err = Console(stderr=True)
 
 
@@ -707,19 +708,22 @@ def demo(
         submit(paths=[str(p) for p in files], user=user, wait=True, as_json=False, stages=",".join(stages), timeout=600.0)
     except typer.Exit as exc:
         code = exc.exit_code
+    from lensflow.agents.metadata import camera_name
+
     from .records import image_id_for
 
-    table = Table("image", "file", "status", "taken", "camera", "gps", "tags", "caption")
+    table = Table("file", "status", "taken", "camera", "gps", "tags", "caption")
     for p in files:
         image_id = image_id_for(user, hashlib.sha256(p.read_bytes()).hexdigest())
         row = fetch_image(s, image_id)
         if row is None:
-            table.add_row(image_id[:8], p.name, "missing", "", "", "", "", "")
+            table.add_row(p.name, "missing", "", "", "", "", "")
             continue
         gps = f"{row['gps_lat']:.3f},{row['gps_lon']:.3f}" if row.get("gps_lat") is not None else ""
-        camera = " ".join(x for x in [row.get("camera_make"), row.get("camera_model")] if x)
-        tags = ", ".join(f"{t['kind']}:{t['tag']}" for t in row.get("tags", []) if t["kind"] not in ("camera", "year"))
-        table.add_row(image_id[:8], p.name, row["status"], str(row.get("taken_at_local") or "")[:19], camera, gps,
+        camera = camera_name(row.get("camera_make"), row.get("camera_model")) or ""
+        tags = ", ".join(t["tag"] if t["kind"] != "person" else f"person:{t['tag'][:8]}"
+                         for t in row.get("tags", []) if t["kind"] not in ("camera", "year"))
+        table.add_row(p.name, row["status"], str(row.get("taken_at_local") or "")[:10], camera, gps,
                       tags, row.get("caption") or "")
     out.print(table)
     out.print(f"show one: lensflow show {image_id_for(user, hashlib.sha256(files[0].read_bytes()).hexdigest())}")

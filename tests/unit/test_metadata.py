@@ -113,3 +113,10 @@ def test_image_without_exif_gives_dimensions_only():
     img = Image.open(PHOTOS / "printed_page_text.png")
     got = metadata.extract(img)
     assert got == {"warnings": [], "width": img.width, "height": img.height, "orientation": 1}
+
+
+def test_camera_name_does_not_repeat_the_make():
+    assert metadata.camera_name("Canon", "Canon EOS 5D Mark II") == "Canon EOS 5D Mark II"
+    assert metadata.camera_name("Apple", "iPhone XS") == "Apple iPhone XS"
+    assert metadata.camera_name("NIKON CORPORATION", "NIKON D2H") == "NIKON D2H"
+    assert metadata.camera_name(None, None) is None
