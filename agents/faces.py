@@ -369,4 +369,5 @@ def register(ctx, stages: list[str] | None = None) -> None:
                            "person_id": f.get("person_id"), "person_name": f.get("person_name"),
                            "match_distance": f.get("match_distance")} for f in assigned]}
 
-    pixel_stage(ctx, STAGE, lambda: FaceModel(cache, threads=ctx.settings.model_threads), {STAGE: fields})
+    pixel_stage(ctx, STAGE, lambda: FaceModel(cache, threads=ctx.settings.model_threads,
+                                              max_side=ctx.settings.faces_detect_max_side), {STAGE: fields})

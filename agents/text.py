@@ -272,8 +272,9 @@ class OcrModel(Model):
     files = (DET_FILE, REC_FILE)
 
     def __init__(self, cache: ModelCache, threads: int = 1, allow_gpu: bool = True,
-                 languages: Iterable[str] | None = None):
+                 languages: Iterable[str] | None = None, det_max_side: int = DET_MAX_SIDE):
         super().__init__(cache, threads=threads, allow_gpu=allow_gpu)
+        self.det_max_side = det_max_side
         self.languages = list(languages if languages is not None else LANGUAGES)
         self.stats = {"gated": 0, "read": 0}
 
@@ -283,7 +284,7 @@ class OcrModel(Model):
         det = ort_session(paths[DET_FILE], threads=self.threads, allow_gpu=self.allow_gpu)
         rec = ort_session(paths[REC_FILE], threads=self.threads, allow_gpu=self.allow_gpu)
         self.gate = CappedTextDetector(det, GATE_MAX_SIDE, box_thresh=GATE_BOX_THRESH)
-        self.detector = CappedTextDetector(det, DET_MAX_SIDE)
+        self.detector = CappedTextDetector(det, self.det_max_side)
         self.recognizer = LineRecognizer(rec)
         self.identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         self.identifier.set_languages(LANGUAGE_CANDIDATES)
@@ -304,7 +305,7 @@ class OcrModel(Model):
             return empty_result()
         self.stats["read"] += 1
         long_side = max(img.shape[:2])
-        if detection_side(long_side, DET_MAX_SIDE) != detection_side(long_side, GATE_MAX_SIDE):
+        if detection_side(long_side, self.det_max_side) != detection_side(long_side, GATE_MAX_SIDE):
             boxes, _ = self.detector(img)
             if len(boxes) == 0:
                 return empty_result()
@@ -345,5 +346,6 @@ def register(ctx, stages: list[str] | None = None) -> None:
                 "lines": [{"text": ln["text"], "confidence": float(ln["confidence"]), "box": scale_box(ln["box"], info["scale"])}
                           for ln in read["lines"]]}
 
-    pixel_stage(ctx, "text", lambda: OcrModel(cache, threads=ctx.settings.model_threads, allow_gpu=ctx.settings.model_gpu),
+    pixel_stage(ctx, "text", lambda: OcrModel(cache, threads=ctx.settings.model_threads, allow_gpu=ctx.settings.model_gpu,
+                                              det_max_side=ctx.settings.text_det_max_side),
                 {"text": fields}, warmup=warmup_image)

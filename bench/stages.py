@@ -54,6 +54,24 @@ def derivatives() -> list[Image.Image]:
     return out
 
 
+def photo_sized(path: Path, long_side: int, out_dir: Path) -> Path:
+    """The sample as is when its long side (after EXIF orientation) reaches ``long_side``; else an upscaled
+    JPEG copy with the same EXIF (orientation applied, so the tag is reset)."""
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(Image.open(path))
+    if max(img.size) >= long_side:
+        return path
+    scale = long_side / max(img.size)
+    big = img.convert("RGB").resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    exif = Image.open(path).getexif()
+    exif[0x0112] = 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / (path.stem + ".jpg")
+    big.save(target, "JPEG", quality=90, exif=exif.tobytes())
+    return target
+
+
 def timed(fn, items, per: int = 1) -> list[float]:
     out = []
     for i in range(0, len(items), per):
@@ -85,8 +103,10 @@ def models_report(batch: int) -> dict:
             x, _ = objects.preprocess(im)
             m.session.run(m._outputs, {m._input: x})
 
-    models = {"objects": objects.ObjectDetector(cache), "visual": eff.EfficientNetLite0(cache),
-              "text": text.OcrModel(cache), "faces": faces.FaceModel(cache)}
+    st = Settings()
+    models = {"objects": objects.ObjectDetector(cache, threshold=st.objects_min_score, iou_threshold=st.objects_nms_iou),
+              "visual": eff.EfficientNetLite0(cache), "text": text.OcrModel(cache, det_max_side=st.text_det_max_side),
+              "faces": faces.FaceModel(cache, max_side=st.faces_detect_max_side)}
     floors = {"objects": floor_obj, "visual": floor_eff}
     for name, m in models.items():
         m.load()
@@ -115,10 +135,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--long-side", type=int, default=1600,
+                    help="end to end: sample photos smaller than this are upscaled to it (JPEG, EXIF kept), so every "
+                         "image is photo-sized for the models (0 = submit the samples as they are)")
     args = ap.parse_args()
     from lensflow.streams.settings import Settings
 
-    batch = Settings().batch_size
+    batch = Settings().model_batch_size
     print("== models on the sample photos (1 thread each)")
     figures = {"models": models_report(batch)}
 
@@ -132,6 +155,8 @@ def main() -> None:
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
     subprocess.run(cli + ["models", "prepare"], env=env, check=True)
     files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".png", ".webp", ".tif"))
+    if args.long_side:
+        files = [photo_sized(p, args.long_side, work / "photos") for p in files]
     worker = subprocess.Popen(cli + ["worker"], env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
     try:
         wait_ready(worker, 6098, work)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # --- models ----------------------------------------------------------------------------------
     model_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model (1: two single-threaded workers beat one two-threaded one on small machines).")
     model_gpu: bool = Field(True, description="Use the CUDA execution provider when ONNX Runtime has it.")
+    model_batch_size: int = Field(8, ge=1, description="Max images per model-stage batch: each holds its decoded images in memory (the models gain nothing from bigger batches on CPU).")
+    text_det_max_side: int = Field(736, ge=320, description="OCR detection input, long side in pixels (960 reads smaller text, at ~1.7x the cost).")
+    faces_detect_max_side: int = Field(640, ge=256, description="Face detection input, long side in pixels (dlib HOG, upsample 1): 800 finds smaller faces at ~1.5x the cost.")
     objects_min_score: float = Field(0.30, gt=0, lt=1, description="Detections scoring below this are dropped (objects stage).")
     objects_nms_iou: float = Field(0.5, gt=0, lt=1, description="Per-class non-maximum suppression IoU (objects stage).")
     captioner: str = Field("grounded", description="Captioner of the describe stage: 'grounded' (composed from the other stages' results) or 'transformers:/path' (a local generative model; not in this build).")
