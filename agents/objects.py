@@ -292,15 +292,7 @@ def _locked(path: Path):
 
 
 def _up_to_date(cache: ModelCache, key: str) -> bool:
-    name = DETECTORS[key]["onnx"]
-    entry = cache.manifest().get(name)
-    if not entry or entry.get("version") != VERSION or entry.get("source") != source_of(key):
-        return False
-    try:
-        cache.verified(name)
-    except ModelError:
-        return False
-    return True
+    return cache.is_current(DETECTORS[key]["onnx"], VERSION, source_of(key))
 
 
 def prepare_detector(cache: ModelCache, progress: Progress = _quiet, *, key: str = DETECTOR,

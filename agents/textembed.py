@@ -218,17 +218,6 @@ def _checked_source(src_dir: Path, name: str) -> Path:
     return src
 
 
-def _up_to_date(cache: ModelCache, name: str, source: str) -> bool:
-    entry = cache.manifest().get(name)
-    if not entry or entry.get("version") != VERSION or entry.get("source") != source:
-        return False
-    try:
-        cache.verified(name)
-    except ModelError:
-        return False
-    return True
-
-
 @preparer(PREPARER)
 def prepare(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, *, force: bool = False) -> None:
     """Build ``minilm-l6-v2.onnx`` and copy the tokenizer into the cache, recording both (idempotent:
@@ -238,7 +227,7 @@ def prepare(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None
     onnx_source = f"{pkg}/{WEIGHTS} sha256={SOURCE_SHA256[WEIGHTS]}"
     src_dir = None
 
-    if not force and _up_to_date(cache, TOKENIZER_FILE, tok_source):
+    if not force and cache.is_current(TOKENIZER_FILE, VERSION, tok_source):
         progress(f"{TOKENIZER_FILE}: up to date")
     else:
         src_dir = source_dir()
@@ -250,7 +239,7 @@ def prepare(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None
         cache.record(TOKENIZER_FILE, VERSION, tok_source)
         progress(f"{TOKENIZER_FILE}: copied")
 
-    if not force and _up_to_date(cache, ONNX_FILE, onnx_source):
+    if not force and cache.is_current(ONNX_FILE, VERSION, onnx_source):
         progress(f"{ONNX_FILE}: up to date")
         return
     t0 = time.perf_counter()
@@ -258,10 +247,7 @@ def prepare(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None
     _check_config(json.loads((src_dir / CONFIG).read_text()))
     model = build_onnx(read_safetensors(_checked_source(src_dir, WEIGHTS)))
     dst = cache.root / ONNX_FILE
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(dst)
-    digest = cache.record(ONNX_FILE, VERSION, onnx_source)
+    digest = cache.write(ONNX_FILE, model.SerializeToString(), VERSION, onnx_source)
     progress(f"{ONNX_FILE}: built ({dst.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}) "
              f"in {time.perf_counter() - t0:.1f} s")
 

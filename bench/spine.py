@@ -185,8 +185,9 @@ def run_pipeline(env: dict, files: list[Path], timeout_s: float, user: str = "be
     return list(results.values())
 
 
-def report(label: str, files: list[Path], recs: list[dict], floor: list[float]) -> dict:
-    wall = max(r["_wall"] for r in recs)
+def summarise(recs: list[dict]) -> dict:
+    """Throughput (first upload -> last analyzed), latency percentiles and per-stage medians of
+    ImageAnalyzed records."""
     first_upload = min(r["uploaded_at"] for r in recs)
     last = max(r["analyzed_at"] for r in recs)
     e2e = [(r["analyzed_at"] - r["uploaded_at"]).total_seconds() * 1000 for r in recs]
@@ -194,15 +195,17 @@ def report(label: str, files: list[Path], recs: list[dict], floor: list[float]) 
     for r in recs:
         for s in r["stages"]:
             stages.setdefault(s["stage"], []).append(s["duration_ms"])
+    return {"images": len(recs), "statuses": sorted({r["status"] for r in recs}),
+            "images_per_s": len(recs) / (last - first_upload).total_seconds(),
+            "latency_p50_ms": pct(e2e, 50), "latency_p95_ms": pct(e2e, 95),
+            "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()}}
+
+
+def report(label: str, files: list[Path], recs: list[dict], floor: list[float]) -> dict:
     statuses = {r["status"] for r in recs}
-    out = {
-        "label": label, "images": len(recs), "statuses": sorted(statuses),
-        "images_per_s": len(recs) / (last - first_upload).total_seconds(),
-        "images_per_s_incl_submit": len(recs) / wall,
-        "latency_p50_ms": pct(e2e, 50), "latency_p95_ms": pct(e2e, 95),
-        "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()},
-        "floor_decode_resize_p50_ms": statistics.median(floor),
-    }
+    out = {"label": label, **summarise(recs),
+           "images_per_s_incl_submit": len(recs) / max(r["_wall"] for r in recs),
+           "floor_decode_resize_p50_ms": statistics.median(floor)}
     out["preprocess_vs_floor"] = out["stage_p50_ms"]["preprocess"] / out["floor_decode_resize_p50_ms"]
     out["wall_ms_per_image"] = 1000 / out["images_per_s"]
     print(f"\n== {label}: {len(recs)} images, status {sorted(statuses)}")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from bench.spine import _cleanup, cpu_seconds, pct, run_pipeline, wait_ready  # noqa: E402
+from bench.spine import _cleanup, cpu_seconds, run_pipeline, summarise, wait_ready  # noqa: E402
 
 PHOTOS = ROOT / "samples" / "photos"
 ALL = "objects,text,faces,scene,embedding,describe"
@@ -172,19 +172,9 @@ def main() -> None:
                 recs += part
         wall = time.perf_counter() - t0
         after = cpu_seconds(pids)
-        first = min(r["uploaded_at"] for r in recs)
-        last = max(r["analyzed_at"] for r in recs)
-        e2e = [(r["analyzed_at"] - r["uploaded_at"]).total_seconds() * 1000 for r in recs]
-        stages: dict[str, list[float]] = {}
-        for r in recs:
-            for s in r["stages"]:
-                stages.setdefault(s["stage"], []).append(s["duration_ms"])
         rss = subprocess.run(["ps", "-o", "rss=", "-p", str(worker.pid)], capture_output=True, text=True).stdout.strip()
         e = figures["end_to_end"] = {
-            "images": len(recs), "statuses": sorted({r["status"] for r in recs}),
-            "images_per_s": len(recs) / (last - first).total_seconds(), "wall_s": wall,
-            "latency_p50_ms": pct(e2e, 50), "latency_p95_ms": pct(e2e, 95),
-            "stage_p50_ms": {k: statistics.median(v) for k, v in stages.items()},
+            **summarise(recs), "wall_s": wall,
             "worker_cpu_ms_per_image": (after["worker"] - before["worker"]) * 1000 / len(recs),
             "worker_rss_mib": int(rss) / 1024 if rss else None}
         print(f"\n== end to end, every stage on: {e['images']} images, status {e['statuses']}")

@@ -66,6 +66,26 @@ class ModelCache:
         tmp.replace(self.manifest_path)
         return digest
 
+    def is_current(self, name: str, version: str, source: str) -> bool:
+        """True when ``name`` was built from ``source`` at ``version`` and still matches its checksum:
+        the test every preparer makes before doing any work."""
+        entry = self.manifest().get(name)
+        if not entry or entry.get("version") != version or entry.get("source") != source:
+            return False
+        try:
+            self.verified(name)
+        except ModelError:
+            return False
+        return True
+
+    def write(self, name: str, data: bytes, version: str, source: str) -> str:
+        """Write a built model file atomically (temp file + rename) and record it; returns its SHA-256."""
+        path = self.root / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return self.record(name, version, source)
+
     def verified(self, name: str) -> tuple[Path, str]:
         """The path of a prepared model file whose checksum matches the manifest."""
         path = self.root / name

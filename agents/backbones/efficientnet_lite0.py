@@ -269,23 +269,13 @@ def prepare(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None
     target = cache.root / ONNX_FILE
     pth = Path(weights) if weights is not None else weights_path()
     source = _source(pth)
-    entry = cache.manifest().get(ONNX_FILE)
-    if not force and entry and entry.get("version") == VERSION and entry.get("source") == source \
-            and target.exists():
-        try:
-            cache.verified(ONNX_FILE)
-        except ModelError:
-            pass
-        else:
-            progress(f"{NAME}: {ONNX_FILE} is up to date")
-            return target
+    if not force and cache.is_current(ONNX_FILE, VERSION, source):
+        progress(f"{NAME}: {ONNX_FILE} is up to date")
+        return target
     t0 = time.perf_counter()
     progress(f"{NAME}: reading {pth.name}")
     model = build_onnx(read_legacy_pth(pth))
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(target)
-    digest = cache.record(ONNX_FILE, VERSION, source)
+    digest = cache.write(ONNX_FILE, model.SerializeToString(), VERSION, source)
     progress(f"{NAME}: wrote {ONNX_FILE} ({target.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}) "
              f"in {time.perf_counter() - t0:.1f} s")
     return target
