@@ -27,7 +27,7 @@ from typing import Any
 import PIL
 from PIL import Image
 
-from lensflow.streams.errors import StageFailure, classify, retrying_sync
+from lensflow.streams.errors import StageFailure, classify, retrying
 from lensflow.streams.records import result
 from lensflow.streams.storage import derivative_url
 from lensflow.streams.topology import PREPARED, UPLOADED, plan_for
@@ -291,7 +291,7 @@ def _work(storage, source: str, limits: Limits, fetch_attempts: int) -> Outcome:
     """Everything for one image that runs off the event loop, in one thread hop, timed."""
     t0 = time.perf_counter()
     attempts = 0
-    for attempt in retrying_sync(fetch_attempts):
+    for attempt in retrying(fetch_attempts):
         with attempt:
             attempts = attempt.retry_state.attempt_number
             data = storage.read(source, limits.max_bytes)

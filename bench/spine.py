@@ -121,6 +121,20 @@ def hop_overhead_ms(env: dict, topic: str, n: int = 300) -> list[float]:
     return out[20:]  # warm-up
 
 
+def bench_env(prefix: str, port: int, work: Path, overrides: list[str] = ()) -> dict:
+    """The environment of a benchmark worker: the shared local stack, its own data dir, topic prefix,
+    keyspace and consumer group (cleaned up by ``_cleanup``), plus NAME=VALUE setting overrides."""
+    tag = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENSFLOW_")}
+    env.update(LENSFLOW_STACK_DIR=str(ROOT / ".lensflow" / "stack"), LENSFLOW_DATA_DIR=str(work / "data"),
+               LENSFLOW_TOPIC_PREFIX=f"{prefix}{tag}.", LENSFLOW_CASSANDRA_KEYSPACE=f"{prefix}_{tag}",
+               LENSFLOW_APP_ID=f"bench-{tag}", LENSFLOW_WEB_PORT=str(port), LENSFLOW_LOG_LEVEL="warning")
+    for item in overrides:
+        name, _, value = item.partition("=")
+        env[f"LENSFLOW_{name.upper()}"] = value
+    return env
+
+
 def wait_ready(worker: subprocess.Popen, port: int, work: Path, tries: int = 600) -> None:
     """Until the worker's /readyz answers 200; exits with its log's path if it dies or never does."""
     import httpx
@@ -229,15 +243,8 @@ def main() -> None:
                     help="a worker setting, e.g. --set preprocess_threads=3 (repeatable)")
     args = ap.parse_args()
 
-    tag = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LENSFLOW_")}
-    env.update(LENSFLOW_STACK_DIR=str(ROOT / ".lensflow" / "stack"), LENSFLOW_DATA_DIR=str(work / "data"),
-               LENSFLOW_TOPIC_PREFIX=f"b{tag}.", LENSFLOW_CASSANDRA_KEYSPACE=f"b_{tag}", LENSFLOW_APP_ID=f"bench-{tag}",
-               LENSFLOW_WEB_PORT="6099", LENSFLOW_LOG_LEVEL="warning")
-    for item in args.set:
-        name, _, value = item.partition("=")
-        env[f"LENSFLOW_{name.upper()}"] = value
+    env = bench_env("b", 6099, work, args.set)
     cli = [sys.executable, "-m", "lensflow.streams.cli"]
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
 
@@ -282,7 +289,7 @@ def main() -> None:
             cpu = {k: (after[k] - before[k]) * 1000 / len(recs) for k in pids}
             figures[label]["cpu_ms_per_image"] = cpu
             print("  cpu per image   " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items()))
-        hops = hop_overhead_ms(env, f"b{tag}.analysis.metadata", args.hops)
+        hops = hop_overhead_ms(env, env["LENSFLOW_TOPIC_PREFIX"] + "analysis.metadata", args.hops)
         figures["hop_p50_ms"], figures["hop_p95_ms"] = statistics.median(hops), pct(hops, 95)
         print(f"\n== one Kafka+Avro hop (encode, produce acks=all, consume, decode): p50 {figures['hop_p50_ms']:.2f} ms, "
               f"p95 {figures['hop_p95_ms']:.2f} ms")

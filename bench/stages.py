@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from bench.spine import _cleanup, cpu_seconds, run_pipeline, summarise, wait_ready  # noqa: E402
+from bench.spine import _cleanup, bench_env, cpu_seconds, run_pipeline, summarise, wait_ready  # noqa: E402
 
 PHOTOS = ROOT / "samples" / "photos"
 ALL = "objects,text,faces,scene,embedding,describe"
@@ -145,12 +143,8 @@ def main() -> None:
     print("== models on the sample photos (1 thread each)")
     figures = {"models": models_report(batch)}
 
-    tag = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-stages-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LENSFLOW_")}
-    env.update(LENSFLOW_STACK_DIR=str(ROOT / ".lensflow" / "stack"), LENSFLOW_DATA_DIR=str(work / "data"),
-               LENSFLOW_TOPIC_PREFIX=f"s{tag}.", LENSFLOW_CASSANDRA_KEYSPACE=f"s_{tag}", LENSFLOW_APP_ID=f"bench-{tag}",
-               LENSFLOW_WEB_PORT="6098", LENSFLOW_LOG_LEVEL="warning")
+    env = bench_env("s", 6098, work)
     cli = [sys.executable, "-m", "lensflow.streams.cli"]
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
     subprocess.run(cli + ["models", "prepare"], env=env, check=True)

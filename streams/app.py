@@ -239,7 +239,7 @@ def _store_views(app: faust.App, ctx: Context) -> None:
     service = SearchService(ctx.stores, ctx.settings)
     face_model: dict[str, Any] = {}
 
-    def not_ready() -> Response | None:
+    def not_ready() -> str | None:
         return None if ctx.stores.ready.is_set() else "stores are not open yet"
 
     @app.page("/search")
@@ -261,7 +261,8 @@ def _store_views(app: faust.App, ctx: Context) -> None:
         from .models import ModelCache
 
         if "model" not in face_model:
-            face_model["model"] = FaceModel(ModelCache(ctx.settings.cache_path / "models")).load()
+            face_model["model"] = FaceModel(ModelCache(ctx.settings.cache_path / "models"),
+                                            max_side=ctx.settings.faces_detect_max_side).load()
         img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
         return face_model["model"].predict([img])[0]
 

@@ -71,14 +71,9 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict("internal", f"{type(exc).__name__}: {exc}", False, dead_letter=True)
 
 
-def retrying(attempts: int, max_wait_s: float = 5.0) -> AsyncRetrying:
-    """Backoff for transient faults of one record (e.g. fetching an original)."""
-    return AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=max_wait_s),
-                         retry=retry_if_exception(is_transient), reraise=True)
-
-
-def retrying_sync(attempts: int, max_wait_s: float = 5.0) -> Retrying:
-    """The same policy as ``retrying`` for code running in a worker thread."""
+def retrying(attempts: int, max_wait_s: float = 5.0) -> Retrying:
+    """Backoff for transient faults of one record (e.g. fetching an original), in the worker thread
+    that does the record's I/O."""
     return Retrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=max_wait_s),
                     retry=retry_if_exception(is_transient), reraise=True)
 

@@ -13,6 +13,7 @@ Metrics, served on every worker at ``/metrics``:
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 import time
 from contextlib import contextmanager
@@ -100,5 +101,3 @@ def configure_logging(level: str = "info", json_logs: bool = True) -> dict:
     logging.config.dictConfig(config)
     return config
 
-
-import logging.config  # noqa: E402  (after the function for readability; stdlib)

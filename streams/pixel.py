@@ -83,9 +83,6 @@ class DecodedCache:
         return fut.result()
 
 
-def load_rgb(storage, uri: str, max_bytes: int, cache: DecodedCache | None = None) -> Image.Image:
-    return cache.get(storage, uri, max_bytes) if cache is not None else _decode(storage, uri, max_bytes)
-
 
 def decoded_cache(ctx) -> DecodedCache:
     """One cache per worker process (the context), sized to a couple of model batches per stage."""
@@ -161,8 +158,9 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
                 await fail(prepared, state["error"])
             return
         t0 = time.perf_counter()
-        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, load_rgb, ctx.storage, p["uri"], settings.max_bytes,
-                                                            decoded_cache(ctx)) for p in todo), return_exceptions=True)
+        cache = decoded_cache(ctx)
+        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cache.get, ctx.storage, p["uri"], settings.max_bytes)
+                                       for p in todo), return_exceptions=True)
         ready = []
         for prepared, img in zip(todo, loads):
             if isinstance(img, BaseException):
