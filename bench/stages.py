@@ -80,6 +80,15 @@ def timed(fn, items, per: int = 1) -> list[float]:
     return out
 
 
+def decoded_cache_counts(port: int) -> dict[str, float]:
+    """The worker's ``lensflow_decoded_cache_total`` by result (hit / miss), from its /metrics."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r'^lensflow_decoded_cache_total\{result="(\w+)"\} (\S+)$', text, re.M)}
+
+
 def models_report(batch: int) -> dict:
     from lensflow.agents import objects, text, faces, textembed
     from lensflow.agents.backbones import efficientnet_lite0 as eff
@@ -136,12 +145,15 @@ def main() -> None:
     ap.add_argument("--long-side", type=int, default=1600,
                     help="end to end: sample photos smaller than this are upscaled to it (JPEG, EXIF kept), so every "
                          "image is photo-sized for the models (0 = submit the samples as they are)")
+    ap.add_argument("--skip-models", action="store_true", help="only the end-to-end part")
     args = ap.parse_args()
     from lensflow.streams.settings import Settings
 
     batch = Settings().model_batch_size
-    print("== models on the sample photos (1 thread each)")
-    figures = {"models": models_report(batch)}
+    figures = {}
+    if not args.skip_models:
+        print("== models on the sample photos (1 thread each)")
+        figures["models"] = models_report(batch)
 
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-stages-"))
     env = bench_env("s", 6098, work)
@@ -167,15 +179,18 @@ def main() -> None:
         wall = time.perf_counter() - t0
         after = cpu_seconds(pids)
         rss = subprocess.run(["ps", "-o", "rss=", "-p", str(worker.pid)], capture_output=True, text=True).stdout.strip()
+        decodes = decoded_cache_counts(6098)
         e = figures["end_to_end"] = {
             **summarise(recs), "wall_s": wall,
             "worker_cpu_ms_per_image": (after["worker"] - before["worker"]) * 1000 / len(recs),
-            "worker_rss_mib": int(rss) / 1024 if rss else None}
+            "worker_rss_mib": int(rss) / 1024 if rss else None, "decoded_cache": decodes}
         print(f"\n== end to end, every stage on: {e['images']} images, status {e['statuses']}")
         print(f"  throughput {e['images_per_s']:.2f} images/s; latency p50 {e['latency_p50_ms']:.0f} ms, p95 {e['latency_p95_ms']:.0f} ms")
         for k, v in e["stage_p50_ms"].items():
             print(f"  stage {k:<10} p50 {v:7.1f} ms")
-        print(f"  worker CPU {e['worker_cpu_ms_per_image']:.0f} ms/image; RSS {e['worker_rss_mib']:.0f} MiB")
+        print(f"  worker CPU {e['worker_cpu_ms_per_image']:.0f} ms/image; RSS {e['worker_rss_mib']:.0f} MiB; "
+              f"derivatives decoded {decodes.get('miss', 0):.0f} times, shared {decodes.get('hit', 0):.0f} times, "
+              f"evicted unshared {decodes.get('evicted', 0):.0f} times (warm-up included)")
     finally:
         worker.terminate()
         worker.wait(60)

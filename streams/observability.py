@@ -7,6 +7,8 @@ Metrics, served on every worker at ``/metrics``:
   (Faust's own events_runtime stays 0 for take() agents, so batches are timed here)
 * ``lensflow_end_to_end_seconds{status}`` — upload → analyzed latency, observed by the join
 * ``lensflow_deadletters_total{stage,code}``, ``lensflow_join_inflight`` — dead letters, open images
+* ``lensflow_decoded_cache_total{result}`` — derivatives a pixel agent found decoded (hit) or decoded (miss),
+  and decoded ones dropped before every agent had read them (evicted)
 * ``process_*`` — CPU seconds and resident memory of the worker (prometheus-client's collector)
 """
 
@@ -51,6 +53,8 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.deadletters = Counter("lensflow_deadletters_total", "Records dead-lettered", ["stage", "code"], registry=r)
         self.inflight = Gauge("lensflow_join_inflight", "Images waiting in the join (this worker)", registry=r)
+        self.decoded = Counter("lensflow_decoded_cache_total", "Derivative decodes shared (hit) or done (miss) by the pixel agents",
+                               ["result"], registry=r)
         self.sink_seconds = Histogram("lensflow_sink_seconds", "Store write time per join batch", ["store"],
                                       buckets=LATENCY_BUCKETS, registry=r)
 

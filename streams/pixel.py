@@ -43,51 +43,93 @@ def _decode(storage, uri: str, max_bytes: int) -> Image.Image:
     data = storage.read(uri, max_bytes)
     img = Image.open(io.BytesIO(data))
     img.load()
-    return img.convert("RGB")
+    # convert() copies even when the mode is already RGB (~3 ms for 1600 px): only convert what is not
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 class DecodedCache:
-    """The decoded derivatives shared by the pixel stages of one worker: every stage reads the same
-    images.prepared records at about the same time, so one decode serves all of them (a 1600 px JPEG
-    costs ~10-15 ms to decode; four stages used to decode it four times). Bounded by entries, each
-    a few MB; callers must not modify the images they get."""
+    """The decoded derivatives shared by the pixel agents of one worker, so that each image is decoded
+    once however many stages read it (a 1600 px JPEG costs ~10-15 ms to decode; with one decode per
+    stage, decoding was ~13 % of a worker's CPU with every stage on).
 
-    def __init__(self, size: int):
+    Each entry knows which of this worker's agents still have to read it (``readers``: the agents
+    registered here whose stages the image expects) and is dropped when the last one has; ``size``
+    bounds the entries held (each a few MB) for the agents that never come (a model that failed to
+    load) or that lag further behind than the cache holds, which then decode again. The agents stay
+    within about ``size`` images of each other because ``pixel_stage`` gives their topic a small
+    buffer (Faust stops delivering to every agent when one agent's buffer is full).
+
+    Callers must not modify the images they get."""
+
+    def __init__(self, size: int, metric=None):
         import threading
         from collections import OrderedDict
 
         self.size = size
-        self._items: "OrderedDict[str, Any]" = OrderedDict()
+        self._items: "OrderedDict[str, tuple[Any, set[str]]]" = OrderedDict()
         self._lock = threading.Lock()
+        self._metric = metric  # Counter with a ``result`` label (hit / miss), or None
+        self.readers: dict[str, frozenset[str]] = {}  # agent -> the stages it publishes
 
-    def get(self, storage, uri: str, max_bytes: int) -> Image.Image:
+    def register(self, agent: str, stages) -> None:
+        self.readers[agent] = frozenset(stages)
+
+    def readers_of(self, expected_stages) -> set[str]:
+        expected = set(expected_stages or ())
+        return {agent for agent, stages in self.readers.items() if stages & expected}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, storage, uri: str, max_bytes: int, reader: str = "", readers: set[str] | frozenset = frozenset()) -> Image.Image:
+        """The decoded image at ``uri`` for agent ``reader``; ``readers``: every agent here that will ask."""
         import concurrent.futures
 
         with self._lock:
-            fut = self._items.get(uri)
-            if fut is not None:
-                self._items.move_to_end(uri)
+            entry = self._items.get(uri)
+            if entry is not None:
+                fut, pending = entry
+                pending.discard(reader)
+                if pending:
+                    self._items.move_to_end(uri)
+                else:
+                    del self._items[uri]
                 owner = False
             else:
-                fut = self._items[uri] = concurrent.futures.Future()
+                fut = concurrent.futures.Future()
+                pending = set(readers) - {reader}
+                if pending:
+                    self._items[uri] = (fut, pending)
+                    while len(self._items) > self.size:
+                        self._items.popitem(last=False)
+                        if self._metric is not None:
+                            self._metric.labels("evicted").inc()
                 owner = True
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
+        if self._metric is not None:
+            self._metric.labels("miss" if owner else "hit").inc()
         if owner:
             try:
                 fut.set_result(_decode(storage, uri, max_bytes))
             except BaseException as exc:
                 fut.set_exception(exc)
                 with self._lock:
-                    self._items.pop(uri, None)
+                    if self._items.get(uri, (None,))[0] is fut:
+                        del self._items[uri]
         return fut.result()
 
 
+def buffer_size(settings) -> int:
+    """Records buffered per pixel agent: two batches, so the agents of one worker stay close enough
+    for one decode to serve them all (``DecodedCache``) and the slowest one never starves."""
+    return 2 * settings.model_batch_size
+
 
 def decoded_cache(ctx) -> DecodedCache:
-    """One cache per worker process (the context), sized to a couple of model batches per stage."""
+    """One cache per worker process (the context). An agent lags the fastest by at most its buffer,
+    the batch take() is filling and the batch it is running: the cache holds that many."""
     if getattr(ctx, "decoded_cache", None) is None:
-        ctx.decoded_cache = DecodedCache(size=2 * ctx.settings.model_batch_size)
+        ctx.decoded_cache = DecodedCache(size=buffer_size(ctx.settings) + 3 * ctx.settings.model_batch_size,
+                                         metric=ctx.metrics.decoded)
     return ctx.decoded_cache
 
 
@@ -119,6 +161,8 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
         loaded.set()
 
     ctx.ready_checks.append((f"{name}_model", loaded.is_set))
+    cache = decoded_cache(ctx)
+    cache.register(name, outputs)
 
     stage_metrics = {stage: ctx.metrics.stage(stage) for stage in outputs}
 
@@ -158,8 +202,8 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
                 await fail(prepared, state["error"])
             return
         t0 = time.perf_counter()
-        cache = decoded_cache(ctx)
-        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cache.get, ctx.storage, p["uri"], settings.max_bytes)
+        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cache.get, ctx.storage, p["uri"], settings.max_bytes,
+                                                            name, cache.readers_of(p.get("expected_stages")))
                                        for p in todo), return_exceptions=True)
         ready = []
         for prepared, img in zip(todo, loads):
@@ -191,7 +235,7 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
                     continue
                 await publish(stage, prepared, "ok", None, per_image_ms, extra)
 
-    @app.agent(ctx.topic(PREPARED), name=name)
+    @app.agent(ctx.topic(PREPARED, maxsize=buffer_size(settings)), name=name)
     async def agent(stream):
         await loaded.wait()
         if ctx.stores.wanted:
