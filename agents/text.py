@@ -262,7 +262,7 @@ def empty_result() -> dict:
 def _bgr(img: Image.Image) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])  # the PP-OCR models take BGR
+    return cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR)  # the PP-OCR models take BGR (half the time of a numpy flip + copy)
 
 
 # --- the runner -------------------------------------------------------------------------------------

@@ -154,6 +154,8 @@ def ort_session(path: Path, threads: int = 1, allow_gpu: bool = True):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # no busy-waiting between parallel sections: the worker's cores are shared by several stages
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers(allow_gpu))
 
