@@ -109,7 +109,17 @@ class _Runner:
 class _CappedResize(DetPreProcess):
     """rapidocr's detector resize with the cap honoured: long side ≤ ``limit_side_len``; images with a long
     side under ``GATE_MAX_SIDE`` are upscaled to it (small text in small images is found then); both sides
-    rounded to multiples of 32 (the network's stride); area interpolation when shrinking."""
+    rounded to multiples of 32 (the network's stride); area interpolation when shrinking. Normalised by
+    OpenCV in one pass (rapidocr's numpy normalisation goes through float64: 7.6 ms against 1 ms at 736 px,
+    equal to 1e-7)."""
+
+    def __call__(self, img: np.ndarray) -> np.ndarray | None:
+        resized = self.resize(img)
+        if resized is None:
+            return None
+        # (x / 255 - mean) / std == (x - 255 mean) / (255 std); one std for the three channels (PP-OCR: 0.5)
+        return cv2.dnn.blobFromImage(resized, scalefactor=1 / (255 * float(self.std[0])),
+                                     mean=tuple(255 * float(m) for m in self.mean))
 
     def resize(self, img: np.ndarray) -> np.ndarray | None:
         h, w = img.shape[:2]
@@ -144,7 +154,7 @@ class CappedTextDetector(TextDetector):
                                             unclip_ratio=1.6, use_dilation=True, score_mode="fast")
         self.infer = _Runner(session)
 
-    def get_preprocess(self, max_wh: int) -> DetPreProcess:  # the overridden resize step
+    def get_preprocess(self, max_wh: int) -> DetPreProcess:  # the overridden resize and normalisation
         return _CappedResize(self.limit_side_len, self.limit_type, self.mean, self.std)
 
 
