@@ -8,10 +8,12 @@ those results: objects counted and named, the place or indoor/outdoor, recognise
 and a short quote of the text. It never says more than the stages found. The semantic vector is
 all-MiniLM-L6-v2 over the caption plus tags, place, OCR text and people, one inference per batch.
 
-``LENSFLOW_CAPTIONER`` selects the captioner: ``grounded`` (default) or
-``transformers:/path/to/local/model`` for a generative model from a local directory — that backend
-is not part of this build, so naming it is a clear configuration error at start-up rather than a
-silent fallback.
+``LENSFLOW_CAPTIONER`` selects the captioner: ``grounded`` (default), or ``onnx:/path/to/dir`` for a
+generative image-to-text model exported to ONNX in a local directory (``captioner.OnnxCaptioner``:
+the same runner base as every model; it captions the derivative's pixels, and the semantic vector
+then covers its caption plus the same facts). A directory that is missing or lacks a file is a
+configuration error at start-up, naming what is missing. ``transformers:/path`` is refused with how
+to export that model to ONNX: transformers needs torch, which the runtime install leaves out.
 """
 
 from __future__ import annotations
@@ -125,39 +127,82 @@ def semantic_text(agg: dict, cap: str) -> str:
     return ". ".join(p for p in parts if p)
 
 
-def check_captioner(setting: str) -> None:
+def check_captioner(setting: str) -> Path | None:
+    """The generative captioner's directory (``onnx:DIR``), None for ``grounded``; a ModelError for
+    anything else, saying what to do."""
     if setting == "grounded":
-        return
-    if setting.startswith("transformers:"):
-        path = Path(setting.split(":", 1)[1]).expanduser()
-        if not path.is_dir():
-            raise ModelError(f"LENSFLOW_CAPTIONER names {path}, which is not a directory")
-        raise ModelError("the transformers captioner backend is not part of this build (LENSFLOW_CAPTIONER=grounded)")
-    raise ModelError(f"unknown LENSFLOW_CAPTIONER {setting!r}: use 'grounded' or 'transformers:/path/to/model'")
+        return None
+    kind, _, rest = setting.partition(":")
+    if kind == "onnx" and rest:
+        from .captioner import check_directory
+
+        directory = Path(rest).expanduser()
+        check_directory(directory)
+        return directory
+    if kind == "transformers" and rest:
+        raise ModelError("LENSFLOW_CAPTIONER=transformers:… needs torch, which this build does not install: export the "
+                         f"model to ONNX (optimum-cli export onnx --model {rest} --task image-to-text OUT) and set "
+                         "LENSFLOW_CAPTIONER=onnx:OUT")
+    raise ModelError(f"unknown LENSFLOW_CAPTIONER {setting!r}: use 'grounded' or 'onnx:/path/to/model/dir'")
 
 
 def register(ctx, stages: list[str] | None = None) -> None:
     from .textembed import TextEmbedder
 
     settings, app = ctx.settings, ctx.app
-    check_captioner(settings.captioner)
+    directory = check_captioner(settings.captioner)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="describe")
     embedder = TextEmbedder(ModelCache(settings.cache_path / "models"), threads=settings.model_threads)
+    captioner = None
+    if directory is not None:
+        from .captioner import OnnxCaptioner
+
+        captioner = OnnxCaptioner(directory, threads=settings.model_threads, allow_gpu=settings.model_gpu)
     state: dict[str, Any] = {"error": None}
     loaded = asyncio.Event()
     metrics = ctx.metrics.stage(STAGE)
     log = ctx.log.bind(stage=STAGE)
 
+    def load_models() -> None:
+        embedder.load()
+        embedder.warmup("warm up")
+        if captioner is not None:
+            captioner.load()
+            captioner.warmup()
+
     @app.task
     async def load() -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(pool, lambda: (embedder.load(), embedder.warmup("warm up")))
+            await asyncio.get_running_loop().run_in_executor(pool, load_models)
         except Exception as exc:
             state["error"] = exc
             log.error("model_unavailable", error=str(exc))
         loaded.set()
 
     ctx.ready_checks.append(("describe_model", loaded.is_set))
+
+    def generated(aggs: list[dict]) -> list[str | BaseException]:
+        """The generative captioner's caption per aggregate, or why that image has none."""
+        from lensflow.streams.pixel import decode_derivative
+
+        images: list[Any] = []
+        for agg in aggs:
+            try:
+                images.append(decode_derivative(ctx.storage, agg["prepared"]["uri"], settings.max_bytes))
+            except Exception as exc:
+                images.append(exc)
+        ready = [im for im in images if not isinstance(im, BaseException)]
+        caps = iter(captioner.predict(ready) if ready else [])
+        return [im if isinstance(im, BaseException) else next(caps) for im in images]
+
+    def describe_batch(aggs: list[dict]) -> list[tuple[str, list[float]] | BaseException]:
+        """(caption, semantic vector) per aggregate, or the exception that failed it."""
+        if state["error"] is not None:
+            raise ModelError(f"describe model unavailable: {state['error']}")
+        caps: list[str | BaseException] = generated(aggs) if captioner is not None else [caption(a) for a in aggs]
+        good = [(a, c) for a, c in zip(aggs, caps) if not isinstance(c, BaseException)]
+        vectors = iter(embedder.predict([semantic_text(a, c) for a, c in good]) if good else [])
+        return [c if isinstance(c, BaseException) else (c, next(vectors)) for c in caps]
 
     @app.agent(ctx.topic(AGGREGATED), name=STAGE)
     async def describe(stream):
@@ -173,22 +218,22 @@ def register(ctx, stages: list[str] | None = None) -> None:
                 if not aggs:
                     continue
                 t0 = time.perf_counter()
-                caps, vectors, error = [], [], None
                 try:
-                    if state["error"] is not None:
-                        raise ModelError(f"text embedding model unavailable: {state['error']}")
-                    caps = [caption(a) for a in aggs]
-                    vectors = await asyncio.get_running_loop().run_in_executor(
-                        pool, embedder.predict, [semantic_text(a, c) for a, c in zip(aggs, caps)])
+                    outcomes = await asyncio.get_running_loop().run_in_executor(pool, describe_batch, aggs)
                 except Exception as exc:
-                    verdict = classify(exc)
-                    error = verdict.as_error()
-                    log.warning("batch_failed", code=verdict.code, reason=verdict.message)
+                    outcomes = [exc] * len(aggs)
                 ms = (time.perf_counter() - t0) * 1000 / len(aggs)
-                for i, agg in enumerate(aggs):
-                    rec = result(STAGE, agg["image_id"], agg["user_id"], agg["run_id"], model=CAPTIONER,
+                for agg, outcome in zip(aggs, outcomes):
+                    error, cap, vector = None, "", []
+                    if isinstance(outcome, BaseException):
+                        verdict = classify(outcome)
+                        error = verdict.as_error()
+                        log.warning("image_failed", image_id=agg["image_id"], code=verdict.code, reason=verdict.message)
+                    else:
+                        cap, vector = outcome
+                    rec = result(STAGE, agg["image_id"], agg["user_id"], agg["run_id"],
+                                 model=captioner.ref if captioner is not None else CAPTIONER,
                                  status="failed" if error else "ok", error=error, duration_ms=ms,
-                                 caption=caps[i] if not error else "", text_model=embedder.ref,
-                                 semantic_vector=vectors[i] if not error else [])
+                                 caption=cap, text_model=embedder.ref, semantic_vector=vector)
                     await ctx.send(DESCRIBED, agg["image_id"], "ImageDescribed", rec)
                     metrics.observe(ms / 1000, rec["status"])

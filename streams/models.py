@@ -184,15 +184,21 @@ class Model:
             if self._loaded:
                 return self
             t0 = time.perf_counter()
-            paths, digests = {}, []
-            for f in self.files:
-                paths[f], digest = self.cache.verified(f)
-                digests.append(digest)
+            paths, digests = self._resolve()
             self.sha256 = digests[0] if len(digests) == 1 else (hashlib.sha256("".join(digests).encode()).hexdigest() if digests else None)
             self._load(paths)
             self._loaded = True
             log.info("model_loaded", model=self.name, version=self.version, ms=round((time.perf_counter() - t0) * 1000, 1))
         return self
+
+    def _resolve(self) -> tuple[dict[str, Path], list[str]]:
+        """The model's files and their SHA-256: by default ``files`` from the model cache, each
+        verified against its manifest (a model from an operator's own directory overrides this)."""
+        paths, digests = {}, []
+        for f in self.files:
+            paths[f], digest = self.cache.verified(f)
+            digests.append(digest)
+        return paths, digests
 
     def predict(self, batch: list[Any]) -> list[Any]:
         if not self._loaded:

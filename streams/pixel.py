@@ -39,7 +39,8 @@ def scale_box(box, scale: tuple[float, float]) -> dict:
     return {"x1": float(x1) * sx, "y1": float(y1) * sy, "x2": float(x2) * sx, "y2": float(y2) * sy}
 
 
-def _decode(storage, uri: str, max_bytes: int) -> Image.Image:
+def decode_derivative(storage, uri: str, max_bytes: int) -> Image.Image:
+    """The derivative at ``uri``, decoded, in RGB."""
     data = storage.read(uri, max_bytes)
     img = Image.open(io.BytesIO(data))
     img.load()
@@ -109,7 +110,7 @@ class DecodedCache:
             self._metric.labels("miss" if owner else "hit").inc()
         if owner:
             try:
-                fut.set_result(_decode(storage, uri, max_bytes))
+                fut.set_result(decode_derivative(storage, uri, max_bytes))
             except BaseException as exc:
                 fut.set_exception(exc)
                 with self._lock:

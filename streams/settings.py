@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     faces_detect_max_side: int = Field(640, ge=256, description="Face detection input, long side in pixels (dlib HOG, upsample 1): 800 finds smaller faces at ~1.5x the cost.")
     objects_min_score: float = Field(0.30, gt=0, lt=1, description="Detections scoring below this are dropped (objects stage).")
     objects_nms_iou: float = Field(0.5, gt=0, lt=1, description="Per-class non-maximum suppression IoU (objects stage).")
-    captioner: str = Field("grounded", description="Captioner of the describe stage: 'grounded' (composed from the other stages' results) or 'transformers:/path' (a local generative model; not in this build).")
+    captioner: str = Field("grounded", description="Captioner of the describe stage: 'grounded' (composed from the other stages' results) or 'onnx:/path/to/dir' (a generative image-to-text model exported to ONNX, see agents/captioner.py).")
     face_match_threshold: float = Field(0.6, gt=0, description="Face descriptor distance under which two faces are the same person (dlib).")
 
     # --- image limits and normalisation --------------------------------------------------------

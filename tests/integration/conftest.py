@@ -87,10 +87,10 @@ class Namespace:
         return run(args, self.env, check=check, timeout=timeout)
 
     # workers ----------------------------------------------------------------------------------
-    def start_worker(self, timeout: float = 180.0) -> None:
+    def start_worker(self, timeout: float = 180.0, stages: str | None = None) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.worker = subprocess.Popen(LENSFLOW + ["worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        self.worker = subprocess.Popen(LENSFLOW + ["worker"] + (["--stages", stages] if stages else []), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{self.env['LENSFLOW_WEB_PORT']}/readyz"
         deadline = time.monotonic() + timeout

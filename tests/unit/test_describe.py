@@ -52,9 +52,14 @@ def test_semantic_text_carries_every_fact():
         assert fact in s
 
 
-def test_captioner_setting():
-    check_captioner("grounded")
+def test_captioner_setting(tmp_path):
+    from tests.captioner_model import build
+
+    assert check_captioner("grounded") is None
     with pytest.raises(ModelError, match="not a directory"):
-        check_captioner("transformers:/nonexistent/model")
+        check_captioner("onnx:/nonexistent/model")
+    with pytest.raises(ModelError, match="optimum-cli export onnx --model /some/model"):
+        check_captioner("transformers:/some/model")
     with pytest.raises(ModelError, match="unknown"):
         check_captioner("magic")
+    assert check_captioner(f"onnx:{build(tmp_path / 'm')}") == tmp_path / "m"
