@@ -84,13 +84,13 @@ def timed(fn, items, per: int = 1) -> list[float]:
     return out
 
 
-def decoded_cache_counts(port: int) -> dict[str, float]:
-    """The worker's ``lensflow_decoded_cache_total`` by result (hit / miss), from its /metrics."""
+def worker_counters(port: int, name: str) -> dict[str, float]:
+    """A counter of the worker's /metrics by its one label: ``lensflow_<name>_total{label="x"} v`` -> {x: v}."""
     import re
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {m[1]: float(m[2]) for m in re.finditer(r'^lensflow_decoded_cache_total\{result="(\w+)"\} (\S+)$', text, re.M)}
+    return {m[1]: float(m[2]) for m in re.finditer(rf'^lensflow_{name}_total{{\w+="(\w+)"}} (\S+)$', text, re.M)}
 
 
 class _Recorder:
@@ -232,6 +232,7 @@ def main() -> None:
         recs = []
         pids = {"worker": worker.pid}
         before = cpu_seconds(pids)
+        stage_cpu_before = worker_counters(6098, "stage_cpu_seconds")
         t0 = time.perf_counter()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -241,11 +242,14 @@ def main() -> None:
         wall = time.perf_counter() - t0
         after = cpu_seconds(pids)
         rss = subprocess.run(["ps", "-o", "rss=", "-p", str(worker.pid)], capture_output=True, text=True).stdout.strip()
-        decodes = decoded_cache_counts(6098)
+        decodes = worker_counters(6098, "decoded_cache")
+        stage_cpu = {k: (v - stage_cpu_before.get(k, 0.0)) * 1000 / len(recs)
+                     for k, v in worker_counters(6098, "stage_cpu_seconds").items()}
         e = figures["end_to_end"] = {
             **summarise(recs), "wall_s": wall,
             "worker_cpu_ms_per_image": (after["worker"] - before["worker"]) * 1000 / len(recs),
-            "worker_rss_mib": int(rss) / 1024 if rss else None, "decoded_cache": decodes}
+            "worker_rss_mib": int(rss) / 1024 if rss else None, "decoded_cache": decodes,
+            "stage_cpu_ms_per_image": stage_cpu}
         print(f"\n== end to end, every stage on: {e['images']} images, status {e['statuses']}")
         print(f"  throughput {e['images_per_s']:.2f} images/s; latency p50 {e['latency_p50_ms']:.0f} ms, p95 {e['latency_p95_ms']:.0f} ms")
         for k, v in e["stage_p50_ms"].items():
@@ -253,6 +257,9 @@ def main() -> None:
         print(f"  worker CPU {e['worker_cpu_ms_per_image']:.0f} ms/image; RSS {e['worker_rss_mib']:.0f} MiB; "
               f"derivatives decoded {decodes.get('miss', 0):.0f} times, shared {decodes.get('hit', 0):.0f} times, "
               f"evicted unshared {decodes.get('evicted', 0):.0f} times (warm-up included)")
+        print("  CPU per image by stage, in its own thread: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(
+            stage_cpu.items(), key=lambda kv: -kv[1])) + f"; the rest (event loop: Kafka, Avro, join, stores) "
+              f"{e['worker_cpu_ms_per_image'] - sum(stage_cpu.values()):.0f} ms")
     finally:
         worker.terminate()
         worker.wait(60)

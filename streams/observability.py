@@ -3,6 +3,10 @@
 Metrics, served on every worker at ``/metrics``:
 * ``lensflow_stage_seconds{stage}`` — processing time per image per stage (histogram)
 * ``lensflow_images_total{stage,status}`` — images by stage and outcome
+* ``lensflow_stage_cpu_seconds_total{stage}`` — CPU time of each stage's own work, measured in the
+  thread that does it (a pixel agent's inference and pre/post-processing, labelled by agent: ``visual``
+  serves scene and embedding; preprocess's fetch, decode, resize, encode and store; describe's
+  captioning and text embedding). Divided by ``lensflow_images_total`` it is a stage's CPU per image.
 * ``lensflow_batch_seconds{stage}`` / ``lensflow_batch_size{stage}`` — per-batch wall time and size
   (Faust's own events_runtime stays 0 for take() agents, so batches are timed here)
 * ``lensflow_end_to_end_seconds{status}`` — upload → analyzed latency, observed by the join
@@ -45,6 +49,8 @@ class Metrics:
         self.stage_seconds = Histogram("lensflow_stage_seconds", "Processing time per image per stage", ["stage"],
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.images_total = Counter("lensflow_images_total", "Images by stage and outcome", ["stage", "status"], registry=r)
+        self.stage_cpu = Counter("lensflow_stage_cpu_seconds", "CPU time of a stage's own work, in its thread", ["stage"],
+                                 registry=r)
         self.batch_seconds = Histogram("lensflow_batch_seconds", "Wall time per agent batch", ["stage"],
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("lensflow_batch_size", "Records per agent batch", ["stage"],

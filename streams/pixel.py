@@ -167,6 +167,16 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
 
     stage_metrics = {stage: ctx.metrics.stage(stage) for stage in outputs}
 
+    cpu = ctx.metrics.stage_cpu.labels(name)
+
+    def cpu_timed(fn, *args):
+        """``fn(*args)`` in this thread, its CPU time counted as the agent's."""
+        c0 = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            cpu.inc(time.thread_time() - c0)
+
     def wanted(prepared: dict) -> list[str]:
         return [s for s in outputs if s in (prepared.get("expected_stages") or [])]
 
@@ -203,7 +213,7 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
                 await fail(prepared, state["error"])
             return
         t0 = time.perf_counter()
-        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cache.get, ctx.storage, p["uri"], settings.max_bytes,
+        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cpu_timed, cache.get, ctx.storage, p["uri"], settings.max_bytes,
                                                             name, cache.readers_of(p.get("expected_stages")))
                                        for p in todo), return_exceptions=True)
         ready = []
@@ -217,7 +227,7 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
         load_ms = (time.perf_counter() - t0) * 1000 / len(todo)
         t1 = time.perf_counter()
         try:
-            predictions = await loop.run_in_executor(infer_pool, state["model"].predict, [img for _, img in ready])
+            predictions = await loop.run_in_executor(infer_pool, cpu_timed, state["model"].predict, [img for _, img in ready])
         except Exception as exc:
             for prepared, _ in ready:
                 await fail(prepared, exc)

@@ -59,6 +59,28 @@ def test_all_complete(analyzed):
     assert {r["status"] for r in list(a.values()) + list(b.values())} == {"complete"}
 
 
+def test_metrics_show_cpu_per_stage_and_one_decode_per_image(namespace, analyzed):
+    import re
+
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{namespace.env['LENSFLOW_WEB_PORT']}/metrics", timeout=10).text
+
+    def counter(name, label):
+        m = re.search(rf'^lensflow_{name}_total{{\w+="{label}"}} (\S+)$', text, re.M)
+        return float(m[1]) if m else 0.0
+
+    for stage in ("preprocess", "objects", "visual", "text", "faces", "describe"):
+        assert counter("stage_cpu_seconds", stage) > 0, stage
+    # the models cost more CPU than the describe stage's text embedding
+    assert counter("stage_cpu_seconds", "objects") > counter("stage_cpu_seconds", "describe")
+    a, b = analyzed
+    images = len(a) + len(b)
+    # 4 pixel agents read every image: one decodes it, three share it (enrolment decodes are not counted here)
+    assert counter("decoded_cache", "miss") == images
+    assert counter("decoded_cache", "hit") == 3 * images
+
+
 def test_objects_are_found_where_they_are(namespace, analyzed):
     a, _ = analyzed
     def labels(name):
