@@ -93,6 +93,40 @@ def worker_counters(port: int, name: str) -> dict[str, float]:
     return {m[1]: float(m[2]) for m in re.finditer(rf'^lensflow_{name}_total{{\w+="(\w+)"}} (\S+)$', text, re.M)}
 
 
+def topic_timeline(env: dict, since_ms: int) -> dict[str, list[float]]:
+    """Per topic of this run's namespace: when its records were produced (broker timestamps, seconds
+    after ``since_ms``), to see how the stages overlap."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    prefix = env["LENSFLOW_TOPIC_PREFIX"]
+    consumer = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": f"bench-timeline-{time.time()}",
+                         "enable.auto.commit": False})
+    out: dict[str, list[float]] = {}
+    try:
+        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(prefix)]
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            parts = [TopicPartition(topic, p) for p in meta.partitions]
+            starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in meta.partitions], timeout=10)
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+            todo = sum(max(0, ends[tp.partition] - tp.offset) for tp in starts if tp.offset >= 0)
+            if not todo:
+                continue
+            consumer.assign([tp for tp in starts if tp.offset >= 0])
+            times: list[float] = []
+            deadline = time.monotonic() + 30
+            while len(times) < todo and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is not None and not msg.error():
+                    times.append((msg.timestamp()[1] - since_ms) / 1000)
+            consumer.unassign()
+            out[topic[len(prefix):]] = sorted(times)
+            del parts
+    finally:
+        consumer.close()
+    return out
+
+
 class _Recorder:
     """Stands in for one of the OCR model's ONNX runners and records each tensor it is given."""
 
@@ -251,12 +285,19 @@ def main() -> None:
             "worker_rss_mib": int(rss) / 1024 if rss else None, "decoded_cache": decodes,
             "stage_cpu_ms_per_image": stage_cpu}
         print(f"\n== end to end, every stage on: {e['images']} images, status {e['statuses']}")
-        print(f"  throughput {e['images_per_s']:.2f} images/s; latency p50 {e['latency_p50_ms']:.0f} ms, p95 {e['latency_p95_ms']:.0f} ms")
+        print(f"  throughput {e['images_per_s']:.2f} images/s (first upload → last analyzed; uploads spread over "
+              f"{e['uploads_span_s']:.1f} s; first image analyzed after {e['completed_at_s'][0]:.1f} s); "
+              f"latency p50 {e['latency_p50_ms']:.0f} ms, p95 {e['latency_p95_ms']:.0f} ms")
         for k, v in e["stage_p50_ms"].items():
             print(f"  stage {k:<10} p50 {v:7.1f} ms")
         print(f"  worker CPU {e['worker_cpu_ms_per_image']:.0f} ms/image; RSS {e['worker_rss_mib']:.0f} MiB; "
               f"derivatives decoded {decodes.get('miss', 0):.0f} times, shared {decodes.get('hit', 0):.0f} times, "
               f"evicted unshared {decodes.get('evicted', 0):.0f} times (warm-up included)")
+        since = int(min(r["uploaded_at"] for r in recs).timestamp() * 1000)
+        timeline = e["topic_timeline_s"] = topic_timeline(env, since)
+        print("  records produced, seconds after the first upload (first / median / last):")
+        for topic, times in sorted(timeline.items(), key=lambda kv: statistics.median(kv[1])):
+            print(f"    {topic:<24} {len(times):4d}  {times[0]:6.1f} {statistics.median(times):6.1f} {times[-1]:6.1f}")
         print("  CPU per image by stage, in its own thread: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(
             stage_cpu.items(), key=lambda kv: -kv[1])) + f"; the rest (event loop: Kafka, Avro, join, stores) "
               f"{e['worker_cpu_ms_per_image'] - sum(stage_cpu.values()):.0f} ms")

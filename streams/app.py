@@ -84,21 +84,16 @@ class Context:
         self.stores = Stores(settings)
         self.ready_checks: list[Any] = []
 
-    def topic(self, *names: str, maxsize: int | None = None):
-        """The Faust topic (or multi-topic channel) for topology names; created once per name set and
-        buffer size (``maxsize``: records buffered per agent reading it, default ``stream_buffer_maxsize``)."""
-        key = (*names, maxsize)
+    def topic(self, *names: str):
+        """The Faust topic (or multi-topic channel) for topology names; created once per name set."""
+        key = tuple(names)
         if key not in self._topics:
             for n in names:
                 if n not in TOPICS:
                     raise KeyError(f"topic {n!r} is not in the topology")
-            topic = self.app.topic(*(self.settings.topic(n) for n in names), key_type=bytes,
-                                   value_type=bytes, key_serializer="raw", value_serializer="raw",
-                                   partitions=self.settings.partitions, acks=True)
-            # app.topic() accepts ``maxsize`` but does not pass it on (faust-streaming 0.15.3): set it on
-            # the channel, whose clones (one per agent reading it) copy it into their queue's size
-            topic.maxsize = maxsize
-            self._topics[key] = topic
+            self._topics[key] = self.app.topic(*(self.settings.topic(n) for n in names), key_type=bytes,
+                                               value_type=bytes, key_serializer="raw", value_serializer="raw",
+                                               partitions=self.settings.partitions, acks=True)
         return self._topics[key]
 
     async def send(self, topic: str, image_id: str, record_name: str, record: dict) -> None:

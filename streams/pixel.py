@@ -54,26 +54,43 @@ class DecodedCache:
     stage, decoding was ~13 % of a worker's CPU with every stage on).
 
     Each entry knows which of this worker's agents still have to read it (``readers``: the agents
-    registered here whose stages the image expects) and is dropped when the last one has; ``size``
-    bounds the entries held (each a few MB) for the agents that never come (a model that failed to
-    load) or that lag further behind than the cache holds, which then decode again. The agents stay
-    within about ``size`` images of each other because ``pixel_stage`` gives their topic a small
-    buffer (Faust stops delivering to every agent when one agent's buffer is full).
+    registered here whose stages the image expects) and is dropped when the last one has.
+
+    The cache also keeps the agents in step: an agent that would add an entry while ``size`` entries
+    wait for slower agents blocks (in its I/O thread) until one is released, so the fast agents
+    (scene) never run more than ``size`` images ahead of the slow ones (text) and memory stays
+    bounded (each entry a few MB). After ``wait_s`` it evicts the oldest entry instead and goes on,
+    so an agent that stopped reading can slow the others but never stop them; an agent whose model
+    failed to load is ``unregister``-ed. Only the agents wait: Faust keeps delivering every topic
+    (the join's inputs included), which bounding the agents' topic buffers did not do: a full
+    buffer blocks Faust's delivery of every topic, and the join then saw its inputs only when the
+    models had finished a whole burst.
 
     Callers must not modify the images they get."""
 
-    def __init__(self, size: int, metric=None):
+    def __init__(self, size: int, metric=None, wait_s: float = 5.0):
         import threading
         from collections import OrderedDict
 
         self.size = size
+        self.wait_s = wait_s
         self._items: "OrderedDict[str, tuple[Any, set[str]]]" = OrderedDict()
-        self._lock = threading.Lock()
-        self._metric = metric  # Counter with a ``result`` label (hit / miss), or None
+        self._cond = threading.Condition()
+        self._metric = metric  # Counter with a ``result`` label (hit / miss / evicted), or None
         self.readers: dict[str, frozenset[str]] = {}  # agent -> the stages it publishes
 
     def register(self, agent: str, stages) -> None:
         self.readers[agent] = frozenset(stages)
+
+    def unregister(self, agent: str) -> None:
+        """``agent`` will read nothing more (its model is unavailable): nothing waits for it."""
+        with self._cond:
+            self.readers.pop(agent, None)
+            for uri, (_, pending) in list(self._items.items()):
+                pending.discard(agent)
+                if not pending:
+                    del self._items[uri]
+            self._cond.notify_all()
 
     def readers_of(self, expected_stages) -> set[str]:
         expected = set(expected_stages or ())
@@ -82,55 +99,53 @@ class DecodedCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def _count(self, result: str) -> None:
+        if self._metric is not None:
+            self._metric.labels(result).inc()
+
     def get(self, storage, uri: str, max_bytes: int, reader: str = "", readers: set[str] | frozenset = frozenset()) -> Image.Image:
         """The decoded image at ``uri`` for agent ``reader``; ``readers``: every agent here that will ask."""
         import concurrent.futures
 
-        with self._lock:
+        with self._cond:
+            pending = set(readers) - {reader}
+            if uri not in self._items and pending and len(self._items) >= self.size:
+                if not self._cond.wait_for(lambda: uri in self._items or len(self._items) < self.size, self.wait_s):
+                    self._items.popitem(last=False)
+                    self._count("evicted")
             entry = self._items.get(uri)
             if entry is not None:
-                fut, pending = entry
-                pending.discard(reader)
-                if pending:
+                fut, waiting = entry
+                waiting.discard(reader)
+                if waiting:
                     self._items.move_to_end(uri)
                 else:
                     del self._items[uri]
+                    self._cond.notify_all()
                 owner = False
             else:
                 fut = concurrent.futures.Future()
-                pending = set(readers) - {reader}
                 if pending:
                     self._items[uri] = (fut, pending)
-                    while len(self._items) > self.size:
-                        self._items.popitem(last=False)
-                        if self._metric is not None:
-                            self._metric.labels("evicted").inc()
                 owner = True
-        if self._metric is not None:
-            self._metric.labels("miss" if owner else "hit").inc()
+        self._count("miss" if owner else "hit")
         if owner:
             try:
                 fut.set_result(decode_derivative(storage, uri, max_bytes))
             except BaseException as exc:
                 fut.set_exception(exc)
-                with self._lock:
+                with self._cond:
                     if self._items.get(uri, (None,))[0] is fut:
                         del self._items[uri]
+                        self._cond.notify_all()
         return fut.result()
 
 
-def buffer_size(settings) -> int:
-    """Records buffered per pixel agent: two batches, so the agents of one worker stay close enough
-    for one decode to serve them all (``DecodedCache``) and the slowest one never starves."""
-    return 2 * settings.model_batch_size
-
-
 def decoded_cache(ctx) -> DecodedCache:
-    """One cache per worker process (the context). An agent lags the fastest by at most its buffer,
-    the batch take() is filling and the batch it is running: the cache holds that many."""
+    """One cache per worker process (the context): the agents within two batches of each other (one
+    batch: no faster on the bench, four: a longer drain after a burst, for the slowest agent alone)."""
     if getattr(ctx, "decoded_cache", None) is None:
-        ctx.decoded_cache = DecodedCache(size=buffer_size(ctx.settings) + 3 * ctx.settings.model_batch_size,
-                                         metric=ctx.metrics.decoded)
+        ctx.decoded_cache = DecodedCache(size=2 * ctx.settings.model_batch_size, metric=ctx.metrics.decoded)
     return ctx.decoded_cache
 
 
@@ -158,6 +173,7 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
             await asyncio.get_running_loop().run_in_executor(infer_pool, load)
         except Exception as exc:
             state["error"] = StageFailure("model_unavailable", f"{name} model unavailable: {exc}")
+            decoded_cache(ctx).unregister(name)  # it will read no derivative: nothing waits for it
             log.error("model_unavailable", error=str(exc))
         loaded.set()
 
@@ -246,7 +262,7 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
                     continue
                 await publish(stage, prepared, "ok", None, per_image_ms, extra)
 
-    @app.agent(ctx.topic(PREPARED, maxsize=buffer_size(settings)), name=name)
+    @app.agent(ctx.topic(PREPARED), name=name)
     async def agent(stream):
         await loaded.wait()
         if ctx.stores.wanted:

@@ -49,15 +49,45 @@ def test_only_the_agents_an_image_expects_hold_it():
     assert len(cache) == 0  # nobody else will ask: not kept
 
 
-def test_size_bounds_entries_and_a_late_reader_decodes_again():
+def test_a_full_cache_holds_the_fast_agent_until_a_slow_one_catches_up():
+    import threading
+    import time
+
     cache, storage = cache_for(size=2), CountingStorage()
     readers = cache.readers_of(["objects", "faces"])
-    for uri in "abc":
+    for uri in "ab":
         cache.get(storage, uri, 1 << 20, "objects", readers)
+    done = threading.Event()
+    fast = threading.Thread(target=lambda: (cache.get(storage, "c", 1 << 20, "objects", readers), done.set()))
+    fast.start()
+    time.sleep(0.2)
+    assert not done.is_set() and len(cache) == 2  # waiting: "a" and "b" are still owed to faces
+    cache.get(storage, "a", 1 << 20, "faces", readers)  # the slow agent catches up and releases "a"
+    fast.join(5)
+    assert done.is_set()
+    cache.get(storage, "b", 1 << 20, "faces", readers)
+    cache.get(storage, "c", 1 << 20, "faces", readers)
+    assert storage.reads == ["a", "b", "c"] and len(cache) == 0  # each decoded once
+
+
+def test_an_agent_that_never_comes_slows_the_others_but_never_stops_them():
+    cache, storage = cache_for(size=2), CountingStorage()
+    cache.wait_s = 0.05
+    readers = cache.readers_of(["objects", "faces"])
+    for uri in "abcd":
+        cache.get(storage, uri, 1 << 20, "objects", readers)  # faces never reads
     assert len(cache) == 2
-    cache.get(storage, "a", 1 << 20, "faces", readers)  # evicted: decoded again
-    cache.get(storage, "c", 1 << 20, "faces", readers)  # still held
-    assert storage.reads == ["a", "b", "c", "a"]
+    cache.get(storage, "a", 1 << 20, "faces", readers)  # evicted long ago: decoded again
+    assert storage.reads == ["a", "b", "c", "d", "a"]
+
+
+def test_an_unregistered_agent_is_waited_for_no_more():
+    cache, storage = cache_for(size=2), CountingStorage()
+    readers = cache.readers_of(["objects", "faces"])
+    for uri in "ab":
+        cache.get(storage, uri, 1 << 20, "objects", readers)
+    cache.unregister("faces")
+    assert len(cache) == 0 and cache.readers_of(["objects", "faces"]) == {"objects"}
 
 
 def test_a_failed_decode_is_not_kept():
@@ -74,17 +104,3 @@ def test_a_failed_decode_is_not_kept():
 def test_non_rgb_derivatives_are_converted():
     cache, storage = cache_for(), CountingStorage(mode="L")
     assert cache.get(storage, "g", 1 << 20, "objects", {"objects"}).mode == "RGB"
-
-
-def test_pixel_agents_buffer_only_two_batches(tmp_path):
-    """The bound that keeps the agents within the cache's reach; faust's app.topic() drops ``maxsize``,
-    so this fails if the workaround in Context.topic goes."""
-    from lensflow.streams.app import build
-    from lensflow.streams.pixel import buffer_size
-    from lensflow.streams.settings import Settings
-
-    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache")
-    app, _ = build(settings, ["objects", "scene", "text", "join"])
-    sizes = {name: agent.channel.clone(is_iterator=True).queue.maxsize for name, agent in app.agents.items()}
-    assert sizes["objects"] == sizes["visual"] == sizes["text"] == buffer_size(settings) == 2 * settings.model_batch_size
-    assert sizes["join"] == app.conf.stream_buffer_maxsize
