@@ -242,6 +242,8 @@ def main() -> None:
                     help="end to end: sample photos smaller than this are upscaled to it (JPEG, EXIF kept), so every "
                          "image is photo-sized for the models (0 = submit the samples as they are)")
     ap.add_argument("--skip-models", action="store_true", help="only the end-to-end part")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a worker setting for the end-to-end part, e.g. --set model_threads=2 (repeatable)")
     args = ap.parse_args()
     from lensflow.streams.settings import Settings
 
@@ -252,7 +254,7 @@ def main() -> None:
         figures["models"] = models_report(batch)
 
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-stages-"))
-    env = bench_env("s", 6098, work)
+    env = bench_env("s", 6098, work, args.set)
     cli = [sys.executable, "-m", "lensflow.streams.cli"]
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
     subprocess.run(cli + ["models", "prepare"], env=env, check=True)
