@@ -13,6 +13,8 @@ Metrics, served on every worker at ``/metrics``:
 * ``lensflow_deadletters_total{stage,code}``, ``lensflow_join_inflight`` — dead letters, open images
 * ``lensflow_decoded_cache_total{result}`` — derivatives a pixel agent found decoded (hit) or decoded (miss),
   and decoded ones dropped before every agent had read them (evicted)
+* ``lensflow_decoded_cache_wait_seconds_total{stage}`` — time a pixel agent waited for slower ones to
+  catch up (how the cache keeps the agents of a worker in step; not counted in stage times)
 * ``process_*`` — CPU seconds and resident memory of the worker (prometheus-client's collector)
 """
 
@@ -59,6 +61,8 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.deadletters = Counter("lensflow_deadletters_total", "Records dead-lettered", ["stage", "code"], registry=r)
         self.inflight = Gauge("lensflow_join_inflight", "Images waiting in the join (this worker)", registry=r)
+        self.decoded_wait = Counter("lensflow_decoded_cache_wait_seconds", "Time a pixel agent waited for slower agents "
+                                    "to release decoded derivatives (keeps the agents in step)", ["stage"], registry=r)
         self.decoded = Counter("lensflow_decoded_cache_total", "Derivative decodes shared (hit) or done (miss) by the pixel agents",
                                ["result"], registry=r)
         self.sink_seconds = Histogram("lensflow_sink_seconds", "Store write time per join batch", ["store"],

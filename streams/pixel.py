@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -69,7 +70,6 @@ class DecodedCache:
     Callers must not modify the images they get."""
 
     def __init__(self, size: int, metric=None, wait_s: float = 5.0):
-        import threading
         from collections import OrderedDict
 
         self.size = size
@@ -78,6 +78,11 @@ class DecodedCache:
         self._cond = threading.Condition()
         self._metric = metric  # Counter with a ``result`` label (hit / miss / evicted), or None
         self.readers: dict[str, frozenset[str]] = {}  # agent -> the stages it publishes
+        self._local = threading.local()
+
+    def last_wait_s(self) -> float:
+        """Seconds the calling thread's last ``get`` waited for slower agents."""
+        return getattr(self._local, "wait_s", 0.0)
 
     def register(self, agent: str, stages) -> None:
         self.readers[agent] = frozenset(stages)
@@ -90,6 +95,13 @@ class DecodedCache:
                 pending.discard(agent)
                 if not pending:
                     del self._items[uri]
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        """Forget every entry: after a rebalance the agents' buffered records are dropped (and
+        redelivered to the partitions' new owners), so entries owed to them would never be read."""
+        with self._cond:
+            self._items.clear()
             self._cond.notify_all()
 
     def readers_of(self, expected_stages) -> set[str]:
@@ -107,12 +119,15 @@ class DecodedCache:
         """The decoded image at ``uri`` for agent ``reader``; ``readers``: every agent here that will ask."""
         import concurrent.futures
 
+        self._local.wait_s = 0.0
         with self._cond:
             pending = set(readers) - {reader}
             if uri not in self._items and pending and len(self._items) >= self.size:
+                t0 = time.perf_counter()
                 if not self._cond.wait_for(lambda: uri in self._items or len(self._items) < self.size, self.wait_s):
                     self._items.popitem(last=False)
                     self._count("evicted")
+                self._local.wait_s = time.perf_counter() - t0
             entry = self._items.get(uri)
             if entry is not None:
                 fut, waiting = entry
@@ -145,7 +160,12 @@ def decoded_cache(ctx) -> DecodedCache:
     """One cache per worker process (the context): the agents within two batches of each other (one
     batch: no faster on the bench, four: a longer drain after a burst, for the slowest agent alone)."""
     if getattr(ctx, "decoded_cache", None) is None:
-        ctx.decoded_cache = DecodedCache(size=2 * ctx.settings.model_batch_size, metric=ctx.metrics.decoded)
+        cache = ctx.decoded_cache = DecodedCache(size=2 * ctx.settings.model_batch_size, metric=ctx.metrics.decoded)
+
+        async def forget(app, revoked, **kwargs) -> None:
+            cache.clear()
+
+        ctx.app.on_partitions_revoked.connect(forget)  # held strongly (weak=False is the default)
     return ctx.decoded_cache
 
 
@@ -193,6 +213,16 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
         finally:
             cpu.inc(time.thread_time() - c0)
 
+    waited = ctx.metrics.decoded_wait.labels(name)
+
+    def load_derivative(prepared: dict) -> tuple[Image.Image, float]:
+        """The decoded derivative and the seconds spent getting it, less any wait for slower agents."""
+        t0 = time.perf_counter()
+        img = cache.get(ctx.storage, prepared["uri"], settings.max_bytes, name, cache.readers_of(prepared.get("expected_stages")))
+        wait = cache.last_wait_s()
+        waited.inc(wait)
+        return img, time.perf_counter() - t0 - wait
+
     def wanted(prepared: dict) -> list[str]:
         return [s for s in outputs if s in (prepared.get("expected_stages") or [])]
 
@@ -228,19 +258,17 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
             for prepared in todo:
                 await fail(prepared, state["error"])
             return
-        t0 = time.perf_counter()
-        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cpu_timed, cache.get, ctx.storage, p["uri"], settings.max_bytes,
-                                                            name, cache.readers_of(p.get("expected_stages")))
-                                       for p in todo), return_exceptions=True)
+        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cpu_timed, load_derivative, p) for p in todo), return_exceptions=True)
         ready = []
-        for prepared, img in zip(todo, loads):
-            if isinstance(img, BaseException):
-                await fail(prepared, img)
+        for prepared, got in zip(todo, loads):
+            if isinstance(got, BaseException):
+                await fail(prepared, got)
             else:
-                ready.append((prepared, img))
+                ready.append((prepared, got[0]))
         if not ready:
             return
-        load_ms = (time.perf_counter() - t0) * 1000 / len(todo)
+        # the stage's own load time: reading and decoding, not waiting for slower agents
+        load_ms = sum(x[1] for x in loads if not isinstance(x, BaseException)) * 1000 / len(todo)
         t1 = time.perf_counter()
         try:
             predictions = await loop.run_in_executor(infer_pool, cpu_timed, state["model"].predict, [img for _, img in ready])

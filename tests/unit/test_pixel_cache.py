@@ -104,3 +104,14 @@ def test_a_failed_decode_is_not_kept():
 def test_non_rgb_derivatives_are_converted():
     cache, storage = cache_for(), CountingStorage(mode="L")
     assert cache.get(storage, "g", 1 << 20, "objects", {"objects"}).mode == "RGB"
+
+
+def test_clear_forgets_entries_owed_to_agents():
+    cache, storage = cache_for(size=2), CountingStorage()
+    readers = cache.readers_of(["objects", "faces"])
+    for uri in "ab":
+        cache.get(storage, uri, 1 << 20, "objects", readers)
+    cache.clear()  # a rebalance: the records faces had buffered went to another worker
+    assert len(cache) == 0
+    cache.get(storage, "c", 1 << 20, "objects", readers)  # no wait for faces
+    assert storage.reads == ["a", "b", "c"]
