@@ -171,7 +171,7 @@ def _prepare(data: bytes, limits: Limits, out: Outcome) -> None:
         img.seek(0)
     img = _to_rgb(img)
     if img.size != (tw, th):
-        img = img.resize((tw, th), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        img = shrink(img, (tw, th))
     if orientation in _TRANSPOSE:
         img = img.transpose(_TRANSPOSE[orientation])
     buf = io.BytesIO()
@@ -180,6 +180,19 @@ def _prepare(data: bytes, limits: Limits, out: Outcome) -> None:
     out.derivative = derivative
     out.fields.update(width=img.width, height=img.height, derivative_sha256=hashlib.sha256(derivative).hexdigest(),
                       derivative_size_bytes=len(derivative))
+
+
+def shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``img`` (RGB or L) downscaled to ``size``. Less than 2x (always the case for a JPEG after the
+    draft decode, and for photos just over the cap): OpenCV's bilinear interpolation, which has no
+    aliasing to fear below 2x and costs 2-3 ms at 2 MP against 14 ms for Pillow's (convolution-
+    based) bilinear; 2x and more: Pillow's antialiased bilinear with ``reducing_gap``."""
+    if img.mode in ("RGB", "L") and img.width < 2 * size[0] and img.height < 2 * size[1]:
+        import cv2
+        import numpy as np
+
+        return Image.fromarray(cv2.resize(np.asarray(img), size, interpolation=cv2.INTER_LINEAR))
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

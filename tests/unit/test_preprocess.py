@@ -121,3 +121,21 @@ def test_garbage_exif_never_fails_the_image():
     data = bytearray(jpeg(64, 64, exif=b"Exif\x00\x00" + b"MM\x00*" + b"\xff" * 60))
     out = prepare(bytes(data), LIMITS)
     assert out.error is None and out.metadata is not None
+
+
+def test_shrink_matches_pillow_closely_and_keeps_the_mode():
+    import numpy as np
+    from PIL import Image
+
+    from lensflow.agents.preprocess import shrink
+
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:1224, 0:1632]
+    base = np.stack([x / 1632 * 255, y / 1224 * 255, (x + y) % 256], -1)
+    img = Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8))
+    for im in (img, img.convert("L")):
+        out = shrink(im, (1600, 1200))  # < 2x: OpenCV
+        ref = im.resize((1600, 1200), Image.Resampling.BILINEAR)
+        assert out.mode == im.mode and out.size == (1600, 1200)
+        assert np.abs(np.asarray(out, float) - np.asarray(ref, float)).mean() < 2.0
+    assert shrink(img, (400, 300)).size == (400, 300)  # >= 2x: Pillow's antialiased path
