@@ -15,6 +15,9 @@ A stage module supplies only its domain logic:
   batch inference fails the batch's images; nothing escapes the loop body (Faust would ack it).
 * Box coordinates: models see the derivative (EXIF-transposed, long side capped); ``fields`` gets
   ``scale`` to map derivative pixels to original-image pixels.
+* The agents of one worker share one decode of each derivative and are kept within two batches of
+  each other by ``DecodedCache``. Each agent's CPU time (``lensflow_stage_cpu_seconds_total``) is
+  measured in its own threads; its reported stage time leaves out waiting for slower agents.
 """
 
 from __future__ import annotations
