@@ -195,17 +195,8 @@ def register(ctx, stages: list[str] | None = None) -> None:
         caps = iter(captioner.predict(ready) if ready else [])
         return [im if isinstance(im, BaseException) else next(caps) for im in images]
 
-    cpu = ctx.metrics.stage_cpu.labels(STAGE)
-
     def describe_batch(aggs: list[dict]) -> list[tuple[str, list[float]] | BaseException]:
         """(caption, semantic vector) per aggregate, or the exception that failed it."""
-        c0 = time.thread_time()
-        try:
-            return _describe(aggs)
-        finally:
-            cpu.inc(time.thread_time() - c0)
-
-    def _describe(aggs: list[dict]) -> list[tuple[str, list[float]] | BaseException]:
         if state["error"] is not None:
             raise ModelError(f"describe model unavailable: {state['error']}")
         caps: list[str | BaseException] = generated(aggs) if captioner is not None else [caption(a) for a in aggs]
@@ -228,7 +219,7 @@ def register(ctx, stages: list[str] | None = None) -> None:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    outcomes = await asyncio.get_running_loop().run_in_executor(pool, describe_batch, aggs)
+                    outcomes = await asyncio.get_running_loop().run_in_executor(pool, ctx.metrics.cpu_timed, STAGE, describe_batch, aggs)
                 except Exception as exc:
                     outcomes = [exc] * len(aggs)
                 ms = (time.perf_counter() - t0) * 1000 / len(aggs)

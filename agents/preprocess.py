@@ -96,7 +96,6 @@ class Outcome:
     error: StageFailure | None = None
     metadata_ms: float = 0.0
     work_ms: float = 0.0  # fetch + prepare + store, measured in the worker thread
-    cpu_s: float = 0.0  # the CPU time of the same, in that thread
     attempts: int = 1
 
 
@@ -238,7 +237,6 @@ def register(ctx, stages: list[str] | None = None) -> None:
                               thread_name_prefix="preprocess")
     stage_metrics = ctx.metrics.stage(STAGE)
     md_metrics = ctx.metrics.stage("metadata")
-    cpu = ctx.metrics.stage_cpu.labels(STAGE)
 
     async def one(event) -> None:
         t0 = time.perf_counter()
@@ -257,7 +255,7 @@ def register(ctx, stages: list[str] | None = None) -> None:
                 raise StageFailure("bad_request", str(exc)) from None
             source = ctx.storage.check(upload["uri"])
             outcome = await asyncio.get_running_loop().run_in_executor(
-                pool, _work, ctx.storage, source, limits, settings.fetch_retries)
+                pool, ctx.metrics.cpu_timed, STAGE, _work, ctx.storage, source, limits, settings.fetch_retries)
             attempts = outcome.attempts
         except Exception as exc:
             verdict = classify(exc)
@@ -289,7 +287,6 @@ def register(ctx, stages: list[str] | None = None) -> None:
         await ctx.send("analysis.metadata", image_id, "MetadataResult", md)
         await ctx.send(PREPARED, image_id, "ImagePrepared", prepared)
         stage_metrics.observe(duration / 1000, status)
-        cpu.inc(outcome.cpu_s)
         md_metrics.observe(outcome.metadata_ms / 1000, md["status"])
 
     @ctx.app.agent(ctx.topic(UPLOADED), name=STAGE)
@@ -305,7 +302,7 @@ def register(ctx, stages: list[str] | None = None) -> None:
 
 def _work(storage, source: str, limits: Limits, fetch_attempts: int) -> Outcome:
     """Everything for one image that runs off the event loop, in one thread hop, timed."""
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0 = time.perf_counter()
     attempts = 0
     for attempt in retrying(fetch_attempts):
         with attempt:
@@ -320,5 +317,4 @@ def _work(storage, source: str, limits: Limits, fetch_attempts: int) -> Outcome:
             outcome.derivative = None
     outcome.attempts = attempts
     outcome.work_ms = (time.perf_counter() - t0) * 1000
-    outcome.cpu_s = time.thread_time() - c0
     return outcome

@@ -16,6 +16,7 @@ Each run uses its own topic prefix, keyspace and consumer group, and cleans them
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -138,20 +139,30 @@ def bench_env(prefix: str, port: int, work: Path, overrides: list[str] = ()) -> 
     return env
 
 
-def wait_ready(worker: subprocess.Popen, port: int, work: Path, tries: int = 600) -> None:
-    """Until the worker's /readyz answers 200; exits with its log's path if it dies or never does."""
-    import httpx
+@contextlib.contextmanager
+def bench_worker(env: dict, port: int, work: Path):
+    """A worker for one benchmark run (log in ``work/worker.log``), yielded once /readyz answers;
+    afterwards stopped, and the run's topics and keyspace removed. Exits with the log's path if the
+    worker dies or is not ready within 300 s."""
+    from lensflow.streams.cli import poll_ready
 
-    for _ in range(tries):
-        if worker.poll() is not None:
-            raise SystemExit(f"worker exited; see {work / 'worker.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"worker not ready; see {work / 'worker.log'}")
+    worker = subprocess.Popen([sys.executable, "-m", "lensflow.streams.cli", "worker"], env=env,
+                              stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        outcome = poll_ready(f"http://127.0.0.1:{port}/readyz", 300, lambda: worker.poll() is not None)
+        if outcome != "ready":
+            raise SystemExit(f"worker {'exited' if outcome == 'exited' else 'not ready'}; see {work / 'worker.log'}")
+        yield worker
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        _cleanup(env)
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process, in MiB (None once it is gone)."""
+    rss = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return int(rss) / 1024 if rss else None
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -267,17 +278,15 @@ def main() -> None:
             files.append(p)
         sets[label] = files
 
-    worker = subprocess.Popen(cli + ["worker"], env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
     figures = {"cpu_count": os.cpu_count()}
     run_dir = ROOT / ".lensflow" / "stack" / "run"
-    pids = {"worker": worker.pid}
-    for svc in ("kafka", "cassandra"):
-        try:
-            pids[svc] = int((run_dir / f"{svc}.pid").read_text().split()[0])
-        except (OSError, ValueError):
-            pass
-    try:
-        wait_ready(worker, 6099, work)
+    with bench_worker(env, 6099, work) as worker:
+        pids = {"worker": worker.pid}
+        for svc in ("kafka", "cassandra"):
+            try:
+                pids[svc] = int((run_dir / f"{svc}.pid").read_text().split()[0])
+            except (OSError, ValueError):
+                pass
         # warm-up: code paths, connections, JIT-free but cache-warm
         warm = work / "warmup"
         warm.mkdir()
@@ -299,13 +308,8 @@ def main() -> None:
         figures["hop_p50_ms"], figures["hop_p95_ms"] = statistics.median(hops), pct(hops, 95)
         print(f"\n== one Kafka+Avro hop (encode, produce acks=all, consume, decode): p50 {figures['hop_p50_ms']:.2f} ms, "
               f"p95 {figures['hop_p95_ms']:.2f} ms")
-        rss = subprocess.run(["ps", "-o", "rss=", "-p", str(worker.pid)], capture_output=True, text=True).stdout.strip()
-        figures["worker_rss_mib"] = int(rss) / 1024 if rss else None
+        figures["worker_rss_mib"] = rss_mib(worker.pid)
         print(f"   worker RSS {figures['worker_rss_mib']:.0f} MiB")
-    finally:
-        worker.terminate()
-        worker.wait(60)
-        _cleanup(env)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
 

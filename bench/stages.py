@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.spine import _cleanup, bench_env, cpu_seconds, run_pipeline, summarise, wait_ready  # noqa: E402
+from bench.spine import bench_env, bench_worker, cpu_seconds, rss_mib, run_pipeline, summarise  # noqa: E402
 
 PHOTOS = ROOT / "samples" / "photos"
 ALL = "objects,text,faces,scene,embedding,describe"
@@ -86,11 +86,12 @@ def timed(fn, items, per: int = 1) -> list[float]:
 
 def worker_counters(port: int, name: str) -> dict[str, float]:
     """A counter of the worker's /metrics by its one label: ``lensflow_<name>_total{label="x"} v`` -> {x: v}."""
-    import re
     import urllib.request
 
+    from lensflow.streams.observability import counter_values
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {m[1]: float(m[2]) for m in re.finditer(rf'^lensflow_{name}_total{{\w+="(\w+)"}} (\S+)$', text, re.M)}
+    return counter_values(text, f"lensflow_{name}")
 
 
 def topic_timeline(env: dict, since_ms: int) -> dict[str, list[float]]:
@@ -106,7 +107,6 @@ def topic_timeline(env: dict, since_ms: int) -> dict[str, list[float]]:
         topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(prefix)]
         for topic in topics:
             meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            parts = [TopicPartition(topic, p) for p in meta.partitions]
             starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in meta.partitions], timeout=10)
             ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
             todo = sum(max(0, ends[tp.partition] - tp.offset) for tp in starts if tp.offset >= 0)
@@ -121,7 +121,6 @@ def topic_timeline(env: dict, since_ms: int) -> dict[str, list[float]]:
                     times.append((msg.timestamp()[1] - since_ms) / 1000)
             consumer.unassign()
             out[topic[len(prefix):]] = sorted(times)
-            del parts
     finally:
         consumer.close()
     return out
@@ -261,9 +260,7 @@ def main() -> None:
     files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".png", ".webp", ".tif"))
     if args.long_side:
         files = [photo_sized(p, args.long_side, work / "photos") for p in files]
-    worker = subprocess.Popen(cli + ["worker"], env=env, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
-    try:
-        wait_ready(worker, 6098, work)
+    with bench_worker(env, 6098, work) as worker:
         run_pipeline(env, files[:4], 300, user="warmup", stages=ALL)
         recs = []
         pids = {"worker": worker.pid}
@@ -277,14 +274,13 @@ def main() -> None:
                 recs += part
         wall = time.perf_counter() - t0
         after = cpu_seconds(pids)
-        rss = subprocess.run(["ps", "-o", "rss=", "-p", str(worker.pid)], capture_output=True, text=True).stdout.strip()
         decodes = worker_counters(6098, "decoded_cache")
         stage_cpu = {k: (v - stage_cpu_before.get(k, 0.0)) * 1000 / len(recs)
                      for k, v in worker_counters(6098, "stage_cpu_seconds").items()}
         e = figures["end_to_end"] = {
             **summarise(recs), "wall_s": wall,
             "worker_cpu_ms_per_image": (after["worker"] - before["worker"]) * 1000 / len(recs),
-            "worker_rss_mib": int(rss) / 1024 if rss else None, "decoded_cache": decodes,
+            "worker_rss_mib": rss_mib(worker.pid), "decoded_cache": decodes,
             "stage_cpu_ms_per_image": stage_cpu}
         print(f"\n== end to end, every stage on: {e['images']} images, status {e['statuses']}")
         print(f"  throughput {e['images_per_s']:.2f} images/s (first upload → last analyzed; uploads spread over "
@@ -303,10 +299,6 @@ def main() -> None:
         print("  CPU per image by stage, in its own thread: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(
             stage_cpu.items(), key=lambda kv: -kv[1])) + f"; the rest (event loop: Kafka, Avro, join, stores) "
               f"{e['worker_cpu_ms_per_image'] - sum(stage_cpu.values()):.0f} ms")
-    finally:
-        worker.terminate()
-        worker.wait(60)
-        _cleanup(env)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
 

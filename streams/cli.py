@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -150,22 +150,33 @@ def _worker_alive(s: Settings) -> int | None:
     return pid if _alive(pid) else None
 
 
-def wait_ready(s: Settings, timeout_s: float, proc: "subprocess.Popen | int | None" = None) -> None:
+def poll_ready(url: str, timeout_s: float, exited: Callable[[], bool]) -> str:
+    """Poll a worker's /readyz ``url`` every 0.5 s: "ready" once it answers 200, "exited" as soon as
+    ``exited()`` says its process is gone, "timeout" after ``timeout_s``. The CLI, the integration
+    tests and the benchmarks all start workers this way."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    url = f"http://{s.web_host}:{s.web_port}/readyz"
     while time.monotonic() < deadline:
-        exited = proc.poll() is not None if isinstance(proc, subprocess.Popen) else (proc is not None and not _alive(proc))
-        if exited:
-            raise CliError(f"worker exited during start-up; see {s.data_path / 'logs' / 'worker.log'}")
+        if exited():
+            return "exited"
         try:
             if httpx.get(url, timeout=2).status_code == 200:
-                return
+                return "ready"
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise CliError(f"worker not ready after {timeout_s:.0f}s ({url}); see {s.data_path / 'logs' / 'worker.log'}")
+    return "timeout"
+
+
+def wait_ready(s: Settings, timeout_s: float, proc: "subprocess.Popen | int | None" = None) -> None:
+    url = f"http://{s.web_host}:{s.web_port}/readyz"
+    exited = (lambda: proc.poll() is not None) if isinstance(proc, subprocess.Popen) else (lambda: proc is not None and not _alive(proc))
+    outcome = poll_ready(url, timeout_s, exited)
+    if outcome == "exited":
+        raise CliError(f"worker exited during start-up; see {s.data_path / 'logs' / 'worker.log'}")
+    if outcome == "timeout":
+        raise CliError(f"worker not ready after {timeout_s:.0f}s ({url}); see {s.data_path / 'logs' / 'worker.log'}")
 
 
 @app.command()

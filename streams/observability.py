@@ -71,6 +71,15 @@ class Metrics:
     def stage(self, name: str) -> StageMetrics:
         return StageMetrics(self, name)
 
+    def cpu_timed(self, stage: str, fn, *args):
+        """``fn(*args)`` in the calling thread, its CPU time counted as ``stage``'s
+        (``lensflow_stage_cpu_seconds_total``); run it in the thread that does the stage's work."""
+        c0 = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.stage_cpu.labels(stage).inc(time.thread_time() - c0)
+
     @contextmanager
     def batch(self, stage: str, size: int):
         t0 = time.perf_counter()
@@ -82,6 +91,16 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def counter_values(exposition: str, name: str) -> dict[str, float]:
+    """Values of the one-label counter ``name`` (without ``_total``) in a /metrics text, by label value:
+    what the benchmarks and tests read back from a running worker."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {next(iter(sample.labels.values())): sample.value
+            for family in text_string_to_metric_families(exposition) if family.name == name
+            for sample in family.samples if sample.name == f"{name}_total"}
 
 
 def configure_logging(level: str = "info", json_logs: bool = True) -> dict:

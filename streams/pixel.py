@@ -206,16 +206,6 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
 
     stage_metrics = {stage: ctx.metrics.stage(stage) for stage in outputs}
 
-    cpu = ctx.metrics.stage_cpu.labels(name)
-
-    def cpu_timed(fn, *args):
-        """``fn(*args)`` in this thread, its CPU time counted as the agent's."""
-        c0 = time.thread_time()
-        try:
-            return fn(*args)
-        finally:
-            cpu.inc(time.thread_time() - c0)
-
     waited = ctx.metrics.decoded_wait.labels(name)
 
     def load_derivative(prepared: dict) -> tuple[Image.Image, float]:
@@ -261,7 +251,7 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
             for prepared in todo:
                 await fail(prepared, state["error"])
             return
-        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, cpu_timed, load_derivative, p) for p in todo), return_exceptions=True)
+        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, ctx.metrics.cpu_timed, name, load_derivative, p) for p in todo), return_exceptions=True)
         ready = []
         for prepared, got in zip(todo, loads):
             if isinstance(got, BaseException):
@@ -274,7 +264,8 @@ def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Cal
         load_ms = sum(x[1] for x in loads if not isinstance(x, BaseException)) * 1000 / len(todo)
         t1 = time.perf_counter()
         try:
-            predictions = await loop.run_in_executor(infer_pool, cpu_timed, state["model"].predict, [img for _, img in ready])
+            predictions = await loop.run_in_executor(infer_pool, ctx.metrics.cpu_timed, name, state["model"].predict,
+                                                     [img for _, img in ready])
         except Exception as exc:
             for prepared, _ in ready:
                 await fail(prepared, exc)

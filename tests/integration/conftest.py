@@ -13,8 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
+
+from lensflow.streams.cli import poll_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 LENSFLOW = [sys.executable, "-m", "lensflow.streams.cli"]
@@ -93,17 +94,11 @@ class Namespace:
         self.worker = subprocess.Popen(LENSFLOW + ["worker"] + (["--stages", stages] if stages else []), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{self.env['LENSFLOW_WEB_PORT']}/readyz"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.worker.poll() is not None:
-                raise AssertionError(f"worker exited with {self.worker.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+        outcome = poll_ready(url, timeout, lambda: self.worker.poll() is not None)
+        if outcome == "exited":
+            raise AssertionError(f"worker exited with {self.worker.returncode}:\n{self.log_tail()}")
+        if outcome == "timeout":
+            raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop_worker(self, sig=signal.SIGTERM, timeout: float = 60.0) -> None:
         if self.worker is None or self.worker.poll() is not None:

@@ -60,15 +60,14 @@ def test_all_complete(analyzed):
 
 
 def test_metrics_show_cpu_per_stage_and_one_decode_per_image(namespace, analyzed):
-    import re
-
     import httpx
+
+    from lensflow.streams.observability import counter_values
 
     text = httpx.get(f"http://127.0.0.1:{namespace.env['LENSFLOW_WEB_PORT']}/metrics", timeout=10).text
 
     def counter(name, label):
-        m = re.search(rf'^lensflow_{name}_total{{\w+="{label}"}} (\S+)$', text, re.M)
-        return float(m[1]) if m else 0.0
+        return counter_values(text, f"lensflow_{name}").get(label, 0.0)
 
     for stage in ("preprocess", "objects", "visual", "text", "faces", "describe"):
         assert counter("stage_cpu_seconds", stage) > 0, stage
