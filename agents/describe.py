@@ -25,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lensflow.streams.errors import classify
+from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify
 from lensflow.streams.models import ModelCache, ModelError
-from lensflow.streams.records import result
+from lensflow.streams.records import Status, result
+from lensflow.streams.runner import Item, Outcome, Output, Stage, run
 from lensflow.streams.topology import AGGREGATED, DESCRIBED
 
 STAGE = "describe"
@@ -146,94 +147,98 @@ def check_captioner(setting: str) -> Path | None:
     raise ModelError(f"unknown LENSFLOW_CAPTIONER {setting!r}: use 'grounded' or 'onnx:/path/to/model/dir'")
 
 
-def register(ctx, stages: list[str] | None = None) -> None:
-    from .textembed import TextEmbedder
+class Describe(Stage):
+    """The describe stage on the runner: one captioning + text-embedding call per batch, off the loop."""
 
-    settings, app = ctx.settings, ctx.app
-    directory = check_captioner(settings.captioner)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="describe")
-    embedder = TextEmbedder(ModelCache(settings.cache_path / "models"), threads=settings.model_threads)
-    captioner = None
-    if directory is not None:
-        from .captioner import OnnxCaptioner
+    name = STAGE
+    reads = (AGGREGATED,)
+    expects = "ImageAggregated"
 
-        captioner = OnnxCaptioner(directory, threads=settings.model_threads, allow_gpu=settings.model_gpu)
-    state: dict[str, Any] = {"error": None}
-    loaded = asyncio.Event()
-    metrics = ctx.metrics.stage(STAGE)
-    log = ctx.log.bind(stage=STAGE)
+    def __init__(self, ctx):
+        from .textembed import TextEmbedder
 
-    def load_models() -> None:
-        embedder.load()
-        embedder.warmup("warm up")
-        if captioner is not None:
-            captioner.load()
-            captioner.warmup()
+        super().__init__(ctx)
+        settings = ctx.settings
+        directory = check_captioner(settings.captioner)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="describe")
+        self.embedder = TextEmbedder(ModelCache(settings.cache_path / "models"), threads=settings.model_threads)
+        self.captioner = None
+        if directory is not None:
+            from .captioner import OnnxCaptioner
 
-    @app.task
-    async def load() -> None:
+            self.captioner = OnnxCaptioner(directory, threads=settings.model_threads, allow_gpu=settings.model_gpu)
+        self.error: Exception | None = None
+        self.metrics = ctx.metrics.stage(STAGE)
+
+    @property
+    def model_ref(self) -> dict:
+        return self.captioner.ref if self.captioner is not None else CAPTIONER
+
+    def load(self) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(pool, load_models)
-        except Exception as exc:
-            state["error"] = exc
-            log.error("model_unavailable", error=str(exc))
-        loaded.set()
+            self.embedder.load()
+            self.embedder.warmup("warm up")
+            if self.captioner is not None:
+                self.captioner.load()
+                self.captioner.warmup()
+        except Exception as exc:  # every image then fails with model_unavailable; the worker goes on
+            self.error = exc
+            self.log.error("model_unavailable", error=str(exc))
 
-    ctx.ready_checks.append(("describe_model", loaded.is_set))
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.pool, self.load)
 
-    def generated(aggs: list[dict]) -> list[str | BaseException]:
+    def generated(self, aggs: list[dict]) -> list[str | BaseException]:
         """The generative captioner's caption per aggregate, or why that image has none."""
         from lensflow.streams.pixel import decode_derivative
 
         images: list[Any] = []
         for agg in aggs:
             try:
-                images.append(decode_derivative(ctx.storage, agg["prepared"]["uri"], settings.max_bytes))
+                images.append(decode_derivative(self.ctx.storage, agg["prepared"]["uri"], self.settings.max_bytes))
             except Exception as exc:
                 images.append(exc)
         ready = [im for im in images if not isinstance(im, BaseException)]
-        caps = iter(captioner.predict(ready) if ready else [])
+        caps = iter(self.captioner.predict(ready) if ready else [])
         return [im if isinstance(im, BaseException) else next(caps) for im in images]
 
-    def describe_batch(aggs: list[dict]) -> list[tuple[str, list[float]] | BaseException]:
+    def describe_batch(self, aggs: list[dict]) -> list[tuple[str, list[float]] | BaseException]:
         """(caption, semantic vector) per aggregate, or the exception that failed it."""
-        if state["error"] is not None:
-            raise ModelError(f"describe model unavailable: {state['error']}")
-        caps: list[str | BaseException] = generated(aggs) if captioner is not None else [caption(a) for a in aggs]
+        if self.error is not None:
+            raise StageFailure(ErrorCode.MODEL_UNAVAILABLE, f"describe model unavailable: {self.error}")
+        caps: list[str | BaseException] = self.generated(aggs) if self.captioner is not None else [caption(a) for a in aggs]
         good = [(a, c) for a, c in zip(aggs, caps) if not isinstance(c, BaseException)]
-        vectors = iter(embedder.predict([semantic_text(a, c) for a, c in good]) if good else [])
+        vectors = iter(self.embedder.predict([semantic_text(a, c) for a, c in good]) if good else [])
         return [c if isinstance(c, BaseException) else (c, next(vectors)) for c in caps]
 
-    @app.agent(ctx.topic(AGGREGATED), name=STAGE)
-    async def describe(stream):
-        await loaded.wait()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            with ctx.metrics.batch(STAGE, len(events)):
-                aggs = []
-                for event in events:
-                    try:
-                        aggs.append(ctx.codec.decode(event.message.value, expect="ImageAggregated")[1])
-                    except Exception as exc:
-                        await ctx.dead_letter(STAGE, event, classify(exc))
-                if not aggs:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    outcomes = await asyncio.get_running_loop().run_in_executor(pool, ctx.metrics.cpu_timed, STAGE, describe_batch, aggs)
-                except Exception as exc:
-                    outcomes = [exc] * len(aggs)
-                ms = (time.perf_counter() - t0) * 1000 / len(aggs)
-                for agg, outcome in zip(aggs, outcomes):
-                    error, cap, vector = None, "", []
-                    if isinstance(outcome, BaseException):
-                        verdict = classify(outcome)
-                        error = verdict.as_error()
-                        log.warning("image_failed", image_id=agg["image_id"], code=verdict.code, reason=verdict.message)
-                    else:
-                        cap, vector = outcome
-                    rec = result(STAGE, agg["image_id"], agg["user_id"], agg["run_id"],
-                                 model=captioner.ref if captioner is not None else CAPTIONER,
-                                 status="failed" if error else "ok", error=error, duration_ms=ms,
-                                 caption=cap, text_model=embedder.ref, semantic_vector=vector)
-                    await ctx.send(DESCRIBED, agg["image_id"], "ImageDescribed", rec)
-                    metrics.observe(ms / 1000, rec["status"])
+    def record(self, agg: dict, duration_ms: float, error: dict | None = None, cap: str = "",
+               vector: list[float] | None = None) -> Output:
+        rec = result(STAGE, agg["image_id"], agg["user_id"], agg["run_id"], model=self.model_ref,
+                     status=Status.FAILED if error else Status.OK, error=error, duration_ms=duration_ms,
+                     caption=cap, text_model=self.embedder.ref, semantic_vector=vector or [])
+        self.metrics.observe(duration_ms / 1000, rec["status"])
+        return Output(DESCRIBED, agg["image_id"], "ImageDescribed", rec)
+
+    def failed(self, item: Item, verdict: Verdict) -> list[Output]:
+        return [self.record(item.record, 0.0, verdict.as_error())]
+
+    async def process(self, items: list[Item]) -> list[Outcome]:
+        aggs = [i.record for i in items]
+        t0 = time.perf_counter()
+        got = await asyncio.get_running_loop().run_in_executor(self.pool, self.ctx.metrics.cpu_timed, STAGE,
+                                                               self.describe_batch, aggs)
+        ms = (time.perf_counter() - t0) * 1000 / len(aggs)
+        outcomes = []
+        for item, outcome in zip(items, got):
+            if isinstance(outcome, BaseException):
+                verdict = classify(outcome)
+                self.log.warning("image_failed", image_id=item.image_id, code=verdict.code, reason=verdict.message)
+                outcomes.append(Outcome([self.record(item.record, ms, verdict.as_error())],
+                                        verdict if verdict.dead_letter else None))
+            else:
+                outcomes.append(Outcome([self.record(item.record, ms, cap=outcome[0], vector=outcome[1])]))
+        return outcomes
+
+
+def register(ctx, stages: list[str] | None = None) -> None:
+    run(ctx, Describe(ctx))

@@ -37,7 +37,7 @@ import numpy as np
 
 from lensflow.streams.models import Model, ModelCache, copy_pinned, package_dir, preparer
 from lensflow.streams.records import LENSFLOW_NS
-from lensflow.streams.sinks import FACE_DIM
+from lensflow.streams.store import FACE_DIM
 
 STAGE = "faces"
 
@@ -183,9 +183,10 @@ def distance(a: Sequence[float], b: Sequence[float]) -> float:
 
 # -- gallery -----------------------------------------------------------------------------------
 
-def face_point_id(image_id: str, index: int) -> str:
-    """Point id (and ``face_id``) of face ``index`` of an image: stable, so re-analysis upserts in place."""
-    return str(uuid.uuid5(LENSFLOW_NS, f"face/{image_id}/{index}"))
+def face_point_id(user_id: str, image_id: str, index: int) -> str:
+    """Point id (and ``face_id``) of face ``index`` of a user's image: stable, so re-analysis upserts in
+    place, and bound to the user, so another user's image with the same id never overwrites it."""
+    return str(uuid.uuid5(LENSFLOW_NS, f"face/{user_id}/{image_id}/{index}"))
 
 
 def new_person_id(user_id: str, first_face_id: str) -> str:
@@ -287,7 +288,7 @@ class FaceGallery:
         Points of this image left over from an earlier analysis with more faces are deleted."""
         from qdrant_client import models as m
 
-        ids = [face_point_id(image_id, i) for i in range(len(faces))]
+        ids = [face_point_id(user_id, image_id, i) for i in range(len(faces))]
         existing = {str(p.id): p for p in self.client.retrieve(self.collection, ids=ids, with_payload=True,
                                                                with_vectors=True)} if ids else {}
         taken: set[str] = set()

@@ -21,14 +21,18 @@ import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import PIL
 from PIL import Image
 
-from lensflow.streams.errors import StageFailure, classify, retrying
-from lensflow.streams.records import result
+from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retry_sync
+from lensflow.streams.budget import MemoryBudget
+from lensflow.streams.records import Status, check_user_id, result
+from lensflow.streams.runner import Item, Output, Stage, run
+from lensflow.streams.runner import Outcome as StageOutcome
 from lensflow.streams.storage import derivative_url
 from lensflow.streams.topology import PREPARED, UPLOADED, plan_for
 
@@ -107,18 +111,201 @@ def _target(w: int, h: int, max_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def prepare(data: bytes, limits: Limits) -> Outcome:
-    """Validate and normalise one original. Pure: bytes in, derivative bytes and fields out."""
+# Bytes per pixel of Pillow's in-memory storage (libImaging/Storage.c): every 3- and 4-band mode,
+# RGB and YCbCr included, takes 4 bytes; I and F take 4; the 16-bit modes 2; 1, L and P one byte.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "BGR;15": 2, "BGR;16": 2,
+                "BGR;24": 3}
+_MIB = 2 ** 20
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pixel_bytes(mode: str) -> int:
+    return _PIXEL_BYTES.get(mode, 4)
+
+
+def _jpeg_scale(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) ``JpegImageFile.draft(mode, target)`` picks."""
+    if target == size:
+        return 1
+    scale = min(size[0] // target[0], size[1] // target[1])
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
+def _jpeg_coefficients(img: Image.Image) -> int:
+    """Bytes libjpeg allocates for the whole image's DCT coefficients when it must buffer them: a
+    progressive JPEG, or a (baseline) one whose first scan does not carry every component. Held at
+    full resolution whatever the draft scale (2 bytes per coefficient, per component sample). 0 for
+    a single-scan baseline JPEG, which libjpeg decodes one MCU row at a time."""
+    layers = getattr(img, "layer", None) or [(0, 1, 1, 0)] * 4
+    if not (img.info.get("progressive") or img.info.get("progression") or _jpeg_first_scan_components(img) < len(layers)):
+        return 0
+    w, h = img.size
+    hmax = max(max(1, hs) for _, hs, _, _ in layers)
+    vmax = max(max(1, vs) for _, _, vs, _ in layers)
+    total = 0
+    for _, hs, vs, _ in layers:
+        hs, vs = max(1, hs), max(1, vs)
+        blocks_w = _ceil(_ceil(w * hs, hmax), 8) + hs  # whole 8x8 blocks, plus MCU padding
+        blocks_h = _ceil(_ceil(h * vs, vmax), 8) + vs
+        total += blocks_w * blocks_h * 64 * 2
+    return total
+
+
+def _jpeg_first_scan_components(img: Image.Image) -> int:
+    """Components in the first scan (SOS) of an opened JPEG, read from its marker segments without
+    decoding (the file position is restored); 0 when it cannot be read (counted as multi-scan)."""
+    fp = getattr(img, "fp", None)
+    if fp is None:
+        return 0
+    pos = fp.tell()
+    try:
+        fp.seek(2)  # after SOI
+        for _ in range(4096):
+            c = fp.read(1)
+            if c != b"\xff":
+                return 0
+            while c == b"\xff":  # fill bytes
+                c = fp.read(1)
+            if not c:
+                return 0
+            marker = c[0]
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+                continue
+            length = fp.read(2)
+            if len(length) < 2:
+                return 0
+            if marker == 0xDA:  # SOS: Ns follows the length
+                ns = fp.read(1)
+                return ns[0] if ns else 0
+            fp.seek(int.from_bytes(length, "big") - 2, 1)
+        return 0
+    except Exception:
+        return 0
+    finally:
+        fp.seek(pos)
+
+
+def decode_cost(img: Image.Image, fmt: str, target: tuple[int, int], reuse: bool = False) -> int:
+    """Estimated peak bytes ``_prepare`` allocates to turn ``img`` (opened, not loaded) into a
+    ``target``-sized JPEG derivative, from the header alone. Safe side: at least the measured peak,
+    within ~2x of it.
+
+    Phases, each holding what is alive at its peak (``D`` = pixels actually decoded: a JPEG is
+    decoded at the DCT scale 1/2/4/8 ``draft`` picks, the smallest that still covers ``target``;
+    ``T`` = target pixels; bytes per pixel as Pillow stores them, RGB and every 3-4 band mode 4):
+
+    * decode: D x mode bytes, plus the codec's own buffers: libjpeg's whole-image DCT coefficients
+      for a progressive or multi-scan JPEG (full resolution, ~3 B/px at 4:2:0, 6 B/px at 4:4:4);
+      libwebp's two canvases and the frame copy Pillow decodes from (3 x 4 B/px); TIFF's strip
+      buffer (<= 1 x); pillow-heif's decoded planes (2 x 4 B/px, not measured);
+    * ``_to_rgb``: the decoded image, plus for RGBA/LA/PA/P+transparency the RGBA copy, the RGB
+      background and the alpha channel (4 + 4 + 1 B/px), for 16-bit/I the point() result and the
+      RGB image, for anything else the RGB image (4 B/px);
+    * resize, from the RGB image (4 B/px): under 2x, OpenCV's path (``np.asarray`` goes through
+      ``tobytes``: 3 B/px of chunks plus the 3 B/px join, then 7 B/px of T); 2x and more, Pillow's
+      (the ``reducing_gap`` reduce() copy, the horizontal pass T-width x source height, the output);
+    * transpose + encode: 2 x 4 B/px of T and the JPEG buffer (<= 3 B/px of T).
+
+    ``reuse``: the original serves as its own derivative (a JPEG within the cap, orientation 1), so
+    only the decode phase happens. Plus 4 MiB for codec state, row buffers and Python objects, and 10%.
+
+    Calibration (``tracemalloc`` does not see Pillow's C allocations, so RSS): peak RSS of
+    ``prepare()`` (max_side 1600), each case in a fresh ``python -c`` with codecs loaded first and
+    ``malloc_trim(0)``; the high-water mark is reset to the current RSS with ``/proc/self/clear_refs``
+    just before, and read as ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` and ``VmHWM`` after (the
+    probe is forked by ``sh``, so ``ru_maxrss`` does not inherit the parent's high-water mark across
+    exec; the two agree). Pillow 13.0, libjpeg-turbo, glibc malloc, x86-64, Python 3.11::
+
+        $ .venv/bin/python -m tests.bombs measure     (peak, ru_maxrss: high-water mark after - RSS before)
+        case                                file KB  mode  peak MiB  ru_maxrss MiB  estimate MiB  est/peak
+        png_rgba_16mp_const.png (4000x4000)      67  RGBA     198.5          198.5         222.6      1.12
+        png_rgb_16mp_const.png                   52  RGB       95.4           95.4         109.1      1.14
+        png_gray16_16mp.png (16-bit gray)        37  I;16     122.1          122.1         138.7      1.14
+        png_p_trns_16mp.png (palette + tRNS)     15  P        152.6          152.6         172.2      1.13
+        jpeg_24mp_baseline.jpg (6000x4000)     6484  RGB       57.2           57.2          67.3      1.18
+        jpeg_24mp_progressive.jpg              5589  RGB       91.7           91.7         105.6      1.15
+        jpeg_2mp_baseline.jpg (1600x1200)       519  RGB        7.5            7.5          12.5      1.67
+        gif_palette_16mp.gif                  11516  P         95.5           95.5         109.1      1.14
+        webp_rgba_16mp.webp                    2324  RGB      249.1          249.1         273.0      1.10
+        tiff_rgb_16mp.tif (deflate)           44654  RGB       95.9           95.9         138.7      1.45
+        png_rgba_2mp_const.png (1920x1080)        9  RGBA      25.5           25.5          32.7      1.28
+        png_rgba_100mp_const.png (10000^2)      395  RGBA    1240.1         1240.1        1368.2      1.10
+        samples/photos/bicycle_street_orientation6.jpg (12 MP, rotated)   28.9 / 28.9 -> 40.9    1.41
+        samples/photos/office_kitchen_fruit.jpg (12 MP, progressive)      46.7 / 46.7 -> 55.9    1.20
+        samples/photos/obama_portrait.jpg (1 MP, served as is)             4.1 /  4.1 ->  8.7    2.13
+    """
+    w, h = img.size
+    tw, th = target
+    mode = img.mode
+    bpp = _pixel_bytes(mode)
+    persistent = 0  # codec buffers that live as long as the decoded image
+    transient = 0  # codec buffers freed when load() returns
+    if fmt == "JPEG":
+        s = _jpeg_scale((w, h), (tw, th)) if len(getattr(img, "tile", ())) == 1 else 1
+        dw, dh = _ceil(w, s), _ceil(h, s)
+        transient = _jpeg_coefficients(img)
+    else:
+        dw, dh = w, h
+    d, t = dw * dh, tw * th
+    if fmt == "WEBP":
+        persistent = 2 * 4 * d  # WebPAnimDecoder's canvases, held by the image until it is freed
+        transient = 4 * d  # the frame's bytes that Pillow decodes from
+    elif fmt == "TIFF":
+        transient = bpp * d
+    elif fmt in ("HEIF", "AVIF"):
+        persistent = 2 * 4 * d
+    decoded = bpp * d + persistent
+    phase_decode = decoded + transient
+
+    if mode == "RGB":
+        to_rgb = 0
+    elif mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        to_rgb = (4 + 4 + 1) * d
+    elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        to_rgb = (bpp + 4) * d
+    elif mode == "F":
+        to_rgb = (1 + 4) * d
+    else:
+        to_rgb = 4 * d
+    phase_rgb = decoded + to_rgb
+
+    rgb = 4 * d + (persistent if mode == "RGB" else 0)  # the same image (and decoder) when already RGB
+    if (dw, dh) == (tw, th):
+        phase_resize = 0
+    elif dw < 2 * tw and dh < 2 * th:  # shrink(): OpenCV
+        phase_resize = rgb + max(6 * d, 3 * d + 7 * t)
+    else:  # shrink(): Pillow, reducing_gap=3
+        fx, fy = max(1, int(dw / tw / 3.0)), max(1, int(dh / th / 3.0))
+        reduced = _ceil(dw, fx) * _ceil(dh, fy) if fx > 1 or fy > 1 else 0
+        src_h = _ceil(dh, fy)
+        phase_resize = rgb + 4 * (reduced + tw * src_h + t)
+    phase_tail = 4 * t * 2 + 3 * t
+
+    peak = phase_decode if reuse else max(phase_decode, phase_rgb, phase_resize, phase_tail)
+    return int((peak + 4 * _MIB) * 1.1)
+
+
+def prepare(data: bytes, limits: Limits, budget: MemoryBudget | None = None) -> Outcome:
+    """Validate and normalise one original. Pure: bytes in, derivative bytes and fields out.
+
+    ``budget``: the decode (decode, convert, resize, encode) holds ``decode_cost`` bytes of it, as
+    estimated from the header once the pixel limit passed; it waits while other images' decodes
+    hold the rest, and fails with ``over_memory_budget``, never decoding, if it can never fit."""
     out = Outcome()
     out.fields = {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     try:
-        _prepare(data, limits, out)
+        _prepare(data, limits, out, budget)
     except StageFailure as exc:
-        out.error = exc
+        # without tracebacks: their frames would keep a (partly) decoded image alive as long as the outcome
+        exc.__context__ = exc.__cause__ = None
+        out.error = exc.with_traceback(None)
     return out
 
 
-def _prepare(data: bytes, limits: Limits, out: Outcome) -> None:
+def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | None = None) -> None:
     if len(data) > limits.max_bytes:
         raise StageFailure("too_large", f"original is {len(data)} bytes, over the {limits.max_bytes} byte limit")
     if not data:
@@ -155,29 +342,36 @@ def _prepare(data: bytes, limits: Limits, out: Outcome) -> None:
 
     tw, th = _target(w, h, limits.max_side)
     reuse = fmt == "JPEG" and orientation == 1 and (tw, th) == (w, h) and img.mode in ("RGB", "L")
-    try:
-        if fmt == "JPEG" and (tw, th) != (w, h):
-            img.draft("RGB", (tw, th))  # DCT-domain downscale to the smallest scale >= target
-        img.load()
-    except Exception as exc:
-        raise StageFailure("undecodable", f"{fmt} data could not be decoded: {exc}") from None
+    # admitted against the memory budget from the header, before any pixel is decoded; held until encoded
+    admitted = nullcontext() if budget is None else budget.reserve(
+        decode_cost(img, fmt, (tw, th), reuse=reuse), what=f"{w}x{h} {img.mode} {fmt}")
+    with admitted:
+        try:
+            if fmt == "JPEG" and (tw, th) != (w, h):
+                img.draft("RGB", (tw, th))  # DCT-domain downscale to the smallest scale >= target
+            img.load()
+        except Exception as exc:
+            raise StageFailure("undecodable", f"{fmt} data could not be decoded: {exc}") from None
 
-    if reuse:
-        out.fields.update(width=w, height=h, derivative_sha256=out.fields["sha256"], derivative_size_bytes=len(data))
-        return
+        if reuse:
+            out.fields.update(width=w, height=h, derivative_sha256=out.fields["sha256"], derivative_size_bytes=len(data))
+            del img  # freed before the budget is
+            return
 
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
-    img = _to_rgb(img)
-    if img.size != (tw, th):
-        img = shrink(img, (tw, th))
-    if orientation in _TRANSPOSE:
-        img = img.transpose(_TRANSPOSE[orientation])
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=limits.jpeg_quality)
-    derivative = buf.getvalue()
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img = _to_rgb(img)
+        if img.size != (tw, th):
+            img = shrink(img, (tw, th))
+        if orientation in _TRANSPOSE:
+            img = img.transpose(_TRANSPOSE[orientation])
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=limits.jpeg_quality)
+        derivative = buf.getvalue()
+        width, height = img.size
+        del img, buf  # the derivative's pixels are freed before the budget is
     out.derivative = derivative
-    out.fields.update(width=img.width, height=img.height, derivative_sha256=hashlib.sha256(derivative).hexdigest(),
+    out.fields.update(width=width, height=height, derivative_sha256=hashlib.sha256(derivative).hexdigest(),
                       derivative_size_bytes=len(derivative))
 
 
@@ -230,85 +424,100 @@ def _register_heif_plugin(fmt: str) -> None:
 # The agent: moves bytes; the logic above is what it runs.
 # ---------------------------------------------------------------------------------------------
 
-def register(ctx, stages: list[str] | None = None) -> None:
-    settings = ctx.settings
-    limits = Limits.from_settings(settings)
-    pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads or (os.cpu_count() or 1) + 1,
-                              thread_name_prefix="preprocess")
-    stage_metrics = ctx.metrics.stage(STAGE)
-    md_metrics = ctx.metrics.stage("metadata")
+class Preprocess(Stage):
+    """preprocess on the runner: each image of a batch in the thread pool, one hop per image."""
 
-    async def one(event) -> None:
-        t0 = time.perf_counter()
-        try:
-            _, upload = ctx.codec.decode(event.message.value, expect="ImageUploaded")
-        except Exception as exc:
-            await ctx.dead_letter(STAGE, event, classify(exc))
-            return
+    name = STAGE
+    reads = (UPLOADED,)
+    expects = "ImageUploaded"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        s = self.settings
+        self.limits = Limits.from_settings(s)
+        self.pool = ThreadPoolExecutor(max_workers=s.preprocess_threads or (os.cpu_count() or 1) + 1,
+                                       thread_name_prefix="preprocess")
+        self.budget = MemoryBudget(s.decode_memory_mb * 2**20)
+        self.stage_metrics = ctx.metrics.stage(STAGE)
+        self.md_metrics = ctx.metrics.stage("metadata")
+
+    async def start(self) -> None:
+        pass
+
+    def records(self, upload: dict, outcome: Outcome, source: str, plan, duration: float) -> list[Output]:
+        """analysis.metadata and images.prepared for one upload (the join needs both, in either order)."""
         image_id, user_id, run_id = upload["image_id"], upload["user_id"], upload["run_id"]
-        log = ctx.log.bind(stage=STAGE, image_id=image_id)
-        attempts, plan, source = 1, None, upload["uri"]
-        try:
-            try:
-                plan = plan_for(upload.get("stages"), settings.stages)
-            except ValueError as exc:
-                raise StageFailure("bad_request", str(exc)) from None
-            source = ctx.storage.check(upload["uri"])
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                pool, ctx.metrics.cpu_timed, STAGE, _work, ctx.storage, source, limits, settings.fetch_retries)
-            attempts = outcome.attempts
-        except Exception as exc:
-            verdict = classify(exc)
-            attempts = settings.fetch_retries if verdict.retryable else attempts
-            outcome = Outcome(error=StageFailure(verdict.code, verdict.message, verdict.retryable))
-            if verdict.dead_letter:
-                await ctx.dead_letter(STAGE, event, verdict, attempts=attempts, image_id=image_id)
-        # the stage's own time (fetch + decode + encode + store), not time queued behind other images
-        duration = outcome.work_ms if outcome.work_ms else (time.perf_counter() - t0) * 1000
         error = None
         if outcome.error is not None:
             e = outcome.error
-            error = {"code": e.code, "message": e.message[:500], "retryable": e.retryable, "attempts": attempts}
-            log.warning("image_failed", code=e.code, reason=e.message)
-        status = "failed" if error else "ok"
-        # metadata first: the join needs both, in whichever order they arrive
+            error = {"code": str(e.code), "message": e.message[:500], "retryable": e.retryable, "attempts": outcome.attempts}
+        status = Status.FAILED if error else Status.OK
         md_fields = outcome.metadata or {}
         md = result("metadata", image_id, user_id, run_id, model=metadata_stage.MODEL,
-                    status="ok" if outcome.metadata is not None else "failed",
-                    error=None if outcome.metadata is not None else (error or {"code": "unreadable", "message": "no metadata", "retryable": False, "attempts": 1}),
+                    status=Status.OK if outcome.metadata is not None else Status.FAILED,
+                    error=None if outcome.metadata is not None else (error or {"code": ErrorCode.UNREADABLE, "message": "no metadata", "retryable": False, "attempts": 1}),
                     duration_ms=outcome.metadata_ms, **md_fields)
         for w in md_fields.get("warnings", []):
-            log.warning("metadata_value_dropped", detail=w)
+            self.log.warning("metadata_value_dropped", image_id=image_id, detail=w)
+        fields = dict(outcome.fields)
         prepared = result(STAGE, image_id, user_id, run_id, model=MODEL, status=status, error=error, duration_ms=duration,
-                          source_uri=source, uri=outcome.fields.pop("uri", None),
+                          source_uri=source, uri=fields.pop("uri", None),
                           expected_stages=(plan.expected if plan and not error else ["metadata"]),
                           derived_stages=(plan.derived if plan and not error else []),
-                          uploaded_at=upload["uploaded_at"], **outcome.fields)
-        await ctx.send("analysis.metadata", image_id, "MetadataResult", md)
-        await ctx.send(PREPARED, image_id, "ImagePrepared", prepared)
-        stage_metrics.observe(duration / 1000, status)
-        md_metrics.observe(outcome.metadata_ms / 1000, md["status"])
+                          uploaded_at=upload["uploaded_at"], **fields)
+        self.stage_metrics.observe(duration / 1000, status)
+        self.md_metrics.observe(outcome.metadata_ms / 1000, md["status"])
+        return [Output("analysis.metadata", image_id, "MetadataResult", md), Output(PREPARED, image_id, "ImagePrepared", prepared)]
 
-    @ctx.app.agent(ctx.topic(UPLOADED), name=STAGE)
-    async def preprocess(stream):
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            # one record's failure never touches the others; nothing escapes (see FAUST-NOTES: a raise acks the batch)
-            with ctx.metrics.batch(STAGE, len(events)):
-                results = await asyncio.gather(*(one(e) for e in events), return_exceptions=True)
-            for event, res in zip(events, results):
-                if isinstance(res, BaseException):
-                    await ctx.dead_letter(STAGE, event, classify(res))
+    def failed(self, item: Item, verdict: Verdict) -> list[Output]:
+        upload = item.record
+        out = Outcome(error=StageFailure(verdict.code, verdict.message, verdict.retryable))
+        return self.records(upload, out, upload["uri"], None, 0.0)
+
+    async def one(self, item: Item) -> StageOutcome:
+        """The outcome of one upload; never raises for a fault of that image alone."""
+        upload = item.record
+        s = self.settings
+        t0 = time.perf_counter()
+        plan, source, dead = None, upload["uri"], None
+        try:
+            try:
+                plan = plan_for(upload.get("stages"), s.stages)
+            except ValueError as exc:
+                raise StageFailure(ErrorCode.BAD_REQUEST, str(exc)) from None
+            check_user_id(upload["user_id"])
+            source = self.ctx.storage.check_owned(upload["uri"], upload["user_id"], s.per_user_storage)
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.ctx.metrics.cpu_timed, STAGE, _work, self.ctx.storage, source, self.limits,
+                s.fetch_retries, self.budget)
+        except Exception as exc:
+            attempts = getattr(exc, "attempts", 1)
+            if is_transient(exc):  # the original could not be read, retries exhausted: fail now, replay later
+                exc = StageFailure(ErrorCode.FETCH_FAILED, f"reading the original failed {attempts} times: "
+                                   f"{type(exc).__name__}: {exc}", True)
+            verdict = classify(exc)
+            outcome = Outcome(error=StageFailure(verdict.code, verdict.message, verdict.retryable), attempts=attempts)
+            dead = verdict if verdict.dead_letter else None
+        if outcome.error is not None:
+            self.log.warning("image_failed", image_id=upload["image_id"], code=outcome.error.code, reason=outcome.error.message)
+        # the stage's own time (fetch + decode + encode + store), not time queued behind other images
+        duration = outcome.work_ms if outcome.work_ms else (time.perf_counter() - t0) * 1000
+        return StageOutcome(self.records(upload, outcome, source, plan, duration), dead, outcome.attempts)
+
+    async def process(self, items: list[Item]) -> list[StageOutcome]:
+        return list(await asyncio.gather(*(self.one(item) for item in items)))
 
 
-def _work(storage, source: str, limits: Limits, fetch_attempts: int) -> Outcome:
-    """Everything for one image that runs off the event loop, in one thread hop, timed."""
+def register(ctx, stages: list[str] | None = None) -> None:
+    run(ctx, Preprocess(ctx))
+
+
+def _work(storage, source: str, limits: Limits, fetch_attempts: int, budget: MemoryBudget | None = None) -> Outcome:
+    """Everything for one image that runs off the event loop, in one thread hop, timed. ``budget``
+    (one per worker, shared by the pool's threads) admits the decode: see ``prepare``."""
     t0 = time.perf_counter()
-    attempts = 0
-    for attempt in retrying(fetch_attempts):
-        with attempt:
-            attempts = attempt.retry_state.attempt_number
-            data = storage.read(source, limits.max_bytes)
-    outcome = prepare(data, limits)
+    data, attempts = retry_sync(lambda: storage.read(source, limits.max_bytes), fetch_attempts)
+    outcome = prepare(data, limits, budget)
     if outcome.error is None:
         if outcome.derivative is None:
             outcome.fields["uri"] = source

@@ -27,7 +27,6 @@ import faust
 import structlog
 
 from .codec import Codec
-from .errors import Verdict
 from .observability import Metrics
 from .records import now
 from .settings import Settings
@@ -58,13 +57,13 @@ class Stores:
         self.wanted.update(names)
 
     def open(self) -> None:
-        from .sinks import CassandraSink, QdrantSink
+        from .store import CassandraStore, QdrantStore
 
         s = self.settings
         if "cassandra" in self.wanted:
-            self.cassandra = CassandraSink(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace)
+            self.cassandra = CassandraStore(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace)
         if "qdrant" in self.wanted:
-            self.qdrant = QdrantSink(s.qdrant_url, s.qdrant_path, s.qdrant_api_key)
+            self.qdrant = QdrantStore(s.qdrant_url, s.qdrant_path, s.qdrant_api_key.get_secret_value() if s.qdrant_api_key else None)
 
     def close(self) -> None:
         for store in (self.cassandra, self.qdrant):
@@ -96,20 +95,15 @@ class Context:
                                                partitions=self.settings.partitions, acks=True)
         return self._topics[key]
 
-    async def send(self, topic: str, image_id: str, record_name: str, record: dict) -> None:
+    async def produce(self, topic: str, image_id: str, record_name: str, record: dict) -> "asyncio.Future":
+        """Avro-encode ``record`` and hand it to the producer, keyed by image id; returns the future of
+        its delivery report (await it before acking the input: see ``streams/runner.py``)."""
         value = self.codec.encode(record_name, record, topic=self.settings.topic(topic))
-        await self.topic(topic).send(key=image_id.encode(), value=value)
+        return await self.topic(topic).send(key=image_id.encode(), value=value)
 
-    async def dead_letter(self, stage: str, event, verdict: Verdict, attempts: int = 1, image_id: str | None = None) -> None:
-        msg = event.message
-        record = {"stage": stage, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                  "key": msg.key, "value": msg.value or b"", "image_id": image_id,
-                  "error": verdict.as_error(attempts), "failed_at": now()}
-        self.metrics.deadletters.labels(stage, verdict.code).inc()
-        log.error("dead_letter", stage=stage, image_id=image_id, code=verdict.code, reason=verdict.message,
-                  topic=msg.topic, partition=msg.partition, offset=msg.offset)
-        key = (image_id or (msg.key.decode("utf-8", "replace") if msg.key else f"{msg.topic}/{msg.partition}/{msg.offset}"))
-        await self.send(DEADLETTER, key, "DeadLetter", record)
+    async def send(self, topic: str, image_id: str, record_name: str, record: dict) -> None:
+        """Produce one record and wait until the broker has it (for code outside a stage runner)."""
+        await (await self.produce(topic, image_id, record_name, record))
 
 
 def use_event(event) -> None:
@@ -146,8 +140,11 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=max(4 * batch, 64),
         broker_max_poll_records=max(2 * batch, 32),
-        producer_acks=-1,
+        producer_acks=-1,  # acks=all: aiokafka refuses idempotence with anything else (see _idempotent_transport)
         web_enabled=True,
+        # aiohttp's Application defaults to client_max_size=1 MiB (a 3.9 MB photo got 413 from /faces/enroll);
+        # faust's aiohttp driver passes these kwargs straight to Application(...) (faust/web/drivers/aiohttp.py, Web.__init__)
+        web_application_options={"client_max_size": web_client_max_size(settings)},
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
@@ -155,17 +152,70 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         web_tables_enabled=False,
         table_cleanup_interval=30.0,
     )
+    app.transport = _idempotent_transport(app)  # before anything creates the producer or the conductor
     metrics = Metrics()
-    ctx = Context(app, settings, Codec(registry_url=settings.schema_registry_url), Storage(settings.roots), metrics)
+    ctx = Context(app, settings, Codec(registry_url=settings.schema_registry_url), Storage(settings.roots, allow_private_redirects=settings.storage_allow_private_redirects, per_user=settings.per_user_storage), metrics)
     modules: dict[str, list[str]] = {}
     for name in stages:  # stages sharing a module (one network, several results) register once
         modules.setdefault(STAGES[name].module, []).append(name)
     for module, names in modules.items():
         importlib.import_module(f"lensflow.agents.{module}").register(ctx, names)
+    _changelog_config(app, settings)
     if ctx.stores.wanted:
         _open_stores(app, ctx)
     _web(app, ctx, stages)
     return app, ctx
+
+
+def web_client_max_size(settings: Settings) -> int:
+    """Largest request body the worker's web server reads (aiohttp ``client_max_size``): one ``max_bytes``
+    image base64-encoded (4 bytes per 3) in a JSON body, plus 1 MiB of slack for the rest of the body."""
+    return 4 * -(-settings.max_bytes // 3) + (1 << 20)
+
+
+def _idempotent_transport(app: faust.App):
+    """Faust's aiokafka transport for ``app``, whose producer is idempotent (``enable_idempotence=True``,
+    ``acks="all"``: aiokafka raises ValueError for idempotence with acks 0 or 1).
+
+    faust-streaming 0.15.3 has no setting for it: the aiokafka driver's ``Producer._settings_extra``
+    returns ``{"acks": "all", "enable_idempotence": True}`` only inside a transaction
+    (processing_guarantee="exactly_once"), and ``Producer._new_producer`` merges ``_settings_extra()``
+    last into the AIOKafkaProducer kwargs (faust/transport/drivers/aiokafka.py); the threaded producer
+    uses the same ``_settings_extra``. ``Transport.create_producer`` instantiates the transport's
+    ``Producer`` class attribute (faust/transport/base.py), and ``app.producer`` comes from
+    ``app.transport.create_producer``. So: a Producer subclass overriding only ``_settings_extra``, on a
+    Transport subclass, installed through the public ``App.transport`` setter right after the App is
+    made (the transport resolves its event loop lazily, so making it here is safe).
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    class IdempotentProducer(driver.Producer):
+        def _settings_extra(self):
+            return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+    class IdempotentTransport(driver.Transport):
+        Producer = IdempotentProducer
+
+    return IdempotentTransport(app.conf.broker_consumer, app)
+
+
+def _changelog_config(app: faust.App, settings: Settings) -> None:
+    """``min.insync.replicas`` on the changelog topics Faust creates for the stages' tables.
+
+    faust 0.15.3 has no app-wide setting for the config of its internal topics; a table takes
+    ``extra_topic_configs`` (faust/tables/base.py ``_new_changelog_topic``: ``config=``), and
+    ``app.Table()`` builds its changelog topic at once (faust/tables/manager.py ``TableManager.add``).
+    So the config is merged into both once the stages have registered, before the worker starts and
+    declares the topics; a table's own values win. It applies only when Faust *creates* a changelog:
+    an existing one keeps its config. Faust's leader topic (``<app_id>-__assignor-__leader``) is not
+    covered (no table; it carries no data lensflow needs).
+    """
+    from .kafka import topic_config
+
+    extra = topic_config(settings)
+    for table in app.tables.values():
+        table.extra_topic_configs = {**extra, **(table.extra_topic_configs or {})}
+        table.changelog_topic.config = {**extra, **(table.changelog_topic.config or {})}
 
 
 def _open_stores(app: faust.App, ctx: Context) -> None:
@@ -191,7 +241,38 @@ def _open_stores(app: faust.App, ctx: Context) -> None:
     ctx.ready_checks.append(("stores", ctx.stores.ready.is_set))
 
 
+#: /healthz answers 503 once the worker's event loop has not run its heartbeat for this many seconds, and
+#: /readyz once its snapshot (made by the same heartbeat) is this old: the loop is blocked or gone.
+LIVENESS_THRESHOLD_S = 10.0
+
+
+def liveness(last_beat: float | None, now: float, threshold: float = LIVENESS_THRESHOLD_S) -> tuple[bool, float | None]:
+    """(alive, lag): ``lag`` is how long ago the heartbeat last ran (``time.monotonic()`` values; None when
+    it never ran, which counts as not alive); alive while the lag is at most ``threshold`` seconds."""
+    if last_beat is None:
+        return False, None
+    lag = max(0.0, now - last_beat)
+    return lag <= threshold, lag
+
+
 def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
+    """/metrics, /healthz, /readyz (and the store views). They run in Faust's web thread (web_in_thread=True),
+    which answers even while the worker's event loop is blocked, so both probes judge the worker's loop
+    by a heartbeat it runs every second:
+
+    * /healthz: 200 ``{"ok": true, "loop_lag_s": …}`` while the last beat is at most
+      ``LIVENESS_THRESHOLD_S`` (10 s) old, else 503 ``{"ok": false, "loop_lag_s": …}``;
+    * /readyz: the readiness snapshot the heartbeat made (``recovered``, ``rebalancing``, one key per
+      ``ctx.ready_checks`` entry: ``(name, callable)``, true when that part is ready) plus ``age_s``;
+      200 when ``ready``, 503 when not or when the snapshot is over ``LIVENESS_THRESHOLD_S`` old (``stale``).
+
+    The heartbeat is a mode Service made the App's first dependency, so it beats from the moment the
+    App starts: an ``@app.timer`` only starts after table recovery (faust/app/base.py ``App.on_started``),
+    and a long recovery would then fail the liveness/startup probes instead of just keeping the pod unready.
+    """
+    import time
+
+    import mode
     from faust.web import Request, Response, View
 
     @app.page("/metrics")
@@ -202,7 +283,9 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
     @app.page("/healthz")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"ok": True, "stages": stages})
+            ok, lag = liveness(state["beat"], time.monotonic(), LIVENESS_THRESHOLD_S)
+            return self.json({"ok": ok, "loop_lag_s": None if lag is None else round(lag, 3), "stages": stages},
+                             status=200 if ok else 503)
 
     if {"cassandra", "qdrant"} <= ctx.stores.wanted:
         _store_views(app, ctx)
@@ -210,34 +293,145 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
     # Readiness is computed on the worker's own event loop and only *read* by the web thread
     # (web_in_thread=True): touching app.tables from the web thread would create Faust services
     # bound to the wrong event loop ("Future attached to a different loop" at start-up).
-    state: dict[str, Any] = {"ready": False, "recovered": False, "rebalancing": True}
+    # The heartbeat replaces whole values (one assignment each), so a reader never sees half an update.
+    state: dict[str, Any] = {"beat": None, "readiness": (None, {"ready": False, "recovered": False, "rebalancing": True})}
+    failed: dict[str, str] = {}
 
-    @app.timer(1.0)
-    async def _readiness() -> None:
+    def readiness() -> dict[str, Any]:
+        checks = {}
+        for name, fn in ctx.ready_checks:
+            try:
+                checks[name] = bool(fn())
+            except Exception as exc:  # a failing check means not ready; it must not stop the heartbeat
+                checks[name] = False
+                if failed.get(name) != repr(exc):
+                    failed[name] = repr(exc)
+                    log.warning("ready_check_failed", check=name, error=repr(exc))
         recovered = app.tables.recovery.completed.is_set()
-        checks = {name: bool(fn()) for name, fn in ctx.ready_checks}
-        state.update(recovered=recovered, rebalancing=bool(app.rebalancing), **checks,
-                     ready=recovered and not app.rebalancing and all(checks.values()))
+        rebalancing = bool(app.rebalancing)
+        return {"recovered": recovered, "rebalancing": rebalancing, **checks,
+                "ready": recovered and not rebalancing and all(checks.values())}
+
+    class Heartbeat(mode.Service):
+        @mode.Service.timer(1.0, exec_first=True)
+        async def _beat(self) -> None:
+            beat = time.monotonic()
+            state["beat"] = beat
+            try:
+                state["readiness"] = (beat, readiness())
+            except Exception as exc:  # keep beating: /readyz reports the stale snapshot's age
+                if failed.get("") != repr(exc):
+                    failed[""] = repr(exc)
+                    log.warning("readiness_failed", error=repr(exc))
+
+    app.add_dependency(Heartbeat())  # its first child: started before the producer, consumer and tables
 
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            snapshot = dict(state)
+            at, snapshot = state["readiness"]
+            fresh, age = liveness(at, time.monotonic(), LIVENESS_THRESHOLD_S)
+            snapshot = {**snapshot, "age_s": None if age is None else round(age, 3)}
+            if not fresh:
+                snapshot.update(ready=False, stale=True)
             return self.json(snapshot, status=200 if snapshot["ready"] else 503)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the web server's bind address is loopback only: 127.0.0.0/8, ::1 or "localhost"."""
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost (or 0.0.0.0-like "any" names): not loopback
+        return False
+
+
+def api_refusal(settings: Settings, authorization: str | None) -> tuple[int, str] | None:
+    """Who may use the worker's API (/search, /faces/*): None when the request may proceed, else the
+    (HTTP status, one-line error) to answer. With ``settings.api_token`` set, the request must carry
+    ``Authorization: Bearer <token>`` (compared in constant time), 401 otherwise. Without a token, the API
+    answers only on a loopback bind address (127.0.0.0/8, ::1, localhost), 403 otherwise. The token is
+    never part of a message."""
+    import hmac
+
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else ""
+    if not token:
+        if is_loopback(settings.web_host):
+            return None
+        return 403, (f"the worker's API is off: it listens on {settings.web_host} (not loopback) and has no "
+                     "token; set LENSFLOW_API_TOKEN on the worker and for the CLI")
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return 401, "missing API token: send Authorization: Bearer <LENSFLOW_API_TOKEN>"
+    if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")):
+        return 401, "wrong API token (LENSFLOW_API_TOKEN differs from the worker's)"
+    return None
+
+
+class ImageRejected(ValueError):
+    """An uploaded image refused before decoding; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def open_checked(data: bytes, max_bytes: int, max_pixels: int):
+    """``data`` opened as a PIL image after the limits are checked, before anything decodes it:
+    over ``max_bytes`` → ImageRejected 413; unreadable, or a header over ``max_pixels`` → 400.
+    ``Image.open`` only reads the header (decoding waits for ``load()``), so ``size`` costs nothing."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > max_bytes:
+        raise ImageRejected(413, f"{len(data) / 1e6:.1f} MB is over the limit of {max_bytes / 1e6:.1f} MB "
+                                 "(LENSFLOW_MAX_BYTES)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # Pillow's own cap (2x MAX_IMAGE_PIXELS), checked in open()
+        raise ImageRejected(400, f"too many pixels: over the limit of {max_pixels} (LENSFLOW_MAX_PIXELS)") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageRejected(400, f"not a readable image ({type(exc).__name__})") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ImageRejected(400, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} (LENSFLOW_MAX_PIXELS)")
+    return img
 
 
 def _store_views(app: faust.App, ctx: Context) -> None:
     """Search and the face gallery, served by the worker that owns the stores (Qdrant local mode
-    admits one process). Views run in Faust's web thread; store calls go to the stores' own threads."""
-    import base64
-    import io
+    admits one process). Views run in Faust's web thread; store calls go to the stores' own threads.
 
+    Every view first passes ``denied`` (``api_refusal``: bearer token, or loopback only when no token)."""
+    import base64
+
+    from aiohttp.web import HTTPRequestEntityTooLarge
     from faust.web import Request, Response, View
 
     from .search import Query, SearchError, SearchService
 
     service = SearchService(ctx.stores, ctx.settings)
     face_model: dict[str, Any] = {}
+    if ctx.settings.api_token is None or not ctx.settings.api_token.get_secret_value():
+        if not is_loopback(ctx.settings.web_host):
+            log.warning("api_off", web_host=ctx.settings.web_host,
+                        reason="LENSFLOW_API_TOKEN is not set and the worker does not listen on loopback: "
+                               "/search and /faces/* answer 403 until it is set")
+
+    def denied(view: View, request: Request) -> Response | None:
+        """The one access check of the API views: None when ``request`` may proceed, else the answer."""
+        refusal = api_refusal(ctx.settings, request.headers.get("Authorization"))
+        if refusal is None:
+            return None
+        status, message = refusal
+        return view.json({"error": message}, status=status,
+                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
     def not_ready() -> str | None:
         return None if ctx.stores.ready.is_set() else "stores are not open yet"
@@ -245,6 +439,8 @@ def _store_views(app: faust.App, ctx: Context) -> None:
     @app.page("/search")
     class Search(View):
         async def get(self, request: Request) -> Response:
+            if (refused := denied(self, request)) is not None:
+                return refused
             if not_ready():
                 return self.json({"error": not_ready()}, status=503)
             try:
@@ -254,16 +450,18 @@ def _store_views(app: faust.App, ctx: Context) -> None:
                 return self.json({"error": str(exc)}, status=400)
 
     def faces_in(data: bytes) -> list[dict]:
-        from PIL import Image, ImageOps
+        """The faces found in one uploaded image; ImageRejected (size, pixels) before it is decoded."""
+        from PIL import ImageOps
 
         from lensflow.agents.faces import FaceModel
 
         from .models import ModelCache
 
+        img = open_checked(data, ctx.settings.max_bytes, ctx.settings.max_pixels)  # header only so far
         if "model" not in face_model:
             face_model["model"] = FaceModel(ModelCache(ctx.settings.cache_path / "models"),
                                             max_side=ctx.settings.faces_detect_max_side).load()
-        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        img = ImageOps.exif_transpose(img).convert("RGB")
         return face_model["model"].predict([img])[0]
 
     @app.page("/faces/enroll")
@@ -271,19 +469,35 @@ def _store_views(app: faust.App, ctx: Context) -> None:
         async def post(self, request: Request) -> Response:
             from lensflow.agents.faces import FaceGallery
 
+            if (refused := denied(self, request)) is not None:
+                return refused
             if not_ready():
                 return self.json({"error": not_ready()}, status=503)
-            body = await request.json()
+            try:
+                body = await request.json()
+            except HTTPRequestEntityTooLarge:  # over web_client_max_size (aiohttp's client_max_size)
+                return self.json({"error": f"request body over the worker's limit of {request.client_max_size / 1e6:.1f} MB: "
+                                           "send fewer photos per request (each at most LENSFLOW_MAX_BYTES)"}, status=413)
+            except ValueError:
+                return self.json({"error": "the request body is not JSON"}, status=400)
             user, name = body.get("user"), body.get("name")
             if not user or not name or not body.get("images"):
                 return self.json({"error": "user, name and images are required"}, status=400)
-            enrolled = []
+            largest_faces = []  # every image is checked before anything is enrolled
             for i, b64 in enumerate(body["images"]):
-                faces = faces_in(base64.b64decode(b64))
+                try:
+                    data = base64.b64decode(b64)
+                except (ValueError, TypeError):  # binascii.Error is a ValueError
+                    return self.json({"error": f"image {i + 1} is not base64"}, status=400)
+                try:
+                    faces = faces_in(data)
+                except ImageRejected as exc:
+                    return self.json({"error": f"image {i + 1}: {exc}"}, status=exc.status)
                 if not faces:
                     return self.json({"error": f"no face found in image {i + 1}"}, status=400)
-                largest = max(faces, key=lambda f: (f["box"]["x2"] - f["box"]["x1"]) * (f["box"]["y2"] - f["box"]["y1"]))
-                enrolled.append(ctx.stores.qdrant.run(lambda c: FaceGallery(c).enroll(user, name, largest["encoding"])))
+                largest_faces.append(max(faces, key=lambda f: (f["box"]["x2"] - f["box"]["x1"]) * (f["box"]["y2"] - f["box"]["y1"])))
+            enrolled = [ctx.stores.qdrant.run(lambda c, f=f: FaceGallery(c).enroll(user, name, f["encoding"]))
+                        for f in largest_faces]
             return self.json({"person_id": enrolled[0], "faces": len(enrolled)})
 
     @app.page("/faces/name")
@@ -291,6 +505,8 @@ def _store_views(app: faust.App, ctx: Context) -> None:
         async def post(self, request: Request) -> Response:
             from lensflow.agents.faces import FaceGallery
 
+            if (refused := denied(self, request)) is not None:
+                return refused
             if not_ready():
                 return self.json({"error": not_ready()}, status=503)
             body = await request.json()

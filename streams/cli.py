@@ -224,12 +224,46 @@ def worker(
     run_worker(s, [x.strip() for x in stages.split(",")] if stages else None)
 
 
+def check_web_port(host: str, port: int) -> None:
+    """CliError (one line) when ``host:port`` cannot be listened on, e.g. another worker holds it: Faust's
+    web server would fail on it later, with the reason only in the worker's log. Binds the way aiohttp's
+    TCPSite does through asyncio's ``create_server`` (every address ``host`` resolves to, SO_REUSEADDR,
+    IPV6_V6ONLY, an address family the host lacks skipped) and lets go at once."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot resolve LENSFLOW_WEB_HOST {host!r} ({exc.strerror})") from None
+    bound, unavailable = 0, None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise CliError(f"port {port} on {host} is in use (another worker?): set LENSFLOW_WEB_PORT") from None
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise CliError(f"cannot listen on {host} port {port} ({exc.strerror}): "
+                                   "set LENSFLOW_WEB_HOST / LENSFLOW_WEB_PORT") from None
+                unavailable = exc
+                continue
+            bound += 1
+    if not bound and unavailable is not None:
+        raise CliError(f"cannot listen on {host} port {port} ({unavailable.strerror}): set LENSFLOW_WEB_HOST")
+
+
 def run_worker(s: Settings, stages: list[str] | None) -> None:
     from faust.worker import Worker
 
     from .app import build
     from .observability import configure_logging
 
+    check_web_port(s.web_host, s.web_port)  # before Faust starts: its failure would only be in the log
     logging_config = configure_logging(s.log_level, s.log_json)
     app_, _ = build(s, stages)
     w = Worker(app_, loglevel=s.log_level.upper(), logging_config=logging_config, redirect_stdouts=False, quiet=True)
@@ -241,10 +275,17 @@ def run_worker(s: Settings, stages: list[str] | None) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def _uploads(s: Settings, user: str, items: list[str]) -> list[dict]:
-    from .records import image_id_for
+    from rich.markup import escape
+
+    from .errors import StageFailure
+    from .records import check_user_id, image_id_for
     from .storage import Storage
 
-    storage = Storage(s.roots)
+    try:
+        check_user_id(user)  # it names the user's storage folder: checked before anything is written
+    except StageFailure as exc:
+        raise CliError(escape(exc.message)) from None  # rich markup: the id is the user's text
+    storage = Storage(s.roots, allow_private_redirects=s.storage_allow_private_redirects, per_user=s.per_user_storage)
     uploads = []
     for item in items:
         if "://" in item:
@@ -272,11 +313,18 @@ def submit(
     timeout: float = typer.Option(300.0, help="--wait: give up after this many seconds (exit 4)."),
 ) -> None:
     """Upload images: produce one ImageUploaded event per image (idempotent producer)."""
+    from rich.markup import escape
+
     from .codec import Codec
+    from .errors import StageFailure
     from .kafka import end_offsets_consumer, producer
-    from .records import now
+    from .records import check_user_id, now
     from .topology import ANALYZED, UPLOADED, plan_for
 
+    try:
+        check_user_id(user)
+    except StageFailure as exc:
+        raise CliError(escape(exc.message)) from None  # rich markup: the id is the user's text
     s = settings()
     stage_list = [x.strip() for x in stages.split(",")] if stages else None
     if stage_list is not None:
@@ -380,20 +428,17 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
     from .codec import Codec
     from .kafka import end_offsets_consumer, producer
     from .records import now
-    from .sinks import connect_cassandra
-    from .topology import ANALYZED, AVAILABLE_STAGES, PREPARED, STAGES
+    from .topology import ANALYZED, AVAILABLE_STAGES, PREPARED, STAGES, StageKind
 
     s = settings()
-    if stage not in AVAILABLE_STAGES or STAGES[stage].kind != "pixel":
-        pixel = [x for x in AVAILABLE_STAGES if STAGES[x].kind == "pixel"]
+    if stage not in AVAILABLE_STAGES or STAGES[stage].kind != StageKind.PIXEL:
+        pixel = [x for x in AVAILABLE_STAGES if STAGES[x].kind == StageKind.PIXEL]
         raise CliError(f"--stage must be one of {pixel} (metadata and describe follow a re-submission)")
     codec = Codec(registry_url=s.schema_registry_url)
-    cluster, session = connect_cassandra(s.cassandra_hosts, s.cassandra_port)
+    store = cassandra_store(s)
     try:
-        ks = s.cassandra_keyspace
-        rows = [r for r in session.execute(f"SELECT image_id, user_id, run_id, analysis_version FROM {ks}.images")
-                if (user is None or r.user_id == user)
-                and (older_than_version is None or (r.analysis_version or 0) < older_than_version)]
+        rows = [r for r in store.images_of(user)
+                if older_than_version is None or (r.analysis_version or 0) < older_than_version]
         consumer = end_offsets_consumer(s, [ANALYZED]) if wait else None
         prod = producer(s)
         batch_id = uuid.uuid4().hex[:12]
@@ -401,9 +446,7 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
         with _progress(False) as progress:
             task = progress.add_task(f"re-running {stage}", total=len(rows))
             for r in rows:
-                run = session.execute(f"SELECT stage_records FROM {ks}.analysis_results WHERE image_id = %s AND run_id = %s",
-                                      (r.image_id, r.run_id)).one()
-                raw = (run.stage_records or {}).get("preprocess") if run else None
+                raw = store.stored_records(r.image_id, r.run_id).get("preprocess")
                 if raw is None:
                     skipped += 1
                     progress.advance(task)
@@ -423,7 +466,7 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
         if prod.flush(30):
             raise CliError("re-analysis requests not delivered: Kafka unreachable")
     finally:
-        cluster.shutdown()
+        store.close()
     err.print(f"lensflow: {len(uploads)} image(s) sent to {stage}" + (f", {skipped} skipped (failed or no stored run)" if skipped else ""))
     if not wait or not uploads:
         return
@@ -441,29 +484,20 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
 # show
 # ----------------------------------------------------------------------------------------------
 
+def cassandra_store(s: Settings):
+    """The store layer on the configured Cassandra, for one CLI command (close it when done)."""
+    from .store import CassandraStore
+
+    return CassandraStore(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace)
+
+
 def fetch_image(s: Settings, image_id: str) -> dict | None:
     """The stored image row, its tags and the stages of its latest analysis run (from Cassandra)."""
-    from .sinks import connect_cassandra
-
-    cluster, session = connect_cassandra(s.cassandra_hosts, s.cassandra_port)
+    store = cassandra_store(s)
     try:
-        session.set_keyspace(s.cassandra_keyspace)
-        row = session.execute("SELECT * FROM images WHERE image_id = %s", (image_id,)).one()
-        if row is None:
-            return None
-        image = {k: v for k, v in row._asdict().items() if k != "visual"}
-        image["has_visual_vector"] = row.visual is not None
-        image["tags"] = [{"kind": t.kind, "tag": t.tag, "score": t.score}
-                         for t in session.execute("SELECT kind, tag, score FROM image_tags WHERE image_id = %s", (image_id,))]
-        run = session.execute("SELECT stage_status, stage_ms, stage_errors, stage_models, completed_at FROM analysis_results "
-                              "WHERE image_id = %s AND run_id = %s", (image_id, row.run_id)).one()
-        if run is not None:
-            image["stages"] = {stage: {"status": status, "ms": round((run.stage_ms or {}).get(stage, 0.0), 2),
-                                       "error": (run.stage_errors or {}).get(stage), "model": (run.stage_models or {}).get(stage)}
-                               for stage, status in (run.stage_status or {}).items()}
-        return image
+        return store.image(image_id)
     finally:
-        cluster.shutdown()
+        store.close()
 
 
 @app.command()
@@ -561,11 +595,26 @@ def _worker_call(s: Settings, method: str, path: str, **kwargs) -> dict:
     """A request to the worker that owns the stores (Qdrant local mode admits one process)."""
     import httpx
 
+    from rich.markup import escape
+
     url = f"http://{s.web_host}:{s.web_port}{path}"
+    token = s.api_token.get_secret_value() if s.api_token is not None else ""
+    if token:  # the worker's API requires it when it has one (never printed)
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Bearer {token}"}
     try:
         resp = httpx.request(method, url, timeout=120, **kwargs)
     except httpx.HTTPError:
         raise CliError(f"no worker answers at {url}: start one (`lensflow worker --background`)") from None
+    if resp.status_code == 401:
+        raise CliError(f"the worker at {url} refused the API token: set LENSFLOW_API_TOKEN to the worker's"
+                       if token else f"the worker at {url} requires an API token: set LENSFLOW_API_TOKEN to the worker's")
+    if resp.status_code == 403:
+        try:
+            reason = str(resp.json().get("error") or "").strip().splitlines()[0]
+        except (ValueError, AttributeError, IndexError):
+            reason = ""
+        raise CliError(escape(reason) if reason else
+                       f"the worker at {url} refused the request (403): set LENSFLOW_API_TOKEN on the worker and here")
     try:
         body = resp.json()
     except ValueError:
@@ -604,6 +653,8 @@ def search(user: str = typer.Option(..., "--user", "-u", help="Whose images (nev
 
 faces_app = typer.Typer(no_args_is_help=True, help="A user's face gallery: enroll named people, name clustered ones.")
 app.add_typer(faces_app, name="faces")
+from .deadletter import app as deadletter_app  # noqa: E402 (its commands import this module when they run)
+app.add_typer(deadletter_app, name="deadletter")
 
 
 @faces_app.command("enroll")
@@ -669,15 +720,30 @@ def schemas(check: bool = typer.Option(False, "--check", help="Fail when a schem
 @friendly
 def config(as_json: bool = typer.Option(False, "--json"),
            markdown: bool = typer.Option(False, "--markdown", help="Print the defaults as the README's table.")) -> None:
-    """The effective settings (environment, .env and defaults)."""
+    """The effective settings (environment, .env and defaults). Secrets show as "***" (null when unset)."""
+    import typing
+
+    from pydantic import SecretStr
+
+    def secret(annotation) -> bool:
+        return annotation is SecretStr or any(secret(a) for a in typing.get_args(annotation))
+
+    def masked(value):
+        return None if value is None else "***"
+
+    secrets = {name for name, field in Settings.model_fields.items() if secret(field.annotation)}
     if markdown:
         print("| variable | default | what it does |\n| --- | --- | --- |")
         for name, field in Settings.model_fields.items():
             default = field.default_factory() if field.default_factory else field.default
+            if name in secrets:
+                default = masked(default)
             print(f"| `LENSFLOW_{name.upper()}` | `{json.dumps(default, default=str)}` | {field.description} |")
         return
     s = settings()
     values = json.loads(s.model_dump_json())
+    for name in secrets:
+        values[name] = masked(getattr(s, name))
     if as_json:
         print(json.dumps(values, indent=2))
         return

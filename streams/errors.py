@@ -1,16 +1,28 @@
-"""The error policy, in one place. Every agent asks these functions what to do; none decides alone.
+"""The error policy, in one place: every error code lensflow can report, what kind of fault it is,
+and what the stage runner does about it. No stage decides alone.
 
-* **Bad input** (not an image, too big, outside the storage roots, garbage bytes): not retried. The
-  stage publishes its result with ``status=failed`` and a machine-readable ``code`` so the join
-  completes the image (failed or partial) instead of waiting.
-* **Transient faults** (storage I/O, timeouts, connection resets): retried with exponential
-  backoff (``retrying``); when the attempts run out they are handled like bad input *and* the
-  record goes to ``images.deadletter`` with everything needed to replay it.
-* **Bugs** (any other exception inside a stage): the image's stage result is ``failed`` with code
-  ``internal``, the record is dead-lettered, the worker goes on.
-* **Store outages** in the join (Cassandra, Qdrant): retried for ``sink_retry_deadline_s``; then the
-  worker exits without acknowledging the batch (see ``fatal``), so nothing is lost: Faust acks a
-  batch in a ``finally:`` even when its body raises, so raising would lose it.
+Kinds of fault (``Kind``) and what happens:
+
+* ``bad_input`` — the image itself is the problem (not an image, too big, outside the storage roots,
+  wrong owner …). Not retried. The stage publishes its result with ``status=failed`` and the code, so
+  the join completes the image as failed or partial instead of waiting. No dead letter: replaying
+  the same input would fail the same way.
+* ``transient`` — a fault of something the image needs (a store, the broker, storage I/O) that may
+  pass. A fault of *one record* (reading its original) is retried ``fetch_retries`` times with
+  backoff; when the retries run out the image fails with ``fetch_failed`` **and** goes to
+  ``images.deadletter`` so it can be replayed once the fault is fixed. A fault of a *whole batch*
+  (a store or the broker down) is retried with capped exponential backoff and full jitter under
+  ``retry_deadline_s``; nothing is acked meanwhile, and past the deadline the runner either keeps
+  waiting (``on_outage=wait``, the worker reports not ready) or exits with ``EXIT_OUTAGE`` (75).
+* ``permanent`` — a record that can never be processed: undecodable Avro (a poison record), a record
+  a store rejects (a vector of the wrong dimension), an id owned by another user. That image fails
+  alone, fast, with the code, and the whole original record goes to ``images.deadletter``.
+* ``bug`` — any other exception inside a stage: like ``permanent`` (the image fails with
+  ``internal``, dead-lettered), so one bad record never stops a partition.
+
+Faust acks a ``take()`` batch in a ``finally:`` even when its body raises, so raising would lose the
+batch: the runner (``streams/runner.py``) never lets a batch body raise; where it must stop, it exits
+the process before the batch is acked.
 """
 
 from __future__ import annotations
@@ -18,43 +30,156 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import random
 import sys
 from dataclasses import dataclass
+from enum import StrEnum
 
 import structlog
-from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 log = structlog.get_logger("lensflow.errors")
+
+#: Exit codes of a worker (documented in the README).
+EXIT_STORES = 3  # the stores could not be opened at start-up
+EXIT_BUG = 70  # EX_SOFTWARE: an invariant broke; nothing of the batch in hand was acked
+EXIT_OUTAGE = 75  # EX_TEMPFAIL: a transient fault outlasted retry_deadline_s with on_outage=exit
+
+
+class Kind(StrEnum):
+    BAD_INPUT = "bad_input"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    BUG = "bug"
+
+
+class ErrorCode(StrEnum):
+    # bad input: the image fails, nothing to replay
+    BAD_REQUEST = "bad_request"
+    BAD_USER = "bad_user"
+    BAD_URI = "bad_uri"
+    OUTSIDE_ROOTS = "outside_roots"
+    WRONG_OWNER = "wrong_owner"
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    NOT_AN_IMAGE = "not_an_image"
+    FORMAT_NOT_ALLOWED = "format_not_allowed"
+    FORMAT_UNSUPPORTED = "format_unsupported"
+    FORMAT_MISMATCH = "format_mismatch"
+    UNDECODABLE = "undecodable"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    OVER_MEMORY_BUDGET = "over_memory_budget"
+    UNREADABLE = "unreadable"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    TIMEOUT = "timeout"
+    # transient faults that outlasted their retries: dead-lettered, replayable
+    FETCH_FAILED = "fetch_failed"
+    TRANSIENT = "transient"
+    # permanent: dead-lettered with the whole record
+    POISON = "poison"
+    ID_CONFLICT = "id_conflict"
+    STORE_REJECTED = "store_rejected"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    kind: Kind
+    dead_letter: bool
+    doc: str
+
+
+#: Every error code, its kind, whether the record is dead-lettered, and what it means (the README's
+#: table of error codes is generated from this).
+CODES: dict[ErrorCode, CodeSpec] = {
+    ErrorCode.BAD_REQUEST: CodeSpec(Kind.BAD_INPUT, False, "The upload asked for unknown or unavailable stages."),
+    ErrorCode.BAD_USER: CodeSpec(Kind.BAD_INPUT, False, "The user id is not in the safe alphabet (letters, digits, `._@-`, 1-64 characters, no `..`)."),
+    ErrorCode.BAD_URI: CodeSpec(Kind.BAD_INPUT, False, "The original's URI cannot be used (e.g. a file URL with a host)."),
+    ErrorCode.OUTSIDE_ROOTS: CodeSpec(Kind.BAD_INPUT, False, "The original's URI is outside the configured storage roots."),
+    ErrorCode.WRONG_OWNER: CodeSpec(Kind.BAD_INPUT, False, "The original lies in another user's storage area (`uploads/<user>/`)."),
+    ErrorCode.NOT_FOUND: CodeSpec(Kind.BAD_INPUT, False, "The original does not exist."),
+    ErrorCode.FORBIDDEN: CodeSpec(Kind.BAD_INPUT, False, "No permission to read the original."),
+    ErrorCode.EMPTY: CodeSpec(Kind.BAD_INPUT, False, "The original is empty."),
+    ErrorCode.TOO_LARGE: CodeSpec(Kind.BAD_INPUT, False, "The original is over `max_bytes`."),
+    ErrorCode.NOT_AN_IMAGE: CodeSpec(Kind.BAD_INPUT, False, "No known image magic bytes."),
+    ErrorCode.FORMAT_NOT_ALLOWED: CodeSpec(Kind.BAD_INPUT, False, "The format is not in `formats`."),
+    ErrorCode.FORMAT_UNSUPPORTED: CodeSpec(Kind.BAD_INPUT, False, "The format needs a Pillow plugin that is not installed."),
+    ErrorCode.FORMAT_MISMATCH: CodeSpec(Kind.BAD_INPUT, False, "Magic bytes and decoder disagree about the format."),
+    ErrorCode.UNDECODABLE: CodeSpec(Kind.BAD_INPUT, False, "Truncated or corrupt image data."),
+    ErrorCode.TOO_MANY_PIXELS: CodeSpec(Kind.BAD_INPUT, False, "Over `max_pixels` (decompression-bomb guard, from the header)."),
+    ErrorCode.OVER_MEMORY_BUDGET: CodeSpec(Kind.BAD_INPUT, False, "Decoding would need more memory than `decode_memory_mb` (estimated from the header)."),
+    ErrorCode.UNREADABLE: CodeSpec(Kind.BAD_INPUT, False, "No metadata: the original could not be read."),
+    ErrorCode.MODEL_UNAVAILABLE: CodeSpec(Kind.BAD_INPUT, False, "The stage's model files are missing or fail their checksum (`lensflow models prepare`)."),
+    ErrorCode.TIMEOUT: CodeSpec(Kind.BAD_INPUT, False, "The join completed the image without this stage's result (the stage stalled or is not deployed)."),
+    ErrorCode.FETCH_FAILED: CodeSpec(Kind.TRANSIENT, True, "Reading the original kept failing with transient errors; dead-lettered for replay."),
+    ErrorCode.TRANSIENT: CodeSpec(Kind.TRANSIENT, True, "Another transient fault outlasted its retries; dead-lettered for replay."),
+    ErrorCode.POISON: CodeSpec(Kind.PERMANENT, True, "An input record that cannot be decoded (garbage bytes, an unknown schema fingerprint, a key that does not match its image id)."),
+    ErrorCode.ID_CONFLICT: CodeSpec(Kind.PERMANENT, True, "The image id already belongs to another user."),
+    ErrorCode.STORE_REJECTED: CodeSpec(Kind.PERMANENT, True, "A store refused the image's write for good (e.g. a vector of the wrong dimension)."),
+    ErrorCode.INTERNAL: CodeSpec(Kind.BUG, True, "A bug in a stage; the record is dead-lettered and the worker goes on."),
+}
 
 
 class StageFailure(Exception):
     """A known, explained failure of one image in one stage."""
 
-    def __init__(self, code: str, message: str, retryable: bool = False):
+    def __init__(self, code: ErrorCode | str, message: str, retryable: bool = False):
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)  # an unknown code is a bug here, not at a consumer
         self.message = message
         self.retryable = retryable
 
 
 @dataclass
 class Verdict:
-    code: str
+    code: ErrorCode
     message: str
     retryable: bool
     dead_letter: bool
 
+    @property
+    def kind(self) -> Kind:
+        return CODES[self.code].kind
+
     def as_error(self, attempts: int = 1) -> dict:
-        return {"code": self.code, "message": self.message[:500], "retryable": self.retryable, "attempts": attempts}
+        return {"code": str(self.code), "message": self.message[:500], "retryable": self.retryable, "attempts": attempts}
 
 
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.EHOSTUNREACH,
-                     errno.ENETUNREACH, errno.EPIPE, errno.EIO}
+                     errno.ENETUNREACH, errno.EPIPE, errno.EIO, errno.ECONNABORTED}
+
+
+def _store_transient(exc: BaseException) -> bool | None:
+    """True/False for store and broker client exceptions whose meaning is known, None otherwise."""
+    module = type(exc).__module__ or ""
+    name = type(exc).__name__
+    if module.startswith("cassandra"):
+        # NoHostAvailable, OperationTimedOut, Unavailable, ReadTimeout, WriteTimeout, Overloaded, ConnectionException…
+        # are transient; InvalidRequest, SyntaxException, Unauthorized, ConfigurationException are not
+        return name not in {"InvalidRequest", "SyntaxException", "Unauthorized", "ConfigurationException",
+                            "AlreadyExists", "AuthenticationFailed", "ProtocolException", "UnsupportedOperation"}
+    if module.startswith("qdrant_client"):
+        status = getattr(exc, "status_code", None)
+        if status is not None:
+            return status >= 500 or status == 429
+        return name in {"ResponseHandlingException"}
+    if module.startswith(("aiokafka", "kafka")):
+        return bool(getattr(exc, "retriable", True))
+    if module.startswith(("httpx", "httpcore")):
+        return name.endswith(("TimeoutException", "ConnectError", "ReadError", "WriteError", "RemoteProtocolError",
+                              "PoolTimeout", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "NetworkError"))
+    if module.startswith("grpc"):
+        return True
+    return None
 
 
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, StageFailure):
         return exc.retryable
+    known = _store_transient(exc)
+    if known is not None:
+        return known
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
@@ -62,34 +187,103 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_store_rejection(exc: BaseException) -> bool:
+    """A store said no for good (as opposed to a bug of ours or a transient fault)."""
+    if _store_transient(exc) is False:
+        return True
+    module = type(exc).__module__ or ""
+    # qdrant-client's local mode raises ValueError for a vector of the wrong size or an unknown vector name
+    return module.startswith("qdrant_client") or (isinstance(exc, ValueError) and "vector" in str(exc).lower())
+
+
 def classify(exc: BaseException) -> Verdict:
     """What an exception raised while processing one record means."""
     if isinstance(exc, StageFailure):
-        return Verdict(exc.code, exc.message, exc.retryable, dead_letter=exc.retryable)
+        return Verdict(exc.code, exc.message, exc.retryable, dead_letter=CODES[exc.code].dead_letter)
+    text = f"{type(exc).__name__}: {exc}"
     if is_transient(exc):
-        return Verdict("transient", f"{type(exc).__name__}: {exc}", True, dead_letter=True)
-    return Verdict("internal", f"{type(exc).__name__}: {exc}", False, dead_letter=True)
+        return Verdict(ErrorCode.TRANSIENT, text, True, dead_letter=True)
+    if is_store_rejection(exc):
+        return Verdict(ErrorCode.STORE_REJECTED, text, False, dead_letter=True)
+    return Verdict(ErrorCode.INTERNAL, text, False, dead_letter=True)
 
 
-def retrying(attempts: int, max_wait_s: float = 5.0) -> Retrying:
-    """Backoff for transient faults of one record (e.g. fetching an original), in the worker thread
-    that does the record's I/O."""
-    return Retrying(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=max_wait_s),
-                    retry=retry_if_exception(is_transient), reraise=True)
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """Capped exponential backoff with full jitter (attempt 1 → up to base_s, doubling, capped at max_s)."""
+    return random.uniform(0, min(max_s, base_s * (2 ** max(0, attempt - 1))))
 
 
-def sink_retrying(deadline_s: float) -> AsyncRetrying:
-    """Backoff for store writes: any exception is retried until the deadline, logging each attempt."""
+def retry_sync(fn, attempts: int, base_s: float = 0.2, max_s: float = 5.0, sleep=None):
+    """``fn()`` retried on transient faults up to ``attempts`` times, in the calling (worker) thread.
+    Returns (value, attempts made); raises the last exception, with ``attempts`` set on it."""
+    import time
 
-    def before_sleep(state) -> None:
-        log.warning("sink_write_retry", attempt=state.attempt_number, error=repr(state.outcome.exception()))
+    sleep = sleep or time.sleep
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(), attempt
+        except Exception as exc:
+            if attempt >= attempts or not is_transient(exc):
+                exc.attempts = attempt  # type: ignore[attr-defined]
+                raise
+            sleep(backoff_s(attempt, base_s, max_s))
+    raise AssertionError("unreachable")
 
-    return AsyncRetrying(stop=stop_after_delay(deadline_s), wait=wait_exponential(multiplier=0.5, max=30.0),
-                         before_sleep=before_sleep, reraise=True)
+
+class Outage(Exception):
+    """A transient fault outlasted ``retry_deadline_s`` (raised only where ``on_outage`` allows going on)."""
 
 
-def fatal(message: str, exc: BaseException | None = None, code: int = 70) -> None:
+@dataclass
+class RetryPolicy:
+    """Retries of a whole batch's transient faults (stores, broker), from settings."""
+
+    base_s: float = 0.2
+    max_s: float = 10.0
+    deadline_s: float = 300.0
+    on_outage: str = "wait"  # "wait" | "exit"
+
+    @classmethod
+    def from_settings(cls, s) -> "RetryPolicy":
+        return cls(s.retry_base_s, s.retry_max_s, s.retry_deadline_s, s.on_outage)
+
+    async def call(self, fn, *args, what: str, on_wait=None, sleep=asyncio.sleep):
+        """``await fn(*args)``, retrying transient faults. Any other exception propagates at once.
+        Past the deadline: ``exit`` ends the process (nothing acked); ``wait`` keeps retrying at
+        ``max_s``; ``on_wait(waiting: bool)`` is told when the wait starts and ends (readiness)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempt = 0
+        outage = False
+        try:
+            while True:
+                attempt += 1
+                try:
+                    return await fn(*args)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    elapsed = loop.time() - started
+                    if elapsed >= self.deadline_s:
+                        if self.on_outage == "exit":
+                            fatal(f"{what}: transient fault outlasted retry_deadline_s={self.deadline_s:.0f}s", exc,
+                                  code=EXIT_OUTAGE)
+                        if not outage and on_wait is not None:
+                            on_wait(True)
+                        outage = True
+                        delay = self.max_s
+                    else:
+                        delay = min(backoff_s(attempt, self.base_s, self.max_s), max(0.0, self.deadline_s - elapsed) + 0.01)
+                    log.warning("transient_retry", what=what, attempt=attempt, elapsed_s=round(elapsed, 1),
+                                next_in_s=round(delay, 2), error=f"{type(exc).__name__}: {exc}"[:300])
+                    await sleep(delay)
+        finally:
+            if outage and on_wait is not None:
+                on_wait(False)
+
+
+def fatal(message: str, exc: BaseException | None = None, code: int = EXIT_BUG) -> None:
     """Exit the process at once, without acknowledging the batch in hand (no offset is committed past it)."""
-    log.critical("worker_exit", reason=message, error=repr(exc) if exc else None)
+    log.critical("worker_exit", reason=message, error=repr(exc) if exc else None, exit_code=code)
     sys.stderr.flush()
     os._exit(code)

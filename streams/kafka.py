@@ -41,6 +41,22 @@ def wait_for_kafka(settings: Settings, timeout_s: float) -> None:
     raise TimeoutError(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f}s ({last})")
 
 
+def topic_config(settings: Settings, retention_ms: int | None = None) -> dict[str, str]:
+    """Config of a topic lensflow creates (topology topics, Faust's table changelogs), as Kafka strings:
+    ``min.insync.replicas`` (with acks=all producers, a write is acknowledged once on that many
+    replicas; fewer in sync and producers get NOT_ENOUGH_REPLICAS rather than a silent single copy)
+    and, when given, ``retention.ms``. Raises ValueError when min.insync.replicas exceeds the
+    replication factor: every acks=all write to such a topic would fail."""
+    if settings.min_insync_replicas > settings.replication_factor:
+        raise ValueError(f"min_insync_replicas={settings.min_insync_replicas} is above replication_factor="
+                         f"{settings.replication_factor}: every write would fail with NOT_ENOUGH_REPLICAS; "
+                         "set LENSFLOW_MIN_INSYNC_REPLICAS at most LENSFLOW_REPLICATION_FACTOR")
+    config = {"min.insync.replicas": str(settings.min_insync_replicas)}
+    if retention_ms is not None:
+        config["retention.ms"] = str(retention_ms)
+    return config
+
+
 def ensure_topics(settings: Settings) -> list[str]:
     """Create every topology topic that is missing; check the partition count of existing joined topics."""
     client = admin(settings)
@@ -55,7 +71,7 @@ def ensure_topics(settings: Settings) -> list[str]:
                                    "(all topics the join reads must be co-partitioned)")
             continue
         wanted.append(NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
-                               config={"retention.ms": str(spec.retention_ms)}))
+                               config=topic_config(settings, spec.retention_ms)))
     created = []
     for name, fut in (client.create_topics(wanted, request_timeout=30).items() if wanted else []):
         try:

@@ -11,6 +11,10 @@ Metrics, served on every worker at ``/metrics``:
   (Faust's own events_runtime stays 0 for take() agents, so batches are timed here)
 * ``lensflow_end_to_end_seconds{status}`` — upload → analyzed latency, observed by the join
 * ``lensflow_deadletters_total{stage,code}``, ``lensflow_join_inflight`` — dead letters, open images
+* ``lensflow_delivery_failures_total{stage}`` — produced records the broker did not acknowledge (the
+  runner produces the batch's outputs again; nothing is acked before they are delivered)
+* ``lensflow_join_orphans_total`` — stage results the join could attach to no image
+* ``lensflow_store_retries_total{store}`` — Cassandra/Qdrant calls retried after a transient fault
 * ``lensflow_decoded_cache_total{result}`` — derivatives a pixel agent found decoded (hit) or decoded (miss),
   and decoded ones dropped before every agent had read them (evicted)
 * ``lensflow_decoded_cache_wait_seconds_total{stage}`` — time a pixel agent waited for slower ones to
@@ -65,6 +69,11 @@ class Metrics:
                                     "to release decoded derivatives (keeps the agents in step)", ["stage"], registry=r)
         self.decoded = Counter("lensflow_decoded_cache_total", "Derivative decodes shared (hit) or done (miss) by the pixel agents",
                                ["result"], registry=r)
+        self.delivery_failures = Counter("lensflow_delivery_failures", "Produced records the broker "
+                                         "did not acknowledge (the batch is produced again, never acked before)", ["stage"], registry=r)
+        self.join_orphans = Counter("lensflow_join_orphans", "Stage results the join could not attach to any image "
+                                    "(no images.prepared and no stored image)", registry=r)
+        self.store_retries = Counter("lensflow_store_retries", "Store calls retried after a transient fault", ["store"], registry=r)
         self.sink_seconds = Histogram("lensflow_sink_seconds", "Store write time per join batch", ["store"],
                                       buckets=LATENCY_BUCKETS, registry=r)
 

@@ -31,8 +31,9 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .errors import StageFailure, classify
-from .records import result
+from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retry_sync
+from .records import Status, result
+from .runner import Item, Outcome, Output, Stage, run
 from .topology import PREPARED, STAGES, TOPICS
 
 
@@ -172,128 +173,142 @@ def decoded_cache(ctx) -> DecodedCache:
     return ctx.decoded_cache
 
 
-def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Callable[[Any, dict], Any]],
-                warmup: Callable[[], Image.Image] | None = None) -> None:
-    """Register the agent ``name`` running ``model`` once per batch and publishing one record per
-    stage in ``outputs`` (stage -> fields function, sync or async): stages sharing a network share
-    its forward pass (scene and embedding) but publish separate results."""
-    settings, app = ctx.settings, ctx.app
-    io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-io")
-    infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-infer")
-    log = ctx.log.bind(stage=name)
-    state: dict[str, Any] = {"model": None, "error": None}
-    loaded = asyncio.Event()
+class PixelStage(Stage):
+    """One pixel agent on the runner: per batch, load the derivatives (shared decode), ONE
+    ``model.predict`` call off the event loop, one result record per image and stage in ``outputs``
+    (stage -> fields function, sync or async): stages sharing a network share its forward pass
+    (scene and embedding) but publish separate results."""
 
-    def load() -> None:
-        m = model()
+    reads = (PREPARED,)
+    expects = "ImagePrepared"
+
+    def __init__(self, ctx, name: str, model: Callable[[], Any], outputs: dict[str, Callable[[Any, dict], Any]],
+                 warmup: Callable[[], Image.Image] | None = None):
+        self.name = name
+        super().__init__(ctx)
+        self.make_model, self.outputs, self.warmup = model, outputs, warmup
+        self.io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-io")
+        self.infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-infer")
+        self.model: Any = None
+        self.error: StageFailure | None = None
+        self.cache = decoded_cache(ctx)
+        self.cache.register(name, outputs)
+        self.stage_metrics = {stage: ctx.metrics.stage(stage) for stage in outputs}
+        self.waited = ctx.metrics.decoded_wait.labels(name)
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.model_batch_size
+
+    def load(self) -> None:
+        m = self.make_model()
         m.load()
-        m.warmup(warmup() if warmup else Image.new("RGB", (320, 240), (127, 127, 127)))
-        state["model"] = m
+        m.warmup(self.warmup() if self.warmup else Image.new("RGB", (320, 240), (127, 127, 127)))
+        self.model = m
 
-    @app.task
-    async def load_model() -> None:
+    async def start(self) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(infer_pool, load)
-        except Exception as exc:
-            state["error"] = StageFailure("model_unavailable", f"{name} model unavailable: {exc}")
-            decoded_cache(ctx).unregister(name)  # it will read no derivative: nothing waits for it
-            log.error("model_unavailable", error=str(exc))
-        loaded.set()
+            await asyncio.get_running_loop().run_in_executor(self.infer_pool, self.load)
+        except Exception as exc:  # every image then fails with model_unavailable; the worker goes on
+            self.error = StageFailure(ErrorCode.MODEL_UNAVAILABLE, f"{self.name} model unavailable: {exc}")
+            self.cache.unregister(self.name)  # it will read no derivative: nothing waits for it
+            self.log.error("model_unavailable", error=str(exc))
 
-    ctx.ready_checks.append((f"{name}_model", loaded.is_set))
-    cache = decoded_cache(ctx)
-    cache.register(name, outputs)
-
-    stage_metrics = {stage: ctx.metrics.stage(stage) for stage in outputs}
-
-    waited = ctx.metrics.decoded_wait.labels(name)
-
-    def load_derivative(prepared: dict) -> tuple[Image.Image, float]:
-        """The decoded derivative and the seconds spent getting it, less any wait for slower agents."""
+    def load_derivative(self, prepared: dict) -> tuple[Image.Image, float, int]:
+        """The decoded derivative, the seconds spent getting it (less any wait for slower agents), and
+        the attempts it took (transient read errors are retried ``fetch_retries`` times)."""
+        s = self.settings
+        readers = self.cache.readers_of(prepared.get("expected_stages"))
         t0 = time.perf_counter()
-        img = cache.get(ctx.storage, prepared["uri"], settings.max_bytes, name, cache.readers_of(prepared.get("expected_stages")))
-        wait = cache.last_wait_s()
-        waited.inc(wait)
-        return img, time.perf_counter() - t0 - wait
+        img, attempts = retry_sync(lambda: self.cache.get(self.ctx.storage, prepared["uri"], s.max_bytes, self.name, readers),
+                                   s.fetch_retries, s.retry_base_s, s.retry_max_s)
+        wait = self.cache.last_wait_s()
+        self.waited.inc(wait)
+        return img, time.perf_counter() - t0 - wait, attempts
 
-    def wanted(prepared: dict) -> list[str]:
-        return [s for s in outputs if s in (prepared.get("expected_stages") or [])]
+    def wanted(self, prepared: dict) -> list[str]:
+        return [s for s in self.outputs if s in (prepared.get("expected_stages") or [])]
 
-    async def publish(stage: str, prepared: dict, status: str, error: dict | None, duration_ms: float, extra: dict) -> None:
-        m = state["model"]
+    def result(self, stage: str, prepared: dict, duration_ms: float, error: dict | None = None, **extra) -> Output:
         topic = STAGES[stage].writes[0]
+        status = Status.FAILED if error else Status.OK
         rec = result(stage, prepared["image_id"], prepared["user_id"], prepared["run_id"],
-                     model=m.ref if m is not None else None, status=status, error=error, duration_ms=duration_ms, **extra)
-        await ctx.send(topic, prepared["image_id"], TOPICS[topic].record, rec)
-        stage_metrics[stage].observe(duration_ms / 1000, status)
+                     model=self.model.ref if self.model is not None else None, status=status, error=error,
+                     duration_ms=duration_ms, **extra)
+        self.stage_metrics[stage].observe(duration_ms / 1000, status)
+        return Output(topic, prepared["image_id"], TOPICS[topic].record, rec)
 
-    async def fail(prepared: dict, exc: BaseException, duration_ms: float = 0.0, stages: list[str] | None = None) -> None:
+    def failed(self, item: Item, verdict: Verdict, attempts: int = 1, duration_ms: float = 0.0,
+               stages: list[str] | None = None) -> list[Output]:
+        return [self.result(stage, item.record, duration_ms, verdict.as_error(attempts))
+                for stage in stages or self.wanted(item.record)]
+
+    def failure(self, item: Item, exc: BaseException, attempts: int = 1, duration_ms: float = 0.0,
+                stages: list[str] | None = None) -> Outcome:
+        if attempts > 1 and is_transient(exc):  # a transient read error that outlasted its retries
+            exc = StageFailure(ErrorCode.FETCH_FAILED, f"reading the derivative failed {attempts} times: {exc}", True)
         verdict = classify(exc)
-        log.warning("image_failed", image_id=prepared["image_id"], code=verdict.code, reason=verdict.message)
-        for stage in stages or wanted(prepared):
-            await publish(stage, prepared, "failed", verdict.as_error(), duration_ms, {})
+        self.log.warning("image_failed", image_id=item.image_id, code=verdict.code, reason=verdict.message)
+        return Outcome(self.failed(item, verdict, attempts, duration_ms, stages),
+                       verdict if verdict.dead_letter else None, attempts)
 
-    async def handle(events) -> None:
+    async def process(self, items: list[Item]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
-        todo: list[dict] = []
-        for event in events:
-            try:
-                _, prepared = ctx.codec.decode(event.message.value, expect="ImagePrepared")
-            except Exception as exc:
-                await ctx.dead_letter(name, event, classify(exc))
-                continue
-            if prepared["status"] != "ok" or not wanted(prepared):
-                continue
-            todo.append(prepared)
+        outcomes = [Outcome() for _ in items]
+        todo = [(i, item) for i, item in enumerate(items)
+                if item.record["status"] == Status.OK and self.wanted(item.record)]
         if not todo:
-            return
-        if state["error"] is not None:
-            for prepared in todo:
-                await fail(prepared, state["error"])
-            return
-        loads = await asyncio.gather(*(loop.run_in_executor(io_pool, ctx.metrics.cpu_timed, name, load_derivative, p) for p in todo), return_exceptions=True)
+            return outcomes
+        if self.error is not None:
+            for i, item in todo:
+                outcomes[i] = self.failure(item, self.error)
+            return outcomes
+        loads = await asyncio.gather(*(loop.run_in_executor(self.io_pool, self.ctx.metrics.cpu_timed, self.name,
+                                                            self.load_derivative, item.record) for _, item in todo),
+                                     return_exceptions=True)
         ready = []
-        for prepared, got in zip(todo, loads):
+        for (i, item), got in zip(todo, loads):
             if isinstance(got, BaseException):
-                await fail(prepared, got)
+                outcomes[i] = self.failure(item, got, getattr(got, "attempts", 1))
             else:
-                ready.append((prepared, got[0]))
+                ready.append((i, item, got[0]))
         if not ready:
-            return
+            return outcomes
         # the stage's own load time: reading and decoding, not waiting for slower agents
         load_ms = sum(x[1] for x in loads if not isinstance(x, BaseException)) * 1000 / len(todo)
         t1 = time.perf_counter()
         try:
-            predictions = await loop.run_in_executor(infer_pool, ctx.metrics.cpu_timed, name, state["model"].predict,
-                                                     [img for _, img in ready])
+            predictions = await loop.run_in_executor(self.infer_pool, self.ctx.metrics.cpu_timed, self.name,
+                                                     self.model.predict, [img for _, _, img in ready])
         except Exception as exc:
-            for prepared, _ in ready:
-                await fail(prepared, exc)
-            return
+            for i, item, _ in ready:
+                outcomes[i] = self.failure(item, exc)
+            return outcomes
         per_image_ms = load_ms + (time.perf_counter() - t1) * 1000 / len(ready)
-        ctx.metrics.batch_size.labels(name).observe(len(ready))
-        for (prepared, img), pred in zip(ready, predictions):
+        self.ctx.metrics.batch_size.labels(self.name).observe(len(ready))
+        for (i, item, img), pred in zip(ready, predictions):
+            prepared = item.record
             info = {**prepared, "scale": (prepared["original_width"] / img.width, prepared["original_height"] / img.height)}
-            for stage in wanted(prepared):
+            outputs, failure = [], None
+            for stage in self.wanted(prepared):
                 try:
-                    extra = outputs[stage](pred, info)
+                    extra = self.outputs[stage](pred, info)
                     if asyncio.iscoroutine(extra):
                         extra = await extra
                 except Exception as exc:
-                    await fail(prepared, exc, per_image_ms, [stage])
+                    if is_transient(exc):
+                        raise  # a store behind the fields function (the faces gallery) is down: retry the batch
+                    failure = self.failure(item, exc, duration_ms=per_image_ms, stages=[stage])
+                    outputs += failure.outputs
                     continue
-                await publish(stage, prepared, "ok", None, per_image_ms, extra)
+                outputs.append(self.result(stage, prepared, per_image_ms, **extra))
+            outcomes[i] = Outcome(outputs, failure.dead_letter if failure else None)
+        return outcomes
 
-    @app.agent(ctx.topic(PREPARED), name=name)
-    async def agent(stream):
-        await loaded.wait()
-        if ctx.stores.wanted:
-            await ctx.stores.ready.wait()
-        async for events in stream.take_events(settings.model_batch_size, within=settings.batch_within_s):
-            with ctx.metrics.batch(name, len(events)):
-                try:
-                    await handle(events)
-                except Exception as exc:  # never let a batch body raise: Faust would ack it unprocessed
-                    log.error("batch_failed", error=repr(exc))
-                    for event in events:
-                        await ctx.dead_letter(name, event, classify(exc))
+
+def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Callable[[Any, dict], Any]],
+                warmup: Callable[[], Image.Image] | None = None) -> PixelStage:
+    """Register the pixel agent ``name`` (see ``PixelStage``) on the runner."""
+    stage = PixelStage(ctx, name, model, outputs, warmup)
+    run(ctx, stage)
+    return stage

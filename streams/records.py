@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
+
+
+class Status(StrEnum):
+    """Status of one stage's result (Avro ``StageStatus``)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class ImageStatus(StrEnum):
+    """Overall status of an analysed image (Avro ``AnalysisStatus``)."""
+
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+from .errors import ErrorCode, StageFailure
 
 #: Namespace of lensflow's derived UUIDs (image ids from content, Qdrant point ids).
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -36,3 +56,17 @@ def image_id_for(user_id: str, sha256_hex: str) -> str:
 def point_id(image_id: str) -> str:
     """Qdrant point id (UUID) of an image: stable, so upserts are idempotent."""
     return str(uuid.uuid5(LENSFLOW_NS, f"image/{image_id}"))
+
+
+#: A user id: letters, digits and ``._@-``, 1 to 64 characters, starting with a letter or digit (and no
+#: ``..``, checked apart). It names a storage folder (``uploads/<user_id>/``), so nothing else is allowed.
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def check_user_id(user_id: str) -> str:
+    """``user_id`` when it is a safe user id; StageFailure('bad_user') otherwise."""
+    if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id) or ".." in user_id:
+        shown = repr(user_id) if len(str(user_id)) <= 80 else repr(str(user_id)[:80]) + "…"
+        raise StageFailure(ErrorCode.BAD_USER, f"user id {shown} is not allowed: use 1-64 letters, digits and "
+                                               "'._@-', starting with a letter or digit, without '..'")
+    return user_id

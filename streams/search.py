@@ -116,10 +116,7 @@ class SearchService:
         return m.Filter(must=must, must_not=must_not)
 
     def _vector_search(self, vector_name: str, vector: list[float], q: Query, exclude: str | None = None) -> list[dict]:
-        def run(client):
-            return client.query_points("images", query=vector, using=vector_name, query_filter=self._filter(q, exclude),
-                                       limit=q.limit, with_payload=True).points
-        hits = self.stores.qdrant.run(lambda client: run(client))
+        hits = self.stores.qdrant.nearest(vector_name, vector, self._filter(q, exclude), q.limit)
         return [{"image_id": h.payload["image_id"], "score": round(float(h.score), 4), "taken_at": h.payload.get("taken_at"),
                  "tags": h.payload.get("tags", [])} for h in hits]
 
@@ -128,25 +125,22 @@ class SearchService:
         if q.text:
             hits = self._vector_search("semantic", self._embed(q.text), q)
         elif q.like:
-            point = self.stores.qdrant.run(lambda c: c.retrieve("images", [point_id(q.like)], with_vectors=["visual"],
-                                                                with_payload=True))
-            if not point or point[0].payload.get("user_id") != q.user:
+            found = self.stores.qdrant.image_vector(q.like, "visual")
+            if found is None or found[0].get("user_id") != q.user:
                 raise SearchError(f"image {q.like} not found for user {q.user}")
-            vector = (point[0].vector or {}).get("visual")
+            vector = found[1]
             if not vector:
                 raise SearchError(f"image {q.like} has no visual vector (analysed without the embedding stage)")
             hits = self._vector_search("visual", vector, q, exclude=q.like)
         else:
-            return self.filter_near(self._with_rows(self._tag_search(q)), q)
-        return self._with_rows(hits)
+            return self.filter_near(self._with_rows(self._tag_search(q), q.user), q)
+        return self._with_rows(hits, q.user)
 
     def _tag_search(self, q: Query) -> list[dict]:
         tags = [q.tag.lower().strip()] if q.tag else self._person_tags(q.user, q.person)
-        session, ks = self.stores.cassandra.session, self.settings.cassandra_keyspace
         seen: dict[str, dict] = {}
         for tag in tags:
-            for r in session.execute(f"SELECT image_id, kind, score, taken_at FROM {ks}.user_images_by_tag "
-                                     "WHERE user_id = %s AND tag = %s", (q.user, tag)):
+            for r in self.stores.cassandra.images_tagged(q.user, tag):
                 if q.taken_after and (r.taken_at is None or r.taken_at.replace(tzinfo=timezone.utc) <= q.taken_after):
                     continue
                 seen.setdefault(r.image_id, {"image_id": r.image_id, "score": round(float(r.score or 1.0), 4),
@@ -163,13 +157,14 @@ class SearchService:
         ids = sorted({p.payload["person_id"] for p in points if p.payload.get("person_id")})
         return [name.lower().strip()] + ids
 
-    def _with_rows(self, hits: list[dict]) -> list[dict]:
-        session, ks = self.stores.cassandra.session, self.settings.cassandra_keyspace
+    def _with_rows(self, hits: list[dict], user: str) -> list[dict]:
+        """The hits with their stored caption, URI and GPS (one query for all of them); hits whose row is
+        gone or belongs to someone else are dropped."""
+        rows = self.stores.cassandra.rows([h["image_id"] for h in hits])
         out = []
         for h in hits:
-            row = session.execute(f"SELECT user_id, caption, uri, gps_lat, gps_lon, taken_at FROM {ks}.images WHERE image_id = %s",
-                                  (h["image_id"],)).one()
-            if row is None:
+            row = rows.get(h["image_id"])
+            if row is None or row.user_id != user:
                 continue
             h.update(caption=row.caption, uri=row.uri,
                      gps=[row.gps_lat, row.gps_lon] if row.gps_lat is not None else None)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .topology import AVAILABLE_STAGES, DEFAULT_STAGES
@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     max_side: int = Field(1600, ge=64, description="Long side of the normalised derivative, pixels.")
     jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality of derivatives.")
     formats: CsvList = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF", "AVIF"], description="Accepted formats (sniffed from magic bytes). HEIF/AVIF need their Pillow plugin installed.")
-    fetch_retries: int = Field(3, ge=1, description="Attempts to fetch an original on transient storage errors.")
+    fetch_retries: int = Field(3, ge=1, description="Attempts to fetch an original on transient storage errors before the image fails with `fetch_failed` and is dead-lettered (replayable).")
+    decode_memory_mb: int = Field(1024, ge=64, description="Memory budget, in MiB, for images being decoded at once by one worker. Each decode is admitted against an estimate made from the header before decoding; one that can never fit fails with `over_memory_budget`.")
+    per_user_storage: bool = Field(True, description="An upload's URI must lie under `<root>/uploads/<user_id>/` of a storage root (one user cannot point lensflow at another's files). Turn off only when producers lay storage out their own way and are trusted.")
+    storage_allow_private_redirects: bool = Field(False, description="http(s) storage: follow redirects to loopback, link-local or private addresses (refused by default: an open redirect must not reach internal services).")
 
     # --- stores --------------------------------------------------------------------------------
     cassandra_hosts: CsvList = Field(default_factory=lambda: ["127.0.0.1"], description="Cassandra contact points.")
@@ -83,8 +86,13 @@ class Settings(BaseSettings):
     cassandra_keyspace: str = Field("lensflow", description="Cassandra keyspace.")
     cassandra_replication: int = Field(1, ge=1, description="Replication factor of the keyspace created by `stack up` / `db init`.")
     qdrant_url: str | None = Field(None, description="Qdrant server URL. Unset: qdrant-client local mode in DATA_DIR/qdrant (owned by the worker that runs the join).")
-    qdrant_api_key: str | None = Field(None, description="Qdrant API key, for a server.")
-    sink_retry_deadline_s: float = Field(300.0, gt=0, description="How long the join retries a failing Cassandra/Qdrant write before the worker exits without committing (nothing is acked while a store is down).")
+    qdrant_api_key: SecretStr | None = Field(None, description="Qdrant API key, for a server (secret: never printed or logged).")
+
+    # --- error policy (streams/errors.py) ------------------------------------------------------
+    retry_base_s: float = Field(0.2, gt=0, description="First backoff of a transient fault (store, broker, storage); doubles each attempt, with full jitter.")
+    retry_max_s: float = Field(10.0, gt=0, description="Longest single backoff between two attempts.")
+    retry_deadline_s: float = Field(300.0, gt=0, description="How long a stage retries a transient fault of a whole batch (a store or the broker down) before giving up on it; nothing is acked meanwhile.")
+    on_outage: str = Field("wait", pattern="^(wait|exit)$", description="Past `retry_deadline_s`: `wait` keeps retrying at `retry_max_s` with the batch un-acked (the worker reports not ready); `exit` stops the worker with exit code 75 (EX_TEMPFAIL) so an orchestrator restarts it. Either way nothing is acked.")
 
     # --- local stack ---------------------------------------------------------------------------
     stack_dir: Path | None = Field(None, description="Data and logs of the local Kafka + Cassandra. Default: DATA_DIR/stack.")
@@ -93,6 +101,8 @@ class Settings(BaseSettings):
     # --- worker --------------------------------------------------------------------------------
     web_host: str = Field("127.0.0.1", description="Address of the worker's HTTP endpoint (/metrics, /healthz, /readyz).")
     web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
+    api_token: SecretStr | None = Field(None, description="Bearer token the worker's API (/search, /faces/*) requires and the CLI sends. Unset: the API answers only when the worker listens on a loopback address (secret: never printed or logged).")
+    min_insync_replicas: int = Field(1, ge=1, description="`min.insync.replicas` of the topics lensflow creates (with producers using acks=all and idempotence, a write is acknowledged by this many replicas).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_json: bool = Field(True, description="JSON logs (one object a line) instead of console-formatted ones.")
 

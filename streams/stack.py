@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from .kafka import ensure_topics, wait_for_kafka
 from .settings import Settings
-from .sinks import connect_cassandra, cql_statements, wait_for_cassandra
+from .store import connect_cassandra, cql_statements, wait_for_cassandra
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local" / "stack.sh"
 

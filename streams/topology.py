@@ -17,6 +17,7 @@ partitioner, so all topics the join reads are co-partitioned with its table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -30,10 +31,18 @@ class TopicSpec:
     joined: bool = False  # read by the join: must share the join's partition count
 
 
+class StageKind(StrEnum):
+    SOURCE = "source"  # reads uploads
+    INLINE = "inline"  # computed inside another stage
+    PIXEL = "pixel"  # reads images.prepared
+    DERIVED = "derived"  # reads the join's phase-1 aggregate
+    SINK = "sink"  # the join
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
-    kind: str  # "source" (reads uploads), "inline" (computed inside another stage), "pixel", "derived", "sink"
+    kind: StageKind
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     module: str | None  # lensflow.agents.<module> providing register(app, ctx); None = not built yet
@@ -74,18 +83,18 @@ TOPICS: dict[str, TopicSpec] = {
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in [
-        StageSpec("preprocess", "source", (UPLOADED,), (PREPARED, "analysis.metadata", DEADLETTER), "preprocess",
+        StageSpec("preprocess", StageKind.SOURCE, (UPLOADED,), (PREPARED, "analysis.metadata", DEADLETTER), "preprocess",
                   "fetch, sniff, validate limits, decode, EXIF transpose, resize, store derivative"),
-        StageSpec("metadata", "inline", (), ("analysis.metadata",), "metadata",
+        StageSpec("metadata", StageKind.INLINE, (), ("analysis.metadata",), "metadata",
                   "EXIF date, camera, lens, exposure, GPS from the original bytes", inside="preprocess",
                   result_field="metadata"),
-        StageSpec("objects", "pixel", (PREPARED,), ("analysis.objects",), "objects", "object detection", result_field="objects"),
-        StageSpec("scene", "pixel", (PREPARED,), ("analysis.scene",), "visual", "scene classification", result_field="scene"),
-        StageSpec("text", "pixel", (PREPARED,), ("analysis.text",), "text", "OCR", result_field="text"),
-        StageSpec("faces", "pixel", (PREPARED,), ("analysis.faces",), "faces", "faces + gallery match", result_field="faces"),
-        StageSpec("embedding", "pixel", (PREPARED,), ("analysis.embedding",), "visual", "visual vector", result_field="embedding"),
-        StageSpec("describe", "derived", (AGGREGATED,), (DESCRIBED,), "describe", "caption + semantic vector", result_field="described"),
-        StageSpec("join", "sink", tuple(t.name for t in TOPICS.values() if t.joined),
+        StageSpec("objects", StageKind.PIXEL, (PREPARED,), ("analysis.objects",), "objects", "object detection", result_field="objects"),
+        StageSpec("scene", StageKind.PIXEL, (PREPARED,), ("analysis.scene",), "visual", "scene classification", result_field="scene"),
+        StageSpec("text", StageKind.PIXEL, (PREPARED,), ("analysis.text",), "text", "OCR", result_field="text"),
+        StageSpec("faces", StageKind.PIXEL, (PREPARED,), ("analysis.faces",), "faces", "faces + gallery match", result_field="faces"),
+        StageSpec("embedding", StageKind.PIXEL, (PREPARED,), ("analysis.embedding",), "visual", "visual vector", result_field="embedding"),
+        StageSpec("describe", StageKind.DERIVED, (AGGREGATED,), (DESCRIBED,), "describe", "caption + semantic vector", result_field="described"),
+        StageSpec("join", StageKind.SINK, tuple(t.name for t in TOPICS.values() if t.joined),
                   (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, DEADLETTER), "join",
                   "aggregate per image, write Cassandra + Qdrant, notify"),
     ]

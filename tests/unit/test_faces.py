@@ -161,7 +161,7 @@ def test_clustering_within_a_user_only(gallery, detected):
     (b1,) = gallery.assign("B", "b1", detected["obama_portrait.jpg"])
     (b2,) = gallery.assign("B", "b2", detected["obama_podium.jpg"])
     (b3,) = gallery.assign("B", "b3", detected["biden_blue_room.jpg"])
-    assert b1["person_id"] == F.new_person_id("B", F.face_point_id("b1", 0)) and b1["match_distance"] is None
+    assert b1["person_id"] == F.new_person_id("B", F.face_point_id("B", "b1", 0)) and b1["match_distance"] is None
     assert b2["person_id"] == b1["person_id"] and b2["match_distance"] < F.MATCH_THRESHOLD
     assert b3["person_id"] != b1["person_id"]
     # user A has the same photos but none of B's people
@@ -199,7 +199,7 @@ def test_reassign_is_idempotent(gallery, detected):
     gallery.assign("A", "y", detected["obama_podium.jpg"])
     assert gallery.client.count(F.COLLECTION, exact=True).count == 2
     ids = {str(p.id) for p in gallery.client.scroll(F.COLLECTION, limit=10)[0]}
-    assert ids == {F.face_point_id("x", 0), F.face_point_id("y", 0)}
+    assert ids == {F.face_point_id("A", "x", 0), F.face_point_id("A", "y", 0)}
 
 
 def test_faces_of_one_image_are_different_people(gallery, detected):
@@ -224,3 +224,7 @@ def test_encoding_must_be_128_d(gallery):
         gallery.enroll("A", "X", [0.0] * 3)
     with pytest.raises(ValueError):
         gallery.assign("A", "i", [{"encoding": list(np.zeros(64))}])
+
+
+def test_face_points_of_two_users_with_one_image_id_never_collide():
+    assert F.face_point_id("A", "img", 0) != F.face_point_id("B", "img", 0)

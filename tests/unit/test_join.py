@@ -118,7 +118,7 @@ def test_derived_stages_get_a_phase_of_their_own():
 
 def test_results_without_prepared_past_the_deadline_are_late():
     e, _ = feed(None, "MetadataResult", md())
-    assert decide(e, T0 + TIMEOUT).action == "late"
+    assert decide(e, T0 + TIMEOUT).action == "unprepared"
 
 
 def test_assemble_builds_rows_tags_point_and_events():
@@ -137,3 +137,60 @@ def test_assemble_builds_rows_tags_point_and_events():
 
 def test_tags_skip_failed_stages():
     assert tags_of({"metadata": md(status="failed")}) == []
+
+
+# --- the deadline allows for queued work (defect 4): a stage's result expires only when it moved on --------
+
+from lensflow.agents.join_state import Progress, aggregated  # noqa: E402
+
+
+def waiting_for_objects(produced=0):
+    e, _ = feed(None, "ImagePrepared", prepared(expected=["metadata", "objects"], produced=produced))
+    e, _ = feed(e, "MetadataResult", md())
+    return e
+
+
+def test_a_backlogged_stage_keeps_the_image_waiting_past_the_deadline():
+    e = waiting_for_objects(produced=0)
+    progress = Progress(started=T0, timeout_ms=TIMEOUT)
+    late = T0 + 5 * TIMEOUT
+    # objects keeps reporting, but only images that entered the pipeline before this one (its backlog)
+    progress.saw("objects", T0 - 1000, late - 10)
+    assert decide(e, late, progress).action == "wait"
+    assert decide(e, late).action == "complete"  # the wall clock alone would have given up
+
+
+def test_a_stage_that_moved_past_the_image_expires_it():
+    e = waiting_for_objects(produced=0)
+    progress = Progress(started=T0, timeout_ms=TIMEOUT)
+    progress.saw("objects", T0 + 500, T0 + TIMEOUT)  # reported an image prepared after this one
+    assert decide(e, T0 + TIMEOUT - 1, progress).action == "wait"  # never before the wall-clock deadline
+    d = decide(e, T0 + TIMEOUT, progress)
+    assert d.action == "complete" and d.missing == ["objects"]
+
+
+def test_a_silent_stage_expires_the_image_after_the_timeout():
+    e = waiting_for_objects(produced=0)
+    progress = Progress(started=T0, timeout_ms=TIMEOUT)
+    progress.saw("objects", None, T0 + 1)
+    assert decide(e, T0 + TIMEOUT, progress).action == "wait"
+    assert decide(e, T0 + TIMEOUT + 1, progress).action == "complete"
+
+
+def test_downtime_longer_than_the_timeout_does_not_expire_images():
+    """A join restarted after a long outage starts its progress afresh: the stages get a full timeout."""
+    e = waiting_for_objects(produced=0)
+    restarted = T0 + 100 * TIMEOUT
+    assert decide(e, restarted, Progress(started=restarted, timeout_ms=TIMEOUT)).action == "wait"
+
+
+def test_an_expired_phase_one_is_still_described():
+    e, _ = feed(None, "ImagePrepared", prepared(expected=["metadata", "objects"], derived=["describe"]))
+    e, _ = feed(e, "MetadataResult", md())
+    d = decide(e, T0 + TIMEOUT)
+    assert d.action == "aggregate" and d.missing == ["objects"]
+    e = aggregated(e, T0 + TIMEOUT, TIMEOUT)
+    assert decide(e, T0 + TIMEOUT + 1).action == "wait"  # phase 2 has its own clock
+    e["results"]["describe"] = {"run_id": "r1", "at": T0, "b64": ""}
+    d = decide(e, T0 + TIMEOUT + 1)
+    assert d.action == "complete" and d.missing == ["objects"]

@@ -57,3 +57,296 @@ def test_read_write_and_limits(tmp_path):
         s.read(f"{tmp_path.as_uri()}/missing.jpg", 10)
     assert exc.value.code == "not_found"
     assert derivative_url(url).endswith("x.bin.prepared.jpg")
+
+
+# --- file:// writes: unique temp files, never through a symlink ---------------------------------
+
+import http.server
+import threading
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import lensflow.streams.storage as storage_mod
+from lensflow.streams.records import check_user_id
+
+
+def test_concurrent_writes_of_one_path_all_succeed(tmp_path):
+    s = Storage([tmp_path.as_uri()])
+    url = f"{tmp_path.as_uri()}/uploads/u/same.jpg"
+    payloads = [bytes([i]) * 1000 for i in range(100)]
+    barrier = threading.Barrier(100)
+
+    def write(data):
+        barrier.wait()
+        return s.write(url, data)
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(write, payloads))
+    assert set(results) == {f"file://{tmp_path}/uploads/u/same.jpg"}
+    assert (tmp_path / "uploads" / "u" / "same.jpg").read_bytes() in payloads
+    assert os.listdir(tmp_path / "uploads" / "u") == ["same.jpg"]  # no temp file left behind
+
+
+def test_symlink_planted_at_a_temp_name_is_not_followed(tmp_path, monkeypatch):
+    root, outside = tmp_path / "root", tmp_path / "outside.txt"
+    (root / "u").mkdir(parents=True)
+    outside.write_bytes(b"keep")
+    os.symlink(outside, root / "u" / f"x.jpg.tmp-{os.getpid()}")  # the old, predictable temp name
+    os.symlink(outside, root / "u" / ".x.jpg.fixed.tmp")  # the temp name the first token gives
+    tokens = iter(["fixed", "other"])
+    monkeypatch.setattr(storage_mod, "secrets", types.SimpleNamespace(token_hex=lambda n: next(tokens)))
+    Storage([root.as_uri()]).write(f"{root.as_uri()}/u/x.jpg", b"new")
+    assert outside.read_bytes() == b"keep"
+    assert (root / "u" / "x.jpg").read_bytes() == b"new"
+    assert os.path.islink(root / "u" / ".x.jpg.fixed.tmp")  # left alone
+    assert not (root / "u" / ".x.jpg.other.tmp").exists()
+
+
+def test_writing_onto_a_symlink_pointing_outside_is_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside.txt"
+    root.mkdir()
+    outside.write_bytes(b"keep")
+    os.symlink(outside, root / "x.jpg")
+    with pytest.raises(StageFailure) as exc:
+        Storage([root.as_uri()]).write(f"{root.as_uri()}/x.jpg", b"new")
+    assert exc.value.code == "outside_roots"
+    assert outside.read_bytes() == b"keep"
+
+
+def test_symlinks_swapped_in_after_the_check_are_refused(tmp_path):
+    # the fence resolved the path before a symlink appeared (a race): the write itself must not follow it
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "x.jpg").write_bytes(b"keep")
+    s = Storage([root.as_uri()])
+    os.symlink(outside / "x.jpg", root / "x.jpg")
+    os.symlink(outside, root / "dir")
+    for path in (f"{root}/x.jpg", f"{root}/dir/x.jpg"):
+        with pytest.raises(StageFailure) as exc:
+            s._write_file(f"file://{path}", path, str(root), b"new")
+        assert exc.value.code == "outside_roots"
+    assert (outside / "x.jpg").read_bytes() == b"keep"
+    assert os.listdir(outside) == ["x.jpg"]
+
+
+def test_failed_write_leaves_no_temp_file(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.jpg").mkdir()  # a folder where the file should go: the rename fails
+    with pytest.raises(OSError):
+        Storage([tmp_path.as_uri()]).write(f"{tmp_path.as_uri()}/d/x.jpg", b"new")
+    assert os.listdir(tmp_path / "d") == ["x.jpg"]
+
+
+# --- user ids and the per-user fence -------------------------------------------------------------
+
+@pytest.mark.parametrize("user", ["alice", "a", "Bob.Smith", "u_1-2@example.com", "9lives", "x" * 64])
+def test_safe_user_ids_are_accepted(user):
+    assert check_user_id(user) == user
+
+
+@pytest.mark.parametrize("user", ["", ".", "..", "a..b", ".hidden", "-x", "_x", "@x", "a/b", "a\\b", "a b", "x" * 65,
+                                  "ä", "a\n", "../bob", "a:b", None, 3])
+def test_unsafe_user_ids_are_refused(user):
+    with pytest.raises(StageFailure) as exc:
+        check_user_id(user)
+    assert exc.value.code == "bad_user" and "\n" not in exc.value.message
+
+
+def test_check_owned_fences_each_user_to_their_area(tmp_path):
+    s = Storage([tmp_path.as_uri()])
+    area = f"{tmp_path.as_uri()}/uploads/alice"
+    assert s.check_owned(f"{area}/x.jpg", "alice") == f"file://{tmp_path}/uploads/alice/x.jpg"
+    assert s.check_owned(f"{area}/sub/x.jpg.prepared.jpg", "alice").endswith("/uploads/alice/sub/x.jpg.prepared.jpg")
+    for url in (f"{tmp_path.as_uri()}/uploads/bob/x.jpg", f"{area}/../bob/x.jpg", f"{tmp_path.as_uri()}/uploads/alice2/x.jpg",
+                f"{tmp_path.as_uri()}/x.jpg", area, f"{area}/"):
+        with pytest.raises(StageFailure) as exc:
+            s.check_owned(url, "alice")
+        assert exc.value.code == "wrong_owner" and "\n" not in exc.value.message, url
+    with pytest.raises(StageFailure) as exc:
+        s.check_owned(f"{tmp_path.as_uri()}/uploads/../x.jpg", "..")
+    assert exc.value.code == "bad_user"
+    with pytest.raises(StageFailure) as exc:  # the roots come first
+        s.check_owned("file:///etc/passwd", "alice")
+    assert exc.value.code == "outside_roots"
+
+
+def test_check_owned_without_per_user_is_check(tmp_path):
+    url = f"{tmp_path.as_uri()}/elsewhere/x.jpg"
+    assert Storage([tmp_path.as_uri()]).check_owned(url, "alice", per_user=False) == f"file://{tmp_path}/elsewhere/x.jpg"
+    assert Storage([tmp_path.as_uri()], per_user=False).check_owned(url, "alice") == f"file://{tmp_path}/elsewhere/x.jpg"
+    with pytest.raises(StageFailure):
+        Storage([tmp_path.as_uri()], per_user=False).check_owned(url, "alice", per_user=True)
+
+
+def test_check_owned_on_object_store_and_http_roots():
+    s = Storage(["s3://photos/lensflow", "https://cdn.example.com/photos"])
+    assert s.check_owned("s3://photos/lensflow/uploads/u1/x.jpg", "u1") == "s3://photos/lensflow/uploads/u1/x.jpg"
+    assert (s.check_owned("https://cdn.example.com/photos/uploads/u1/x.jpg?sig=a%2Fb", "u1")
+            == "https://cdn.example.com/photos/uploads/u1/x.jpg?sig=a%2Fb")
+    with pytest.raises(StageFailure, match="wrong_owner|storage area"):
+        s.check_owned("s3://photos/lensflow/uploads/u2/x.jpg", "u1")
+    with pytest.raises(StageFailure) as exc:  # decoded: uploads/u1/u2/y.jpg; as httpx sends it: uploads/u2/y.jpg
+        s.check_owned("https://cdn.example.com/photos/uploads/u1/a%2Fb/../../u2/y.jpg", "u1")
+    assert exc.value.code == "wrong_owner"
+
+
+def _settings(tmp_path, **kw):
+    from lensflow.streams.settings import Settings
+
+    return Settings(data_dir=tmp_path, storage_url=(tmp_path / "storage").as_uri(), **kw)
+
+
+def test_cli_refuses_an_unsafe_user_before_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from lensflow.streams import cli
+
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(cli.CliError, match="not allowed") as exc:
+        cli._uploads(_settings(tmp_path), "../bob", [str(photo)])
+    assert exc.value.code == 2
+    assert not (tmp_path / "storage").exists()
+    result = CliRunner().invoke(cli.app, ["submit", str(photo), "--user", "[/x]/../.."])
+    assert result.exit_code == 2 and "not allowed" in result.output
+    assert cli._uploads(_settings(tmp_path), "alice", [str(photo)])[0]["uri"].startswith(
+        f"file://{tmp_path}/storage/uploads/alice/")
+
+
+# --- http(s) roots ---------------------------------------------------------------------------------
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        _Handler.seen.append(self.path)
+        port = self.server.server_address[1]
+        path = self.path.split("?", 1)[0]
+        routes = {
+            "/photos/redirect": (302, f"http://127.0.0.1:{port}/photos/x.jpg?sig=1"),
+            "/photos/relative": (307, "x.jpg"),
+            "/photos/redirect-out": (302, f"http://127.0.0.1:{port}/private/x.jpg"),
+            "/photos/redirect-file": (302, "file:///etc/passwd"),
+            "/photos/loop": (302, "/photos/loop"),
+        }
+        if path in routes:
+            status, location = routes[path]
+            self.send_response(status)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        status = {"/photos/x.jpg": 200, "/photos/big": 200, "/photos/missing": 404, "/photos/denied": 403,
+                  "/photos/down": 503, "/private/x.jpg": 200}.get(path, 404)
+        body = b"image" if status == 200 and path != "/photos/big" else b""
+        self.send_response(status)
+        if path == "/photos/big":  # no Content-Length: the limit must hold while streaming
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for _ in range(64):
+                self.wfile.write(b"x" * 1024)
+            return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def http_root():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/photos"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_query_string_is_kept(http_root):
+    s = Storage([http_root])
+    url = f"{http_root}/./x.jpg?X-Amz-Signature=abc%2Fdef&X-Amz-Expires=60"
+    assert s.check(url) == f"{http_root}/x.jpg?X-Amz-Signature=abc%2Fdef&X-Amz-Expires=60"
+    _Handler.seen.clear()
+    assert s.read(url, 100) == b"image"
+    assert _Handler.seen == ["/photos/x.jpg?X-Amz-Signature=abc%2Fdef&X-Amz-Expires=60"]
+
+
+def test_http_redirect_to_a_private_address_is_refused_by_default(http_root):
+    for path in ("redirect", "relative"):
+        with pytest.raises(StageFailure) as exc:
+            Storage([http_root]).read(f"{http_root}/{path}", 100)
+        assert exc.value.code == "forbidden" and "127.0.0.1" in exc.value.message
+
+
+def test_http_redirect_to_a_private_address_is_followed_when_allowed(http_root):
+    s = Storage([http_root], allow_private_redirects=True)
+    _Handler.seen.clear()
+    assert s.read(f"{http_root}/redirect", 100) == b"image"
+    assert _Handler.seen == ["/photos/redirect", "/photos/x.jpg?sig=1"]
+    assert s.read(f"{http_root}/relative", 100) == b"image"
+
+
+def test_http_redirects_stay_under_the_roots(http_root):
+    s = Storage([http_root], allow_private_redirects=True)
+    with pytest.raises(StageFailure) as exc:
+        s.read(f"{http_root}/redirect-out", 100)
+    assert exc.value.code == "outside_roots"
+    with pytest.raises(StageFailure) as exc:
+        s.read(f"{http_root}/redirect-file", 100)
+    assert exc.value.code == "forbidden"
+    with pytest.raises(StageFailure, match="redirects") as exc:
+        s.read(f"{http_root}/loop", 100)
+
+
+def test_http_status_codes_and_size_limit(http_root):
+    s = Storage([http_root])
+    for path, code in (("missing", "not_found"), ("denied", "forbidden"), ("big", "too_large")):
+        with pytest.raises(StageFailure) as exc:
+            s.read(f"{http_root}/{path}", 1000)
+        assert exc.value.code == code, path
+    with pytest.raises(StageFailure) as exc:
+        s.read(f"{http_root}/down", 100)
+    assert exc.value.retryable
+    with pytest.raises(StageFailure, match="limit"):
+        s.read(f"{http_root}/x.jpg", 3)
+
+
+def test_http_connection_errors_raise_httpx_errors(tmp_path):
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(httpx.ConnectError):
+        Storage([f"http://127.0.0.1:{port}/photos"]).read(f"http://127.0.0.1:{port}/photos/x.jpg", 100)
+
+
+@pytest.mark.parametrize("address,refused", [("127.0.0.1", True), ("10.1.2.3", True), ("169.254.169.254", True),
+                                             ("192.168.0.1", True), ("100.64.0.1", True), ("0.0.0.0", True),
+                                             ("224.0.0.1", True), ("::1", True), ("fe80::1%eth0", True),
+                                             ("::ffff:127.0.0.1", True), ("fd00::1", True), ("93.184.216.34", False),
+                                             ("2606:2800:220:1:248:1893:25c8:1946", False)])
+def test_non_public_addresses(monkeypatch, address, refused):
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(family, socket.SOCK_STREAM, 6, "", (address, 80))])
+    assert (storage_mod._non_public("example.com", 80) is not None) is refused
+
+
+def test_http_fence_reads_both_encodings():
+    s = Storage(["https://cdn.example.com/photos"])
+    for url in ("https://cdn.example.com/photos/a%2Fb/../../secret", "https://cdn.example.com/photos/%2e%2e/secret",
+                "https://cdn.example.com/photos/../secret", "https://cdn.example.com@evil.com/photos/x"):
+        with pytest.raises(StageFailure):
+            s.check(url)
+
+
+def test_derivative_of_a_presigned_original_drops_the_query():
+    assert derivative_url("https://h/p/x.jpg?sig=1") == "https://h/p/x.jpg.prepared.jpg"
+    assert derivative_url("s3://b/x.jpg") == "s3://b/x.jpg.prepared.jpg"

@@ -1,5 +1,9 @@
-"""The stores: Cassandra (rows) and Qdrant (vectors). Every write is an idempotent upsert keyed by
-image id (and run id), so at-least-once delivery never duplicates a row or a point.
+"""The store layer: every CQL statement lensflow runs and every call on Qdrant's ``images``
+collection, in one module (the join's writes and reads, search, `show`, `reanalyze`). Every write is
+an idempotent upsert keyed by image id (and run id), so at-least-once delivery never duplicates a
+row or a point. Nothing here retries: callers wrap calls in the error policy (``RetryPolicy``), which
+retries transient faults and lets a store's refusal (``InvalidRequest``, a wrong vector size) fail
+that image alone.
 
 Cassandra: cassandra-driver with prepared statements, awaited from asyncio through the driver's
 callbacks (the event loop never blocks on a query). Qdrant: a server when ``LENSFLOW_QDRANT_URL``
@@ -15,11 +19,13 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
-log = structlog.get_logger("lensflow.sinks")
+from .records import point_id
+
+log = structlog.get_logger("lensflow.store")
 
 #: Named vectors of the Qdrant ``images`` collection (name -> dimension).
 IMAGE_VECTORS = {"visual": 1280, "semantic": 384}
@@ -32,6 +38,15 @@ IMAGE_COLUMNS = [
     "gps_lon", "gps_alt_m", "caption", "scene", "visual", "status", "error_code", "error_message", "run_id",
     "analysis_version", "uploaded_at", "last_analyzed",
 ]
+#: An image as the join finds it stored: enough to version the next write, refuse another user's id and
+#: know whether this run's ``images.analyzed`` event was already delivered.
+class StoredImage(NamedTuple):
+    run_id: str
+    version: int
+    user_id: str
+    notified_run: str | None
+
+
 ANALYSIS_COLUMNS = ["image_id", "run_id", "analysis_version", "status", "stage_status", "stage_ms", "stage_errors",
                     "stage_models", "stage_records", "result_json", "uploaded_at", "completed_at"]
 
@@ -68,28 +83,45 @@ def _aio(response_future) -> asyncio.Future:
     return fut
 
 
-class CassandraSink:
-    def __init__(self, hosts: list[str], port: int, keyspace: str):
-        self.cluster, self.session = connect_cassandra(hosts, port)
+class CassandraStore:
+    """Every CQL statement of lensflow (prepared once), awaited from asyncio or run synchronously."""
+
+    def __init__(self, hosts: list[str], port: int, keyspace: str, session=None):
+        if session is None:
+            self.cluster, self.session = connect_cassandra(hosts, port)
+        else:
+            self.cluster, self.session = None, session
         ks = keyspace
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ks):
             raise ValueError(f"bad keyspace name {ks!r}")
+        self.keyspace = ks
         p = lambda cql: self.session.prepare(cql.format(ks=ks))  # noqa: E731  (fully qualified names)
         self.insert_image = p(f"INSERT INTO {ks}.images ({', '.join(IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(IMAGE_COLUMNS))})")
         self.insert_analysis = p(f"INSERT INTO {ks}.analysis_results ({', '.join(ANALYSIS_COLUMNS)}) VALUES ({', '.join('?' * len(ANALYSIS_COLUMNS))})")
+        self.insert_by_user = p("INSERT INTO {ks}.images_by_user (user_id, image_id, run_id, analysis_version) VALUES (?, ?, ?, ?)")
         self.select_tags = p("SELECT kind, tag FROM {ks}.image_tags WHERE image_id = ?")
+        self.select_tags_scored = p("SELECT kind, tag, score FROM {ks}.image_tags WHERE image_id = ?")
         self.insert_tag = p("INSERT INTO {ks}.image_tags (image_id, kind, tag, score) VALUES (?, ?, ?, ?)")
         self.delete_tag = p("DELETE FROM {ks}.image_tags WHERE image_id = ? AND kind = ? AND tag = ?")
         self.insert_user_tag = p("INSERT INTO {ks}.user_images_by_tag (user_id, tag, image_id, kind, score, taken_at) VALUES (?, ?, ?, ?, ?, ?)")
         self.delete_user_tag = p("DELETE FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ? AND image_id = ?")
-        self.select_current = p("SELECT run_id, analysis_version, user_id FROM {ks}.images WHERE image_id = ?")
+        self.select_user_tag = p("SELECT image_id, kind, score, taken_at FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ?")
+        self.select_current = p("SELECT run_id, analysis_version, user_id, notified_run FROM {ks}.images WHERE image_id = ?")
         self.select_run = p("SELECT stage_records, analysis_version FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
+        self.select_run_stages = p("SELECT stage_status, stage_ms, stage_errors, stage_models, completed_at, result_json "
+                                   "FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
+        self.select_image = p("SELECT * FROM {ks}.images WHERE image_id = ?")
+        self.select_rows = p("SELECT image_id, user_id, caption, uri, gps_lat, gps_lon, taken_at FROM {ks}.images WHERE image_id IN ?")
+        self.select_by_user = p("SELECT image_id, run_id, analysis_version FROM {ks}.images_by_user WHERE user_id = ?")
+        self.select_all = p("SELECT image_id, user_id, run_id, analysis_version FROM {ks}.images")
+        self.update_notified = p("UPDATE {ks}.images SET notified_run = ? WHERE image_id = ?")
 
-    async def current(self, image_id: str) -> tuple[str, int, str] | None:
-        """(run_id, analysis_version, user_id) of the stored image, or None."""
+    # --- the join ---------------------------------------------------------------------------------
+    async def current(self, image_id: str) -> StoredImage | None:
+        """The stored image's run, version, owner and notified run, or None."""
         rows = await _aio(self.session.execute_async(self.select_current, (image_id,)))
         for row in rows:
-            return row.run_id, row.analysis_version or 0, row.user_id
+            return StoredImage(row.run_id, row.analysis_version or 0, row.user_id, row.notified_run)
         return None
 
     async def stage_records(self, image_id: str, run_id: str) -> dict[str, bytes]:
@@ -108,6 +140,7 @@ class CassandraSink:
         futures = [
             ex(self.insert_image, [image_row.get(c) for c in IMAGE_COLUMNS]),
             ex(self.insert_analysis, [analysis_row.get(c) for c in ANALYSIS_COLUMNS]),
+            ex(self.insert_by_user, (user_id, image_id, image_row.get("run_id"), image_row.get("analysis_version"))),
         ]
         for kind, tag in old - set(new):
             futures.append(ex(self.delete_tag, (image_id, kind, tag)))
@@ -115,10 +148,71 @@ class CassandraSink:
         for (kind, tag), t in new.items():
             futures.append(ex(self.insert_tag, (image_id, kind, tag, float(t.get("score", 1.0)))))
             futures.append(ex(self.insert_user_tag, (user_id, tag, image_id, kind, float(t.get("score", 1.0)), image_row.get("taken_at"))))
-        await asyncio.gather(*(_aio(f) for f in futures))
+        await _gather_first_error(_aio(f) for f in futures)
+
+    async def mark_notified(self, image_id: str, run_id: str) -> None:
+        """Record that ``run_id``'s images.analyzed event is on the broker (a redelivery then skips it)."""
+        await _aio(self.session.execute_async(self.update_notified, (run_id, image_id)))
+
+    # --- search, show, reanalyze (synchronous: the CLI and the web views) ------------------------------
+    def images_tagged(self, user_id: str, tag: str) -> list:
+        return list(self.session.execute(self.select_user_tag, (user_id, tag)))
+
+    def rows(self, image_ids: list[str]) -> dict[str, Any]:
+        """image_id -> (user_id, caption, uri, gps, taken_at) row, in one query per 100 ids."""
+        out: dict[str, Any] = {}
+        ids = list(dict.fromkeys(image_ids))
+        for i in range(0, len(ids), 100):
+            for row in self.session.execute(self.select_rows, (ids[i:i + 100],)):
+                out[row.image_id] = row
+        return out
+
+    def image(self, image_id: str) -> dict | None:
+        """The stored image row, its tags and its current run's per-stage outcome (for `show`)."""
+        row = self.session.execute(self.select_image, (image_id,)).one()
+        if row is None:
+            return None
+        image = {k: v for k, v in row._asdict().items() if k != "visual"}
+        image["has_visual_vector"] = row.visual is not None
+        image["tags"] = [{"kind": t.kind, "tag": t.tag, "score": t.score}
+                         for t in self.session.execute(self.select_tags_scored, (image_id,))]
+        run = self.session.execute(self.select_run_stages, (image_id, row.run_id)).one()
+        if run is not None:
+            image["stages"] = {stage: {"status": status, "ms": round((run.stage_ms or {}).get(stage, 0.0), 2),
+                                       "error": (run.stage_errors or {}).get(stage), "model": (run.stage_models or {}).get(stage)}
+                               for stage, status in (run.stage_status or {}).items()}
+        return image
+
+    def images_of(self, user_id: str | None) -> list:
+        """(image_id, user_id, run_id, analysis_version) of a user's images; every image without a user
+        (a paged scan of ``images``)."""
+        if user_id is None:
+            return list(self.session.execute(self.select_all))
+        return [SimpleRow(r.image_id, user_id, r.run_id, r.analysis_version)
+                for r in self.session.execute(self.select_by_user, (user_id,))]
+
+    def stored_records(self, image_id: str, run_id: str) -> dict[str, bytes]:
+        row = self.session.execute(self.select_run, (image_id, run_id)).one()
+        return dict(row.stage_records or {}) if row else {}
 
     def close(self) -> None:
-        self.cluster.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
+
+
+class SimpleRow(NamedTuple):
+    image_id: str
+    user_id: str
+    run_id: str
+    analysis_version: int
+
+
+async def _gather_first_error(aws) -> None:
+    """Await every write; raise the first error only after all have finished (none left running)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 def qdrant_client(url: str | None, path, api_key: str | None = None):
@@ -149,7 +243,9 @@ def ensure_collections(client) -> None:
             client.create_payload_index(collection, field, m.PayloadSchemaType.KEYWORD)
 
 
-class QdrantSink:
+class QdrantStore:
+    """Qdrant behind one dedicated thread (local mode is synchronous and not thread-safe)."""
+
     def __init__(self, url: str | None, path, api_key: str | None = None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant")
         self.client = self._pool.submit(qdrant_client, url, path, api_key).result()
@@ -161,6 +257,17 @@ class QdrantSink:
         structs = [m.PointStruct(id=p["id"], vector=p["vectors"], payload=p["payload"]) for p in points]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, lambda: self.client.upsert("images", points=structs, wait=True))
+
+    def image_vector(self, image_id: str, vector_name: str):
+        """(payload, vector) of an image's point, or None."""
+        pts = self.run(lambda c: c.retrieve("images", [point_id(image_id)], with_vectors=[vector_name], with_payload=True))
+        if not pts:
+            return None
+        return pts[0].payload, (pts[0].vector or {}).get(vector_name)
+
+    def nearest(self, vector_name: str, vector: list[float], query_filter, limit: int) -> list:
+        return self.run(lambda c: c.query_points("images", query=vector, using=vector_name, query_filter=query_filter,
+                                                 limit=limit, with_payload=True).points)
 
     def run(self, fn, *args: Any):
         """Run a client call on the Qdrant thread, blocking (for code already off the event loop)."""

@@ -1,0 +1,192 @@
+"""The join's projection, pure: from the decoded records of one image to everything the stores and
+the notifications need (``assemble``), and the phase-1 aggregate the derived stages read
+(``aggregated_record``). Tags are chosen here, in one place."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from lensflow.streams.errors import ErrorCode
+from lensflow.streams.records import ImageStatus, Status, now, point_id
+
+from .join_state import PREPROCESS
+from .metadata import camera_name
+
+DESCRIBED_STAGE = "describe"
+CACHE_KEYS = ("image:{image_id}", "user:{user_id}:gallery", "user:{user_id}:tags")
+
+
+def _summary(stage: str, rec: dict | None, missing_code: str = ErrorCode.TIMEOUT) -> dict:
+    if rec is None:
+        return {"stage": stage, "status": Status.FAILED, "duration_ms": 0.0, "model": None,
+                "error": {"code": str(missing_code), "message": f"no {stage} result before the join deadline",
+                          "retryable": True, "attempts": 1}}
+    return {"stage": stage, "status": rec["status"], "error": rec.get("error"), "duration_ms": rec.get("duration_ms", 0.0),
+            "model": rec.get("model")}
+
+
+def tags_of(results: dict[str, dict]) -> list[dict]:
+    """Searchable tags from stage results; one function so every stage's tags are chosen in one place."""
+    tags: dict[tuple[str, str], float] = {}
+
+    def add(kind: str, tag: str | None, score: float = 1.0) -> None:
+        if tag:
+            key = (kind, " ".join(str(tag).lower().split()))
+            tags[key] = max(tags.get(key, 0.0), float(score))
+
+    md = results.get("metadata")
+    if md and md["status"] == Status.OK:
+        add("camera", camera_name(md.get("camera_make"), md.get("camera_model")))
+        if md.get("taken_at"):
+            add("year", str(md["taken_at"].year))
+    obj = results.get("objects")
+    if obj and obj["status"] == Status.OK:
+        for d in obj.get("detections", []):
+            add("object", d["label"], d["confidence"])
+    sc = results.get("scene")
+    if sc and sc["status"] == Status.OK:
+        if sc.get("environment"):
+            add("scene", sc["environment"]["label"], sc["environment"]["score"])
+        for lab in sc.get("places", []):
+            add("place", lab["label"], lab["score"])
+        for lab in sc.get("events", []):
+            add("event", lab["label"], lab["score"])
+    fc = results.get("faces")
+    if fc and fc["status"] == Status.OK:
+        for f in fc.get("faces", []):
+            add("person", f.get("person_name") or f.get("person_id"), 1.0)
+    return [{"kind": k, "tag": t, "score": s} for (k, t), s in sorted(tags.items())]
+
+
+@dataclass
+class Completed:
+    image_id: str
+    user_id: str
+    run_id: str
+    version: int
+    status: ImageStatus
+    image_row: dict
+    analysis_row: dict
+    tags: list[dict]
+    point: dict | None  # None: nothing to upsert in Qdrant
+    analyzed: dict
+    invalidation: dict
+    first_write: bool = False  # no earlier row: the sink can skip reading old tags
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def overall_status(prepared: dict | None, summaries: list[dict]) -> ImageStatus:
+    if prepared is None or prepared["status"] == Status.FAILED:
+        return ImageStatus.FAILED
+    return ImageStatus.COMPLETE if all(s["status"] == Status.OK for s in summaries) else ImageStatus.PARTIAL
+
+
+def with_refined_scene(results: dict[str, dict]) -> dict[str, dict]:
+    """The scene as the aggregate presents it: the scene stage's labels plus what the objects stage
+    found (scene and objects run in parallel, so only the join has both)."""
+    scene, objects = results.get("scene"), results.get("objects")
+    if not scene or scene.get("status") != Status.OK or not objects or objects.get("status") != Status.OK:
+        return results
+    from .scene import refine
+
+    return {**results, "scene": {**scene, **refine(scene, objects.get("detections"))}}
+
+
+def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], stages: list[str], version: int,
+             reason: str = "analyzed") -> Completed:
+    """Everything the sinks and the notifications need, from the decoded records of one image."""
+    results = with_refined_scene(results)
+    image_id, user_id, run_id = prepared["image_id"], prepared["user_id"], prepared["run_id"]
+    summaries = [_summary(PREPROCESS, prepared)] + [_summary(s, results.get(s)) for s in stages]
+    status = overall_status(prepared, summaries)
+    md = results.get("metadata") if results.get("metadata", {}).get("status") == Status.OK else None
+    md = md or {}
+    gps = md.get("gps") or {}
+    scene = results.get("scene") or {}
+    described = results.get(DESCRIBED_STAGE) or {}
+    embedding = results.get("embedding") or {}
+    visual = embedding.get("vector") if embedding.get("status") == Status.OK and embedding.get("vector") else None
+    err = prepared.get("error") if prepared["status"] == Status.FAILED else None
+    analyzed_at = now()
+    tags = tags_of(results)
+    image_row = {
+        "image_id": image_id, "user_id": user_id, "source_uri": prepared.get("source_uri"), "uri": prepared.get("uri"),
+        "format": prepared.get("format"), "mime_type": prepared.get("mime_type"), "size_bytes": prepared.get("size_bytes"),
+        "sha256": prepared.get("sha256"), "width": prepared.get("width"), "height": prepared.get("height"),
+        "original_width": prepared.get("original_width"), "original_height": prepared.get("original_height"),
+        "orientation": prepared.get("orientation"),
+        **{k: md.get(k) for k in ["taken_at", "taken_at_local", "tz_offset", "camera_make", "camera_model", "lens_make",
+                                  "lens_model", "exposure_time_s", "f_number", "iso", "focal_length_mm"]},
+        "gps_lat": gps.get("lat"), "gps_lon": gps.get("lon"), "gps_alt_m": gps.get("alt_m"),
+        "caption": described.get("caption") or None,
+        "scene": (scene.get("places") or [{}])[0].get("label") if scene.get("status") == Status.OK else None,
+        "visual": visual, "status": status, "error_code": err["code"] if err else None,
+        "error_message": err["message"] if err else None, "run_id": run_id, "analysis_version": version,
+        "uploaded_at": prepared.get("uploaded_at"), "last_analyzed": analyzed_at,
+    }
+    aggregate = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "status": status, "version": version,
+                 "prepared": prepared, "results": results, "stages": summaries, "tags": tags}
+    analysis_row = {
+        "image_id": image_id, "run_id": run_id, "analysis_version": version, "status": status,
+        "stage_status": {s["stage"]: s["status"] for s in summaries},
+        "stage_ms": {s["stage"]: float(s["duration_ms"]) for s in summaries},
+        "stage_errors": {s["stage"]: f"{s['error']['code']}: {s['error']['message']}" for s in summaries if s.get("error")},
+        "stage_models": {s["stage"]: f"{s['model']['name']}@{s['model']['version']}" for s in summaries if s.get("model")},
+        "stage_records": raw, "result_json": json.dumps(_jsonable(aggregate), sort_keys=True),
+        "uploaded_at": prepared.get("uploaded_at"), "completed_at": analyzed_at,
+    }
+    vectors = {}
+    if visual:
+        vectors["visual"] = visual
+    if described.get("semantic_vector"):
+        vectors["semantic"] = described["semantic_vector"]
+    payload = {"image_id": image_id, "user_id": user_id, "status": status, "tags": [t["tag"] for t in tags],
+               "taken_at": md["taken_at"].isoformat() if md.get("taken_at") else None,
+               "camera": camera_name(md.get("camera_make"), md.get("camera_model")),
+               "geo": {"lat": gps["lat"], "lon": gps["lon"]} if gps else None, "analysis_version": version}
+    analyzed = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "analysis_version": version, "status": status,
+                "error": err, "stages": summaries, "uri": prepared.get("uri"), "caption": image_row["caption"],
+                "tags": tags, "taken_at": md.get("taken_at"), "uploaded_at": prepared["uploaded_at"],
+                "analyzed_at": analyzed_at}
+    invalidation = {"image_id": image_id, "user_id": user_id, "reason": reason, "analysis_version": version,
+                    "keys": [k.format(image_id=image_id, user_id=user_id) for k in CACHE_KEYS], "produced_at": analyzed_at}
+    return Completed(image_id, user_id, run_id, version, status, image_row, analysis_row, tags,
+                     {"id": point_id(image_id), "vectors": vectors, "payload": payload}, analyzed, invalidation)
+
+
+def aggregated_record(prepared: dict, results: dict[str, dict], stages: list[str]) -> dict:
+    """The phase-1 aggregate for derived stages (ImageAggregated)."""
+    results = with_refined_scene(results)
+    summaries = [_summary(PREPROCESS, prepared)] + [_summary(s, results.get(s)) for s in stages]
+    rec = {"image_id": prepared["image_id"], "user_id": prepared["user_id"], "run_id": prepared["run_id"],
+           "status": overall_status(prepared, summaries), "prepared": prepared, "stages": summaries, "aggregated_at": now()}
+    for field_name in ("metadata", "objects", "scene", "text", "faces", "embedding"):
+        rec[field_name] = results.get(field_name)
+    return rec
+
+
+def failed_copy(c: Completed, code: ErrorCode, message: str) -> Completed:
+    """``c`` as a failed image: what the join stores and announces when a store refused the full
+    write for good (no vectors, no tags: only the row saying why)."""
+    from dataclasses import replace
+
+    err = {"code": str(code), "message": message[:500], "retryable": False, "attempts": 1}
+    row = {**c.image_row, "visual": None, "status": ImageStatus.FAILED, "error_code": err["code"], "error_message": err["message"]}
+    analysis = {**c.analysis_row, "status": ImageStatus.FAILED}
+    analyzed = {**c.analyzed, "status": ImageStatus.FAILED, "error": err}
+    return replace(c, status=ImageStatus.FAILED, image_row=row, analysis_row=analysis, tags=[], point=None, analyzed=analyzed)

@@ -1,0 +1,174 @@
+"""The join's state, pure: what one in-flight image's entry holds (``Entry``), how a stage record is
+folded into it (``merge``) and what the join does with it now (``decide``). No Kafka, no stores.
+
+One entry per in-flight image, a JSON document in the join's Faust table (no pickle on a changelog)::
+
+    {"first_seen": ms, "deadline": ms, "since": ms|null, "run_id": str|null, "prepared": b64|null,
+     "prepared_at": ms, "prepared_failed": bool, "expected": [stage…], "derived": [stage…],
+     "aggregated": bool, "results": {stage: {"run_id": str, "at": ms, "b64": Avro single-object bytes}}}
+
+Completion rule:
+* wait until images.prepared is in; then phase 1 waits for every *expected* stage (success or
+  failure both count); with derived stages (describe), phase 1 emits images.aggregated and phase 2
+  waits for them;
+* a failed preprocess completes the image as ``failed`` as soon as metadata is in;
+* **a missing stage expires only when that stage has moved on without it** (``Progress``): the
+  entry's wall-clock deadline (``join_timeout_s`` after the join first saw it) must have passed
+  *and* either the stage has since reported an image that entered the same phase later than this
+  one (its watermark passed this image: the result is not merely queued behind a backlog), or the
+  stage has reported nothing at all for ``join_timeout_s`` (it is stalled or not deployed). A
+  backlog, or downtime longer than the timeout, therefore never turns an image ``partial``: the
+  stages are still working through their queue, and the join waits for them;
+* an expired image completes as ``partial``, each missing stage reported failed with ``timeout``.
+
+Duplicates (same stage, same or older ``produced_at``) and results of another run are ignored, so
+redelivery is harmless. A result whose image has no prepared record is either *late* (its run is
+already stored: the join merges it into the stored run) or *early* (images.prepared is still queued):
+it waits, and is dropped as an orphan only after ``orphan_after_ms``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypedDict
+
+from lensflow.streams.records import Status, ms
+from lensflow.streams.topology import STAGE_OF_RECORD
+
+PREPROCESS = "preprocess"
+
+
+class JoinAction(StrEnum):
+    WAIT = "wait"
+    AGGREGATE = "aggregate"  # phase 1 done: emit images.aggregated for the derived stages
+    COMPLETE = "complete"  # every expected result is in (or expired): write and notify
+    UNPREPARED = "unprepared"  # results without images.prepared past the deadline: late or orphan
+
+
+class StageResult(TypedDict):
+    run_id: str
+    at: int
+    b64: str
+
+
+class Entry(TypedDict, total=False):
+    first_seen: int
+    deadline: int
+    since: int | None  # when the current phase began in the pipeline (prepared's produced_at, then aggregation)
+    run_id: str | None
+    prepared: str | None
+    prepared_at: int
+    prepared_failed: bool
+    expected: list[str]
+    derived: list[str]
+    aggregated: bool
+    results: dict[str, StageResult]
+
+
+@dataclass
+class Decision:
+    action: JoinAction
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """How far each stage has got, as this join worker sees it (in memory; a restart starts afresh,
+    which only makes expiry later). ``watermark[stage]``: the latest phase start (``since``) of an
+    image the stage has reported; ``last_report[stage]``: when it last reported anything."""
+
+    started: int
+    timeout_ms: int
+    watermark: dict[str, int] = field(default_factory=dict)
+    last_report: dict[str, int] = field(default_factory=dict)
+
+    def saw(self, stage: str, since: int | None, now: int) -> None:
+        self.last_report[stage] = now
+        if since is not None and since > self.watermark.get(stage, 0):
+            self.watermark[stage] = since
+
+    def moved_on(self, stage: str, since: int | None, now: int) -> bool:
+        """True when ``stage`` will not report an image whose phase began at ``since``: it has reported a
+        later one, or nothing at all for the timeout."""
+        if since is not None and self.watermark.get(stage, 0) > since:
+            return True
+        return now - self.last_report.get(stage, self.started) >= self.timeout_ms
+
+
+def stage_of(record_name: str) -> str | None:
+    short = record_name.rsplit(".", 1)[-1]
+    if short == "ImagePrepared":
+        return PREPROCESS
+    return STAGE_OF_RECORD.get(short)
+
+
+def new_entry(now: int, timeout_ms: int) -> Entry:
+    return {"first_seen": now, "deadline": now + timeout_ms, "since": None, "run_id": None, "prepared": None,
+            "expected": [], "derived": [], "aggregated": False, "results": {}}
+
+
+def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, timeout_ms: int) -> tuple[Entry, bool]:
+    """Fold one stage record into an entry. Returns (entry, changed); pure apart from copying."""
+    entry = json.loads(json.dumps(entry)) if entry is not None else new_entry(now, timeout_ms)
+    entry.setdefault("since", None)
+    run_id = record["run_id"]
+    at = ms(record["produced_at"])
+    b64 = base64.b64encode(raw).decode()
+    if stage == PREPROCESS:
+        if entry["prepared"] is not None and entry["run_id"] == run_id and at <= entry.get("prepared_at", 0):
+            return entry, False  # duplicate
+        if entry["prepared"] is not None and entry["run_id"] != run_id and at <= entry.get("prepared_at", 0):
+            return entry, False  # an older run arriving after a newer one
+        if entry["run_id"] not in (None, run_id):  # a new run of this image starts its own clock
+            entry.update(first_seen=now, deadline=now + timeout_ms, aggregated=False)
+        entry.update(prepared=b64, prepared_at=at, run_id=run_id, since=at, expected=list(record.get("expected_stages") or []),
+                     derived=list(record.get("derived_stages") or []), prepared_failed=record["status"] == Status.FAILED)
+        entry["results"] = {s: r for s, r in entry["results"].items() if r["run_id"] == run_id}
+        return entry, True
+    if entry["run_id"] is not None and run_id != entry["run_id"]:
+        return entry, False  # a result of another run of this image
+    old = entry["results"].get(stage)
+    if old is not None and old["run_id"] == run_id and at <= old["at"]:
+        return entry, False  # duplicate
+    entry["results"][stage] = {"run_id": run_id, "at": at, "b64": b64}
+    return entry, True
+
+
+def aggregated(entry: Entry, now: int, timeout_ms: int) -> Entry:
+    """The entry after images.aggregated was emitted: phase 2 starts its own clock."""
+    return {**entry, "aggregated": True, "since": now, "deadline": max(entry["deadline"], now + timeout_ms)}
+
+
+def decide(entry: Entry, now: int, progress: Progress | None = None) -> Decision:
+    """What the join does with an entry now. Pure. Without ``progress`` a missing stage expires at the
+    wall-clock deadline alone."""
+    past_deadline = now >= entry["deadline"]
+    if entry["prepared"] is None:
+        return Decision(JoinAction.UNPREPARED) if past_deadline else Decision(JoinAction.WAIT)
+
+    def expired(missing: list[str]) -> bool:
+        if not missing or not past_deadline:
+            return False
+        return progress is None or all(progress.moved_on(s, entry.get("since"), now) for s in missing)
+
+    reported = set(entry["results"])
+    prepared_failed = entry.get("prepared_failed", False)
+    phase1_missing = [s for s in entry["expected"] if s not in reported]
+    if prepared_failed:
+        phase1_missing = [s for s in phase1_missing if s == "metadata"]
+    derived = [] if prepared_failed else entry["derived"]
+    if not entry.get("aggregated"):
+        if phase1_missing and not expired(phase1_missing):
+            return Decision(JoinAction.WAIT, phase1_missing)
+        if derived and not phase1_missing:
+            return Decision(JoinAction.AGGREGATE)
+        if derived:  # phase 1 expired: describe what is there rather than nothing
+            return Decision(JoinAction.AGGREGATE, phase1_missing)
+        return Decision(JoinAction.COMPLETE, phase1_missing)
+    derived_missing = [s for s in derived if s not in reported]
+    if derived_missing and not expired(derived_missing):
+        return Decision(JoinAction.WAIT, derived_missing)
+    return Decision(JoinAction.COMPLETE, phase1_missing + derived_missing)
