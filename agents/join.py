@@ -48,7 +48,7 @@ from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN
 from .join_projection import (CACHE_KEYS, DESCRIBED_STAGE, Completed, aggregated_record, assemble,  # noqa: F401
                               failed_copy, overall_status, tags_of, with_refined_scene)
 from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, aggregated, decide, merge,  # noqa: F401
-                         new_entry, stage_of)
+                         new_entry, place, stage_of)
 
 STAGE = "join"
 
@@ -88,6 +88,7 @@ class Join(Stage):
         self.ticked: dict[bytes, int] = {}
         self.metrics = ctx.metrics
         self.pending: dict[str, Any] = {}
+        self.stalled = False  # the current batch's last attempt failed with a transient fault
 
         @ctx.app.timer(s.join_tick_interval_s)
         async def deadlines() -> None:
@@ -109,20 +110,23 @@ class Join(Stage):
         name, rec = self.ctx.codec.decode(raw)
         return name, rec, raw
 
-    @staticmethod
-    def inputs(key: bytes, entry: Entry | None) -> list[tuple[str, bytes, bytes]]:
+    def inputs(self, key: bytes, entry: Entry | None) -> list[tuple[str, bytes, bytes]]:
         """Every record the join holds for an image, as (topic, key, value): what a dead letter carries so
         that a replay can rebuild the image."""
         if not entry:
             return []
-        out = [(PREPARED, key, base64.b64decode(entry["prepared"]))] if entry.get("prepared") else []
-        return out + [(RESULT_TOPIC[stage], key, base64.b64decode(r["b64"])) for stage, r in entry["results"].items()]
+        topic = self.settings.topic
+        out = [(topic(PREPARED), key, base64.b64decode(entry["prepared"]))] if entry.get("prepared") else []
+        return out + [(topic(RESULT_TOPIC[stage]), key, base64.b64decode(r["b64"])) for stage, r in entry["results"].items()]
 
     # --- one batch ------------------------------------------------------------------------------
     async def process(self, items: list[Item]) -> list[Outcome]:
         from lensflow.streams.app import use_event
 
         now = now_ms()
+        if self.stalled:  # the last attempt of this batch failed (a store down): silence counts from now
+            self.progress.resume(now)
+        self.stalled = True  # until this attempt succeeds
         outcomes = [Outcome() for _ in items]
         work: dict[bytes, Entry | None] = {}  # the entry of each key as of this batch
         existed: dict[bytes, bool] = {}  # key had a table entry from an earlier batch
@@ -142,12 +146,13 @@ class Join(Stage):
                     outcomes[i] = Outcome(dead_letter=classify(StageFailure(
                         ErrorCode.POISON, f"the join does not read {item.record_name}")))
                     continue
-                entry, changed = merge(work[key], stage, item.event.message.value, item.record, now, self.timeout_ms)
+                partition = item.event.message.partition
+                entry, changed = merge(work[key], stage, item.event.message.value, item.record, now, self.timeout_ms,
+                                       partition, item.event.message.offset)
                 if not changed:
                     self.metrics.images_total.labels(STAGE, "duplicate").inc()
                     continue
-                phase_since = entry.get("since") if stage in (entry.get("derived") or []) else entry.get("prepared_at")
-                self.progress.saw(stage, phase_since if entry.get("prepared") else None, now)
+                self.progress.saw(stage, partition, place(entry, stage) if entry.get("prepared") else None, now)
                 work[key] = entry
             last[key] = i
 
@@ -192,6 +197,7 @@ class Join(Stage):
         for key, outs in outputs.items():
             outcomes[last[key]].outputs = outs
         self.pending = {"work": work, "existed": existed, "last": last, "finishes": finishes}
+        self.stalled = False
         return outcomes
 
     async def complete(self, key: bytes, entry: Entry, decision: Decision) -> Finish:

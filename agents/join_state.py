@@ -3,8 +3,8 @@ folded into it (``merge``) and what the join does with it now (``decide``). No K
 
 One entry per in-flight image, a JSON document in the join's Faust table (no pickle on a changelog)::
 
-    {"first_seen": ms, "deadline": ms, "since": ms|null, "run_id": str|null, "prepared": b64|null,
-     "prepared_at": ms, "prepared_failed": bool, "expected": [stage…], "derived": [stage…],
+    {"first_seen": ms, "deadline": ms, "offset": int|null, "since": ms|null, "run_id": str|null, "prepared": b64|null,
+     "prepared_at": ms, "prepared_failed": bool, "partition": int|null, "expected": [stage…], "derived": [stage…],
      "aggregated": bool, "results": {stage: {"run_id": str, "at": ms, "b64": Avro single-object bytes}}}
 
 Completion rule:
@@ -57,7 +57,9 @@ class StageResult(TypedDict):
 class Entry(TypedDict, total=False):
     first_seen: int
     deadline: int
-    since: int | None  # when the current phase began in the pipeline (prepared's produced_at, then aggregation)
+    offset: int | None  # the offset of its images.prepared record: its place in the pixel stages' input
+    since: int | None  # its aggregation time: its place in the derived stages' input
+    partition: int | None  # the partition of the image's records (every topic the join reads is co-partitioned)
     run_id: str | None
     prepared: str | None
     prepared_at: int
@@ -77,25 +79,43 @@ class Decision:
 @dataclass
 class Progress:
     """How far each stage has got, as this join worker sees it (in memory; a restart starts afresh,
-    which only makes expiry later). ``watermark[stage]``: the latest phase start (``since``) of an
-    image the stage has reported; ``last_report[stage]``: when it last reported anything."""
+    which only makes expiry later).
+
+    ``watermark[(stage, partition)]``: the furthest place (``since``) of an image of that partition
+    the stage has reported. A place is the image's offset in images.prepared for the pixel stages, its
+    aggregation time for the derived ones: the order in which the stage reads them. Per partition,
+    because order holds only within one: a stage reads partition p of its input in order and writes
+    its results to partition p (same key), which the join reads in order; so once it has reported a
+    later image of p, an earlier one's result is not merely queued. (Not ``produced_at``: preprocess
+    finishes the images of a batch out of order.) ``last_report[stage]``: when it last reported
+    anything. ``started``: when silence starts counting (worker start, or the end of a stall of the
+    join itself: a store outage must not make every stage look silent)."""
 
     started: int
     timeout_ms: int
-    watermark: dict[str, int] = field(default_factory=dict)
+    watermark: dict[tuple[str, int], int] = field(default_factory=dict)
     last_report: dict[str, int] = field(default_factory=dict)
 
-    def saw(self, stage: str, since: int | None, now: int) -> None:
+    def saw(self, stage: str, partition: int | None, since: int | None, now: int) -> None:
         self.last_report[stage] = now
-        if since is not None and since > self.watermark.get(stage, 0):
-            self.watermark[stage] = since
+        if since is not None and partition is not None and since > self.watermark.get((stage, partition), -1):
+            self.watermark[(stage, partition)] = since
 
-    def moved_on(self, stage: str, since: int | None, now: int) -> bool:
-        """True when ``stage`` will not report an image whose phase began at ``since``: it has reported a
-        later one, or nothing at all for the timeout."""
-        if since is not None and self.watermark.get(stage, 0) > since:
+    def resume(self, now: int) -> None:
+        """The join itself was stalled until ``now``: silence counts from here."""
+        self.started = now
+
+    def moved_on(self, stage: str, partition: int | None, since: int | None, now: int) -> bool:
+        """True when ``stage`` will not report an image of ``partition`` whose phase began at ``since``:
+        it has reported a later one of that partition, or nothing at all for the timeout."""
+        if since is not None and partition is not None and self.watermark.get((stage, partition), -1) > since:
             return True
-        return now - self.last_report.get(stage, self.started) >= self.timeout_ms
+        return now - max(self.last_report.get(stage, 0), self.started) >= self.timeout_ms
+
+
+def place(entry: Entry, stage: str) -> int | None:
+    """The image's place in ``stage``'s input (see ``Progress``)."""
+    return entry.get("since") if stage in (entry.get("derived") or []) else entry.get("offset")
 
 
 def stage_of(record_name: str) -> str | None:
@@ -110,10 +130,14 @@ def new_entry(now: int, timeout_ms: int) -> Entry:
             "expected": [], "derived": [], "aggregated": False, "results": {}}
 
 
-def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, timeout_ms: int) -> tuple[Entry, bool]:
-    """Fold one stage record into an entry. Returns (entry, changed); pure apart from copying."""
+def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, timeout_ms: int,
+          partition: int | None = None, offset: int | None = None) -> tuple[Entry, bool]:
+    """Fold one stage record (read at ``partition``/``offset`` of its topic) into an entry."""
     entry = json.loads(json.dumps(entry)) if entry is not None else new_entry(now, timeout_ms)
     entry.setdefault("since", None)
+    entry.setdefault("offset", None)
+    if partition is not None:
+        entry["partition"] = partition
     run_id = record["run_id"]
     at = ms(record["produced_at"])
     b64 = base64.b64encode(raw).decode()
@@ -124,7 +148,7 @@ def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, t
             return entry, False  # an older run arriving after a newer one
         if entry["run_id"] not in (None, run_id):  # a new run of this image starts its own clock
             entry.update(first_seen=now, deadline=now + timeout_ms, aggregated=False)
-        entry.update(prepared=b64, prepared_at=at, run_id=run_id, since=at, expected=list(record.get("expected_stages") or []),
+        entry.update(prepared=b64, prepared_at=at, run_id=run_id, offset=offset, since=None, expected=list(record.get("expected_stages") or []),
                      derived=list(record.get("derived_stages") or []), prepared_failed=record["status"] == Status.FAILED)
         entry["results"] = {s: r for s, r in entry["results"].items() if r["run_id"] == run_id}
         return entry, True
@@ -152,7 +176,7 @@ def decide(entry: Entry, now: int, progress: Progress | None = None) -> Decision
     def expired(missing: list[str]) -> bool:
         if not missing or not past_deadline:
             return False
-        return progress is None or all(progress.moved_on(s, entry.get("since"), now) for s in missing)
+        return progress is None or all(progress.moved_on(s, entry.get("partition"), place(entry, s), now) for s in missing)
 
     reported = set(entry["results"])
     prepared_failed = entry.get("prepared_failed", False)

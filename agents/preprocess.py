@@ -332,20 +332,21 @@ def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | N
     if w * h > limits.max_pixels:
         raise StageFailure("too_many_pixels", f"{w}x{h} = {w * h} pixels, over the {limits.max_pixels} pixel limit")
 
-    t0 = time.perf_counter()
-    md = metadata_stage.extract(img)
-    out.metadata = md
-    out.metadata_ms = (time.perf_counter() - t0) * 1000
-    orientation = md.get("orientation", 1)
-    swapped = orientation in (5, 6, 7, 8)
-    out.fields.update(original_width=h if swapped else w, original_height=w if swapped else h, orientation=orientation)
-
     tw, th = _target(w, h, limits.max_side)
-    reuse = fmt == "JPEG" and orientation == 1 and (tw, th) == (w, h) and img.mode in ("RGB", "L")
-    # admitted against the memory budget from the header, before any pixel is decoded; held until encoded
+    # admitted against the memory budget from the header, before any pixel is decoded (a PNG's EXIF
+    # may follow its pixels: Pillow decodes the whole image to read it), held until encoded
     admitted = nullcontext() if budget is None else budget.reserve(
-        decode_cost(img, fmt, (tw, th), reuse=reuse), what=f"{w}x{h} {img.mode} {fmt}")
+        decode_cost(img, fmt, (tw, th), reuse=_served_as_is(img, fmt, (tw, th))), what=f"{w}x{h} {img.mode} {fmt}")
     with admitted:
+        t0 = time.perf_counter()
+        md = metadata_stage.extract(img)
+        out.metadata = md
+        out.metadata_ms = (time.perf_counter() - t0) * 1000
+        orientation = md.get("orientation", 1)
+        swapped = orientation in (5, 6, 7, 8)
+        out.fields.update(original_width=h if swapped else w, original_height=w if swapped else h, orientation=orientation)
+
+        reuse = fmt == "JPEG" and orientation == 1 and (tw, th) == (w, h) and img.mode in ("RGB", "L")
         try:
             if fmt == "JPEG" and (tw, th) != (w, h):
                 img.draft("RGB", (tw, th))  # DCT-domain downscale to the smallest scale >= target
@@ -373,6 +374,17 @@ def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | N
     out.derivative = derivative
     out.fields.update(width=width, height=height, derivative_sha256=hashlib.sha256(derivative).hexdigest(),
                       derivative_size_bytes=len(derivative))
+
+
+def _served_as_is(img: Image.Image, fmt: str, target: tuple[int, int]) -> bool:
+    """Whether ``_prepare`` will serve the original as its own derivative, from the header (a JPEG's
+    EXIF is read without decoding); False when in doubt, which only makes ``decode_cost`` larger."""
+    if fmt != "JPEG" or target != img.size or img.mode not in ("RGB", "L"):
+        return False
+    try:
+        return img.getexif().get(0x0112, 1) == 1
+    except Exception:
+        return False
 
 
 def shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:

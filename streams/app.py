@@ -193,6 +193,8 @@ def _idempotent_transport(app: faust.App):
         def _settings_extra(self):
             return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
+    IdempotentProducer.logger = driver.Producer.logger  # mode names a subclass's logger after its module
+
     class IdempotentTransport(driver.Transport):
         Producer = IdempotentProducer
 

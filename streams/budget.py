@@ -13,6 +13,8 @@ whole budget is admitted once the reservations ahead of it are released.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from collections import deque
@@ -26,14 +28,39 @@ from .errors import ErrorCode, StageFailure
 log = structlog.get_logger("lensflow.budget")
 
 _MIB = 2 ** 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter
+
+
+def pin_malloc_mmap_threshold(nbytes: int = _MIB) -> bool:
+    """Serve every allocation of ``nbytes`` or more with its own mmap, returned to the OS when freed
+    (glibc; process-wide; False where it could not be set, e.g. another libc).
+
+    glibc's default threshold rises to the size of the largest block freed (up to 32 MiB): after the
+    first decode, Pillow's 16 MiB image blocks come from per-thread arenas, which keep freed memory
+    resident. Measured with 8 threads preprocessing 24 bombs (4-16 MP PNGs) under a 512 MiB budget:
+    peak RSS +717 MiB (+365 MiB still resident after) with the default, +398-426 MiB (+19 MiB after)
+    pinned at 1 MiB, in the same wall time. Without it the budget bounds live memory, not RSS.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 class MemoryBudget:
-    """``total`` bytes shared by the threads of one worker; ``reserve()`` admits against it."""
+    """``total`` bytes shared by the threads of one worker; ``reserve()`` admits against it.
 
-    def __init__(self, total: int, setting: str = "LENSFLOW_DECODE_MEMORY_MB"):
+    Creating one pins malloc's mmap threshold (``pin_malloc_mmap_threshold``), so that memory a
+    decode frees leaves the process and the budget bounds RSS; ``malloc_mmap_threshold=None``
+    leaves the allocator alone."""
+
+    def __init__(self, total: int, setting: str = "LENSFLOW_DECODE_MEMORY_MB",
+                 malloc_mmap_threshold: int | None = _MIB):
         if total <= 0:
             raise ValueError(f"a memory budget needs a positive total, not {total}")
+        if malloc_mmap_threshold is not None:
+            pin_malloc_mmap_threshold(malloc_mmap_threshold)
         self.total = int(total)
         self.setting = setting  # named in the refusal, so the operator knows what to raise
         self._used = 0

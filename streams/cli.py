@@ -32,7 +32,8 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + Cassandra 
 app.add_typer(stack_app, name="stack")
 # piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default
 out = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
+# one failure, one line: never wrap stderr at 80 columns when it is not a terminal
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=400)
 
 
 class CliError(Exception):
@@ -206,6 +207,8 @@ def worker(
         return
     if background:
         pid = _worker_alive(s)
+        if pid is None:
+            check_web_port(s.web_host, s.web_port)  # else wait_ready could hear another worker's /readyz
         if pid is not None:
             err.print(f"lensflow: worker already running (pid {pid})")
             wait_ready(s, ready_timeout, pid)
@@ -360,7 +363,7 @@ def submit(
         raise CliError(f"{remaining + len(failures)} upload event(s) not delivered: {'; '.join(failures[:3]) or 'Kafka unreachable'}")
     if not wait:
         for u in uploads:
-            _emit(as_json, {"image_id": u["image_id"], "file": u["name"], "status": "submitted"},
+            _emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "file": u["name"], "status": "submitted"},
                   f"{u['image_id']}  submitted  {u['name']}")
         return
     results = _await_analyzed(consumer, codec, uploads, timeout, started, as_json)
@@ -374,7 +377,7 @@ def submit(
         line = f"{u['image_id']}  {r['status']:<8}  {r['seconds']:6.2f}s  {u['name']}"
         if r.get("error"):
             line += f"  ({r['error']['code']}: {r['error']['message']})"
-        _emit(as_json, {"image_id": u["image_id"], "file": u["name"], "status": r["status"], "seconds": round(r["seconds"], 3),
+        _emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "file": u["name"], "status": r["status"], "seconds": round(r["seconds"], 3),
                         "analysis_version": r["analysis_version"], "error": r.get("error")}, line)
     if len(results) < len(uploads):
         raise CliError(f"{len(uploads) - len(results)} image(s) not analyzed within {timeout:.0f}s (is a worker running? `lensflow worker`)", 4)
@@ -668,9 +671,16 @@ def faces_enroll(photos: list[Path] = typer.Argument(..., help="Photos of the pe
     for p in photos:
         if not p.is_file():
             raise CliError(f"{p}: no such file")
-    body = {"user": user, "name": name, "images": [base64.b64encode(p.read_bytes()).decode() for p in photos]}
-    r = _worker_call(s, "POST", "/faces/enroll", json=body)
-    out.print(f"enrolled {r['faces']} face(s) of {name!r} for {user} (person {r['person_id']})", highlight=False)
+    # one request per photo: each request fits one photo of up to LENSFLOW_MAX_BYTES
+    faces, person = 0, None
+    for p in photos:
+        body = {"user": user, "name": name, "images": [base64.b64encode(p.read_bytes()).decode()]}
+        try:
+            r = _worker_call(s, "POST", "/faces/enroll", json=body)
+        except CliError as exc:
+            raise CliError(f"{p}: {exc}", exc.code) from None
+        faces, person = faces + r["faces"], r["person_id"]
+    out.print(f"enrolled {faces} face(s) of {name!r} for {user} (person {person})", highlight=False)
 
 
 @faces_app.command("name")

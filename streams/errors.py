@@ -187,9 +187,13 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+class StoreRejected(Exception):
+    """A write a store can never accept (the store layer's own checks, e.g. a vector of the wrong size)."""
+
+
 def is_store_rejection(exc: BaseException) -> bool:
     """A store said no for good (as opposed to a bug of ours or a transient fault)."""
-    if _store_transient(exc) is False:
+    if isinstance(exc, StoreRejected) or _store_transient(exc) is False:
         return True
     module = type(exc).__module__ or ""
     # qdrant-client's local mode raises ValueError for a vector of the wrong size or an unknown vector name
@@ -287,3 +291,10 @@ def fatal(message: str, exc: BaseException | None = None, code: int = EXIT_BUG) 
     log.critical("worker_exit", reason=message, error=repr(exc) if exc else None, exit_code=code)
     sys.stderr.flush()
     os._exit(code)
+
+
+def codes_markdown() -> str:
+    """The README's table of error codes (tests/unit/test_docs.py keeps the two equal)."""
+    rows = ["| code | kind | dead-lettered | meaning |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{code}` | {spec.kind} | {'yes' if spec.dead_letter else 'no'} | {spec.doc} |" for code, spec in CODES.items()]
+    return "\n".join(rows)

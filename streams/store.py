@@ -31,6 +31,16 @@ log = structlog.get_logger("lensflow.store")
 IMAGE_VECTORS = {"visual": 1280, "semantic": 384}
 FACE_DIM = 128
 
+def check_vectors(vectors: dict) -> None:
+    """Refuse (``StoreRejected``: permanent, that image alone) a named vector of the wrong dimension
+    before a store sees it."""
+    from .errors import StoreRejected
+
+    for name, vector in vectors.items():
+        if vector is not None and len(vector) != IMAGE_VECTORS[name]:
+            raise StoreRejected(f"{name} vector has {len(vector)} values, the store holds {IMAGE_VECTORS[name]}")
+
+
 IMAGE_COLUMNS = [
     "image_id", "user_id", "source_uri", "uri", "format", "mime_type", "size_bytes", "sha256", "width", "height",
     "original_width", "original_height", "orientation", "taken_at", "taken_at_local", "tz_offset", "camera_make",
@@ -61,11 +71,13 @@ def cql_statements(keyspace: str, replication: int) -> list[str]:
 
 def connect_cassandra(hosts: list[str], port: int, timeout: float = 10.0):
     from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT
-    from cassandra.policies import RoundRobinPolicy
+    from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
 
     profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout)
+    # reconnect within 10 s of a node coming back (the driver's default backs off to 10 minutes, which
+    # would keep the join waiting long after an outage ended)
     cluster = Cluster(hosts, port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile}, protocol_version=5,
-                      connect_timeout=timeout)
+                      connect_timeout=timeout, reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0))
     return cluster, cluster.connect()
 
 
@@ -133,6 +145,7 @@ class CassandraStore:
     async def write(self, image_row: dict, analysis_row: dict, tags: list[dict], first_write: bool = False) -> None:
         """Upsert the image row, its analysis run, and replace its tags (both tag tables)."""
         image_id, user_id = image_row["image_id"], image_row["user_id"]
+        check_vectors({"visual": image_row.get("visual")})
         old = set() if first_write else {
             (r.kind, r.tag) for r in await _aio(self.session.execute_async(self.select_tags, (image_id,)))}
         new = {(t["kind"], t["tag"]): t for t in tags}
@@ -254,6 +267,8 @@ class QdrantStore:
     async def upsert_images(self, points: list[dict]) -> None:
         from qdrant_client import models as m
 
+        for p in points:
+            check_vectors(p["vectors"])
         structs = [m.PointStruct(id=p["id"], vector=p["vectors"], payload=p["payload"]) for p in points]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, lambda: self.client.upsert("images", points=structs, wait=True))

@@ -90,6 +90,15 @@ def jpeg(width: int, height: int, color: tuple[int, int, int] = (10, 120, 200), 
     return buf.getvalue()
 
 
+def jpeg_claiming(width: int, height: int, progressive: bool = False) -> bytes:
+    """A small JPEG whose frame header (SOF) claims ``width`` x ``height``: header-level tests of huge
+    JPEGs without encoding one (decoding it fails or yields garbage)."""
+    data = bytearray(jpeg(16, 16, progressive=progressive))
+    sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 def truncated(data: bytes, keep: float = 0.5) -> bytes:
     """The first ``keep`` fraction of ``data`` (a truncated upload: header intact, pixels cut)."""
     return data[: max(1, int(len(data) * keep))]

@@ -52,6 +52,13 @@ def stack():
         run(["stack", "down"], env, check=False)
 
 
+@pytest.fixture(scope="session")
+def models(stack):
+    """Every model file, prepared once (idempotent; cached in ~/.cache/lensflow)."""
+    run(["models", "prepare", "dlib-faces", "efficientnet-lite0", "minilm-l6-v2", "rapidocr", "coco-detector"], stack,
+        timeout=1500)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,11 +95,21 @@ class Namespace:
         return run(args, self.env, check=check, timeout=timeout)
 
     # workers ----------------------------------------------------------------------------------
-    def start_worker(self, timeout: float = 180.0, stages: str | None = None) -> None:
+    def start_worker(self, timeout: float = 180.0, stages: str | None = None, address_space: int | None = None) -> None:
+        """Start a worker and wait until it is ready. ``address_space``: a hard RLIMIT_AS in bytes (with
+        glibc's malloc arenas capped, so the limit bounds memory actually used, not reserved)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.worker = subprocess.Popen(LENSFLOW + ["worker"] + (["--stages", stages] if stages else []), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        env, preexec = self.env, None
+        if address_space is not None:
+            import resource
+
+            env = {**self.env, "MALLOC_ARENA_MAX": "2"}
+
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        self.worker = subprocess.Popen(LENSFLOW + ["worker"] + (["--stages", stages] if stages else []), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
         url = f"http://127.0.0.1:{self.env['LENSFLOW_WEB_PORT']}/readyz"
         outcome = poll_ready(url, timeout, lambda: self.worker.poll() is not None)
         if outcome == "exited":

@@ -16,12 +16,6 @@ pytestmark = pytest.mark.integration
 STAGES = "objects,text,faces,scene,embedding,describe"
 
 
-@pytest.fixture(scope="module")
-def models(stack):
-    run(["models", "prepare", "dlib-faces", "efficientnet-lite0", "minilm-l6-v2", "rapidocr", "coco-detector"], stack,
-        timeout=1500)
-
-
 def submit(ns, user, *names):
     proc = ns.cli("submit", "--user", user, "--wait", "--json", "--stages", STAGES, "--timeout", "180",
                   *(str(PHOTOS / n) for n in names))

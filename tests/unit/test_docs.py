@@ -19,3 +19,11 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
     head = readme.split("## ", 1)[0]
     assert "make demo" in head and "make test" in head
     assert "exec make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_error_codes_table_matches_the_code():
+    from lensflow.streams.errors import codes_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [line for line in codes_markdown().splitlines() if line not in readme]
+    assert not missing, "README's error-code table is stale; paste lensflow.streams.errors.codes_markdown():\n" + "\n".join(missing)

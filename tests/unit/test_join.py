@@ -144,8 +144,10 @@ def test_tags_skip_failed_stages():
 from lensflow.agents.join_state import Progress, aggregated  # noqa: E402
 
 
-def waiting_for_objects(produced=0):
-    e, _ = feed(None, "ImagePrepared", prepared(expected=["metadata", "objects"], produced=produced))
+def waiting_for_objects(produced=0, partition=0, offset=100):
+    """An image whose images.prepared record was read at ``partition``/``offset``, waiting for objects."""
+    rec = prepared(expected=["metadata", "objects"], produced=produced)
+    e, _ = merge(None, "preprocess", codec.encode("ImagePrepared", rec), rec, T0, TIMEOUT, partition, offset)
     e, _ = feed(e, "MetadataResult", md())
     return e
 
@@ -155,7 +157,7 @@ def test_a_backlogged_stage_keeps_the_image_waiting_past_the_deadline():
     progress = Progress(started=T0, timeout_ms=TIMEOUT)
     late = T0 + 5 * TIMEOUT
     # objects keeps reporting, but only images that entered the pipeline before this one (its backlog)
-    progress.saw("objects", T0 - 1000, late - 10)
+    progress.saw("objects", 0, 60, late - 10)
     assert decide(e, late, progress).action == "wait"
     assert decide(e, late).action == "complete"  # the wall clock alone would have given up
 
@@ -163,7 +165,7 @@ def test_a_backlogged_stage_keeps_the_image_waiting_past_the_deadline():
 def test_a_stage_that_moved_past_the_image_expires_it():
     e = waiting_for_objects(produced=0)
     progress = Progress(started=T0, timeout_ms=TIMEOUT)
-    progress.saw("objects", T0 + 500, T0 + TIMEOUT)  # reported an image prepared after this one
+    progress.saw("objects", 0, 101, T0 + TIMEOUT)  # reported a later image of the same partition
     assert decide(e, T0 + TIMEOUT - 1, progress).action == "wait"  # never before the wall-clock deadline
     d = decide(e, T0 + TIMEOUT, progress)
     assert d.action == "complete" and d.missing == ["objects"]
@@ -172,7 +174,7 @@ def test_a_stage_that_moved_past_the_image_expires_it():
 def test_a_silent_stage_expires_the_image_after_the_timeout():
     e = waiting_for_objects(produced=0)
     progress = Progress(started=T0, timeout_ms=TIMEOUT)
-    progress.saw("objects", None, T0 + 1)
+    progress.saw("objects", 0, None, T0 + 1)
     assert decide(e, T0 + TIMEOUT, progress).action == "wait"
     assert decide(e, T0 + TIMEOUT + 1, progress).action == "complete"
 
@@ -194,3 +196,29 @@ def test_an_expired_phase_one_is_still_described():
     e["results"]["describe"] = {"run_id": "r1", "at": T0, "b64": ""}
     d = decide(e, T0 + TIMEOUT + 1)
     assert d.action == "complete" and d.missing == ["objects"]
+
+
+def test_a_later_image_of_another_partition_says_nothing():
+    """Order holds only within a partition: a stage may well report images of partition 1 first."""
+    e = waiting_for_objects(produced=0, partition=0)
+    progress = Progress(started=T0, timeout_ms=TIMEOUT)
+    progress.saw("objects", 1, 500, T0 + TIMEOUT)
+    assert decide(e, T0 + TIMEOUT, progress).action == "wait"
+
+
+def test_a_stalled_join_does_not_make_stages_look_silent():
+    e = waiting_for_objects(produced=0)
+    progress = Progress(started=T0, timeout_ms=TIMEOUT)
+    progress.saw("objects", 0, None, T0 + 1)
+    progress.resume(T0 + 3 * TIMEOUT)  # the join was stuck on a store until now
+    assert decide(e, T0 + 3 * TIMEOUT + 1, progress).action == "wait"
+    assert decide(e, T0 + 4 * TIMEOUT, progress).action == "complete"
+
+
+def test_places_are_offsets_not_production_times():
+    """preprocess finishes a batch's images out of order: an earlier offset may carry a later
+    produced_at. Only the offset says whether a stage has passed an image."""
+    e = waiting_for_objects(produced=5_000, offset=100)  # produced last, read first
+    progress = Progress(started=T0, timeout_ms=TIMEOUT)
+    progress.saw("objects", 0, 99, T0 + TIMEOUT)  # an image before it in the partition
+    assert decide(e, T0 + TIMEOUT, progress).action == "wait"

@@ -367,3 +367,50 @@ def test_a_free_port_passes_and_leaves_it_free():
 def test_an_unknown_web_host_is_one_clear_line():
     with pytest.raises(CliError, match="LENSFLOW_WEB_HOST"):
         check_web_port("no-such-host.invalid", free_port())
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI's side of the API
+# ---------------------------------------------------------------------------------------------
+
+def fake_worker(monkeypatch, status: int, body: dict):
+    sent = {}
+
+    def request(method, url, **kwargs):
+        sent.update(kwargs.get("headers") or {})
+        return httpx.Response(status, json=body, request=httpx.Request(method, url))
+
+    monkeypatch.setattr(httpx, "request", request)
+    return sent
+
+
+def test_the_cli_sends_the_token_only_when_set(monkeypatch):
+    from lensflow.streams.cli import _worker_call
+
+    sent = fake_worker(monkeypatch, 200, {"results": []})
+    assert _worker_call(settings(api_token=SecretStr(TOKEN)), "GET", "/search") == {"results": []}
+    assert sent == {"Authorization": f"Bearer {TOKEN}"}
+    sent = fake_worker(monkeypatch, 200, {"results": []})
+    _worker_call(settings(), "GET", "/search")
+    assert "Authorization" not in sent
+
+
+@pytest.mark.parametrize("token", [None, SecretStr(TOKEN)])
+def test_the_cli_turns_401_into_one_line_without_the_token(monkeypatch, token):
+    from lensflow.streams.cli import _worker_call
+
+    fake_worker(monkeypatch, 401, {"error": "wrong API token"})
+    with pytest.raises(CliError) as exc:
+        _worker_call(settings(api_token=token), "GET", "/search")
+    message = str(exc.value)
+    assert "LENSFLOW_API_TOKEN" in message and TOKEN not in message and "\n" not in message
+
+
+def test_the_cli_shows_the_workers_403_reason(monkeypatch):
+    from lensflow.streams.cli import _worker_call
+
+    status, reason = api_refusal(settings(web_host="0.0.0.0"), None)
+    fake_worker(monkeypatch, status, {"error": reason})
+    with pytest.raises(CliError) as exc:
+        _worker_call(settings(), "POST", "/faces/name", json={})
+    assert str(exc.value) == reason

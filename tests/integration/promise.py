@@ -1,0 +1,119 @@
+"""Helpers of the tests that prove lensflow's delivery promise (README, "The promise"): generated
+photos, the local stack's processes, and the three sets a downstream consumer can check."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from .conftest import LENSFLOW
+from .helpers import read_topic, wait_for
+
+EVERY_STAGE = "objects,text,faces,scene,embedding,describe"
+
+
+def photos(d: Path, n: int, size=(800, 600), seed: int = 0) -> list[str]:
+    """``n`` distinct photo-sized JPEGs (shapes on a gradient), fast to make and to analyse."""
+    rng = random.Random(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(6):
+            x, y = rng.randrange(size[0] - 100), rng.randrange(size[1] - 100)
+            draw.ellipse((x, y, x + rng.randrange(30, 200), y + rng.randrange(30, 200)),
+                         fill=(rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+        draw.text((20, 20), f"photo {seed}-{i}", fill=(0, 0, 0))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        p = d / f"p{seed}-{i:04d}.jpg"
+        p.write_bytes(buf.getvalue())
+        paths.append(str(p))
+    return paths
+
+
+def submit(ns, user: str, files: list[str], stages: str | None = None) -> dict[str, str]:
+    """Submit without waiting; image_id -> run_id of each submitted image."""
+    args = ["submit", "--user", user, "--json"] + (["--stages", stages] if stages else []) + files
+    proc = ns.cli(*args, timeout=600)
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            out[rec["image_id"]] = rec["run_id"]
+    assert len(out) == len(set(files)), proc.stdout[-2000:]
+    return out
+
+
+def submit_waiting(ns, user: str, files: list[str], stages: str | None = None, timeout: float = 900) -> subprocess.Popen:
+    """``submit --wait --json`` in the background (the test does things meanwhile)."""
+    args = ["submit", "--user", user, "--wait", "--json", "--timeout", str(timeout)] + (["--stages", stages] if stages else []) + files
+    return subprocess.Popen(LENSFLOW + args, env=ns.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def results_of(proc: subprocess.Popen, timeout: float) -> dict[str, dict]:
+    out, err = proc.communicate(timeout=timeout)
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert lines, f"submit printed nothing (exit {proc.returncode}): {err[-2000:]}"
+    return {r["image_id"]: r for r in lines}
+
+
+def service_pid(env: dict, name: str) -> int:
+    proc = subprocess.run(LENSFLOW + ["stack", "status"], env=env, text=True, capture_output=True, timeout=60)
+    m = re.search(rf"^{name}\s+running\s+pid=(\d+)", proc.stdout + proc.stderr, re.M)
+    assert m, f"{name} is not running:\n{proc.stdout}{proc.stderr}"
+    return int(m.group(1))
+
+
+def stored(ns) -> dict[str, tuple[str, str]]:
+    """image_id -> (status, run_id) of every stored image."""
+    return {r.image_id: (r.status, r.run_id) for r in ns.cql.execute("SELECT image_id, status, run_id FROM images")}
+
+
+def wait_stored(ns, ids, timeout: float, status: str | None = "complete") -> dict:
+    ids = set(ids)
+
+    def done():
+        rows = stored(ns)
+        ok = {i for i in ids if i in rows and (status is None or rows[i][0] == status)}
+        return rows if ok == ids else None
+
+    return wait_for(done, timeout, interval=1, message=f"{len(ids)} images stored" + (f" as {status}" if status else ""))
+
+
+def analyzed_events(ns) -> list[tuple[str, str]]:
+    """(image_id, run_id) of every images.analyzed event, duplicates included, read like a consumer."""
+    return [(rec["image_id"], rec["run_id"]) for _, rec in read_topic(ns.topic("images.analyzed"), idle_s=3, max_s=120)]
+
+
+def invalidated(ns) -> list[str]:
+    return [rec["image_id"] for _, rec in read_topic(ns.topic("cache.invalidations"), idle_s=3, max_s=120)]
+
+
+def dead_letters(ns) -> list[dict]:
+    return [rec for _, rec in read_topic(ns.topic("images.deadletter"), idle_s=3, max_s=60)]
+
+
+def log_has(ns, needle: str) -> bool:
+    try:
+        return needle in ns.log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def report(name: str, **figures) -> None:
+    """Print a measured figure (run pytest with -s, or read the captured stderr)."""
+    print(f"\nFIGURES {name}: " + json.dumps(figures, default=str), file=sys.stderr)
+    path = Path(__file__).resolve().parents[2] / ".lensflow" / "figures.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"test": name, "at": time.time(), **figures}, default=str) + "\n")

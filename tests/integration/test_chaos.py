@@ -1,0 +1,71 @@
+"""kill -9 chaos with every stage on: the worker is killed at random points, one of them inside the
+join's store write (Cassandra frozen so the write hangs, then the kill). Afterwards three sets each
+equal the submitted set exactly: the stored rows, the (image_id, run_id) pairs on images.analyzed,
+and the images on cache.invalidations. Duplicate events a consumer would see are reported."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from .conftest import Namespace
+from .helpers import wait_for
+from .promise import EVERY_STAGE, analyzed_events, invalidated, log_has, photos, report, service_pid, stored, submit
+
+pytestmark = pytest.mark.integration
+N = 150
+
+
+@pytest.fixture()
+def ns(stack, tmp_path):
+    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_max_s=2)
+    ns.cli("init")
+    yield ns
+    ns.close()
+
+
+def test_kill_9_at_random_points_with_every_stage_on(ns, models, tmp_path):
+    rng = random.Random(7)
+    files = photos(tmp_path / "in", N, seed=3)
+    ns.start_worker()
+    submitted = submit(ns, "chaos", files, stages=EVERY_STAGE)
+    kills = []
+    # four kills at random moments of the run
+    for _ in range(4):
+        time.sleep(rng.uniform(1, 6))
+        kills.append(("random", len(stored(ns))))
+        ns.stop_worker(sig=signal.SIGKILL)
+        ns.start_worker()
+    # one kill inside the join's store write: Cassandra frozen, the join's batch hanging in its write
+    before = ns.log_path.read_text(errors="replace").count('"what": "join batch"')
+    pid = service_pid(ns.env, "cassandra")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: ns.log_path.read_text(errors="replace").count('"what": "join batch"') > before, 90, interval=0.5,
+                 message="the join to be retrying its store write")
+        kills.append(("inside the join's store write", len(stored(ns))))
+        ns.stop_worker(sig=signal.SIGKILL)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    ns.start_worker()
+    rows = wait_for(lambda: (lambda r: r if set(r) >= set(submitted) and all(
+        r[i][0] == "complete" for i in submitted) else None)(stored(ns)), 600, interval=1,
+        message=f"all {N} images complete after {len(kills)} kills")
+    time.sleep(3)  # let redelivered duplicates, if any, land
+    rows = stored(ns)
+    events = analyzed_events(ns)
+    invalidations = invalidated(ns)
+    assert set(rows) == set(submitted)
+    assert {i: r for i, (_, r) in rows.items()} == submitted  # each row holds its submitted run
+    assert set(events) == set(submitted.items())
+    assert set(invalidations) == set(submitted)
+    dup_events = sum(n - 1 for n in Counter(events).values())
+    dup_invalidations = sum(n - 1 for n in Counter(invalidations).values())
+    assert not log_has(ns, "Traceback")
+    report("kill_9_chaos", images=N, kills=kills, duplicate_analyzed_events=dup_events,
+           duplicate_invalidations=dup_invalidations)

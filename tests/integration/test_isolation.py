@@ -1,0 +1,177 @@
+"""Duplicates and isolation between users, on one worker with an API token:
+
+* the same photo submitted 20 times at once is one image, every submitter gets `complete`;
+* an image id is its first owner's: another user's run reusing it fails with `id_conflict` and
+  leaves the owner's row alone;
+* a user cannot point lensflow at another user's storage area (`wrong_owner`), and an unsafe user
+  id is refused by the CLI before anything is written;
+* the worker's API answers only with the bearer token, and the CLI sends it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lensflow.streams.records import image_id_for, now
+from tests.conftest import PHOTOS
+
+from .conftest import LENSFLOW, Namespace
+from .helpers import read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret"
+DUP_PHOTO = PHOTOS / "road_cars_canberra.jpg"
+OWNED_PHOTO = PHOTOS / "obama_portrait.jpg"
+
+
+@pytest.fixture(scope="module")
+def ns(stack, tmp_path_factory):
+    ns = Namespace(stack, tmp_path_factory.mktemp("lensflow-isolation"), join_timeout_s=4, join_tick_interval_s=1,
+                   api_token=TOKEN)
+    ns.cli("init")
+    ns.start_worker()
+    yield ns
+    ns.close()
+
+
+def storage(ns) -> Path:
+    return ns.data_dir / "storage"
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def one_line(stderr: str) -> bool:
+    return len(stderr.strip().splitlines()) == 1
+
+
+def in_bobs_area(ns) -> Path:
+    """A copy of a photo lying in user bob's own storage area."""
+    path = storage(ns) / "uploads" / "bob" / "x.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(OWNED_PHOTO, path)
+    return path
+
+
+def assert_no_internal_errors(ns) -> None:
+    log = ns.log_path.read_text(errors="replace")
+    assert '"code": "internal"' not in log and "Traceback" not in log, ns.log_tail()
+    assert json_lines(ns.cli("deadletter", "list", "--json", "--code", "internal").stdout) == []
+
+
+def test_the_same_photo_submitted_20_times_at_once_is_one_image(ns):
+    procs = [subprocess.Popen(LENSFLOW + ["submit", "--user", "dup", "--wait", "--json", "--timeout", "300", str(DUP_PHOTO)],
+                              env=ns.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(20)]
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=420)
+        outs.append((p.returncode, stdout, stderr))
+    image_id = image_id_for("dup", hashlib.sha256(DUP_PHOTO.read_bytes()).hexdigest())
+    for code, stdout, stderr in outs:
+        lines = json_lines(stdout)
+        assert code == 0 and len(lines) == 1, f"exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        r = lines[0]
+        assert r["image_id"] == image_id and r["status"] == "complete" and r["error"] is None, r
+        assert "internal" not in stdout + stderr
+    rows = list(ns.cql.execute("SELECT image_id, user_id, status FROM images WHERE image_id = %s", (image_id,)))
+    assert len(rows) == 1 and rows[0].user_id == "dup" and rows[0].status == "complete", rows
+    assert [r.image_id for r in ns.cql.execute("SELECT image_id FROM images_by_user WHERE user_id = 'dup'")] == [image_id]
+    assert_no_internal_errors(ns)
+
+
+def test_another_users_run_reusing_an_image_id_fails_with_id_conflict(ns):
+    proc = ns.cli("submit", "--user", "alice", "--wait", "--json", str(OWNED_PHOTO))
+    (mine,) = json_lines(proc.stdout)
+    assert mine["status"] == "complete", mine
+    image_id = mine["image_id"]
+    query = "SELECT user_id, run_id, status, analysis_version, uri FROM images WHERE image_id = %s"
+    before = ns.cql.execute(query, (image_id,)).one()
+    assert before.user_id == "alice" and before.status == "complete"
+
+    from confluent_kafka import Producer
+
+    from lensflow.streams.codec import Codec
+
+    copy = in_bobs_area(ns)
+    run_id = f"{uuid.uuid4()}:{image_id[:8]}"
+    record = {"image_id": image_id, "user_id": "bob", "run_id": run_id, "uri": f"file://{copy}", "content_type": None,
+              "size_bytes": copy.stat().st_size, "uploaded_at": now(), "stages": None, "source": "test-isolation",
+              "attributes": {"file": "x.jpg"}}
+    topic = ns.topic("images.uploaded")
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9092", "partitioner": "murmur2_random", "enable.idempotence": True,
+                         "acks": "all"})
+    producer.produce(topic, key=image_id.encode(), value=Codec().encode("ImageUploaded", record, topic=topic))
+    assert producer.flush(30) == 0
+
+    def bobs_event():
+        return [rec for _, rec in read_topic(ns.topic("images.analyzed"), idle_s=2) if rec["run_id"] == run_id]
+
+    events = wait_for(bobs_event, 120, interval=1, message=f"the ImageAnalyzed of bob's run {run_id}")
+    assert len(events) == 1, events
+    (event,) = events
+    assert event["image_id"] == image_id and event["user_id"] == "bob", event
+    assert event["status"] == "failed" and event["error"]["code"] == "id_conflict", event
+    after = ns.cql.execute(query, (image_id,)).one()
+    assert after == before, f"alice's row changed: {before} -> {after}"
+    runs = [r.run_id for r in ns.cql.execute("SELECT run_id FROM analysis_results WHERE image_id = %s", (image_id,))]
+    assert run_id not in runs and before.run_id in runs
+    assert not list(ns.cql.execute("SELECT image_id FROM images_by_user WHERE user_id = 'bob'"))
+    assert_no_internal_errors(ns)
+
+
+def test_a_path_in_another_users_area_fails_with_wrong_owner(ns):
+    theirs = in_bobs_area(ns)
+    proc = ns.cli("submit", "--user", "alice", "--wait", "--json", f"file://{theirs}", check=False)
+    assert proc.returncode == 1, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    (r,) = json_lines(proc.stdout)
+    assert r["status"] == "failed" and r["error"]["code"] == "wrong_owner", r
+    row = ns.cql.execute("SELECT user_id, status, error_code FROM images WHERE image_id = %s", (r["image_id"],)).one()
+    assert row.user_id == "alice" and row.status == "failed" and row.error_code == "wrong_owner"
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+def test_an_unsafe_user_id_is_refused_before_anything_is_written(ns):
+    before = tree(storage(ns))
+    proc = ns.cli("submit", "--user", "../x", str(OWNED_PHOTO), check=False)
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "is not allowed" in proc.stderr and "Traceback" not in proc.stderr
+    assert tree(storage(ns)) == before, f"written: {tree(storage(ns)) - before}"
+    assert not (storage(ns) / "x").exists() and not (ns.data_dir / "x").exists()
+    assert all(p == "uploads" or p.startswith("uploads/") for p in tree(storage(ns))), tree(storage(ns))
+    assert one_line(proc.stderr), f"the CLI's failure should be one line on stderr, got:\n{proc.stderr}"
+
+
+def test_the_api_requires_the_token(ns):
+    url = f"http://127.0.0.1:{ns.env['LENSFLOW_WEB_PORT']}/search"
+    params = {"user": "alice", "tag": "x"}
+    anonymous = httpx.get(url, params=params, timeout=30)
+    assert anonymous.status_code == 401, (
+        f"GET /search without Authorization answered {anonymous.status_code} ({anonymous.text[:200]}): the web API "
+        "must refuse requests without the bearer token (auth in streams/app.py _store_views)")
+    assert anonymous.headers.get("WWW-Authenticate", "").startswith("Bearer")
+    wrong = httpx.get(url, params=params, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401, wrong.text
+    ok = httpx.get(url, params=params, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["results"] == [], ok.text
+
+
+def test_the_cli_sends_the_token(ns):
+    proc = ns.cli("search", "--user", "alice", "--tag", "x", "--json")
+    assert json.loads(proc.stdout) == []
+    wrong = subprocess.run(LENSFLOW + ["search", "--user", "alice", "--tag", "x", "--json"],
+                           env={**ns.env, "LENSFLOW_API_TOKEN": "nope"}, text=True, capture_output=True, timeout=120)
+    assert wrong.returncode != 0 and wrong.stdout == "", f"exit {wrong.returncode}\n{wrong.stdout}\n{wrong.stderr}"
+    assert "refused the API token" in wrong.stderr and TOKEN not in wrong.stderr and "nope" not in wrong.stderr
+    assert one_line(wrong.stderr), f"the CLI's failure should be one line on stderr, got:\n{wrong.stderr}"
