@@ -88,7 +88,14 @@ class Join(Stage):
         self.ticked: dict[bytes, int] = {}
         self.metrics = ctx.metrics
         self.pending: dict[str, Any] = {}
-        self.stalled = False  # the current batch's last attempt failed with a transient fault
+        # True until a batch succeeds: at start-up (the stages are loading models, the group is forming),
+        # after a failed attempt (a store down) and after a rebalance, silence counts from the next batch
+        self.stalled = True
+
+        async def assigned(app, assigned, **kwargs) -> None:
+            self.stalled = True
+
+        ctx.app.on_partitions_assigned.connect(assigned)  # held strongly (weak=False is the default)
 
         @ctx.app.timer(s.join_tick_interval_s)
         async def deadlines() -> None:
@@ -124,7 +131,7 @@ class Join(Stage):
         from lensflow.streams.app import use_event
 
         now = now_ms()
-        if self.stalled:  # the last attempt of this batch failed (a store down): silence counts from now
+        if self.stalled:  # the join was not consuming until now: silence counts from here
             self.progress.resume(now)
         self.stalled = True  # until this attempt succeeds
         outcomes = [Outcome() for _ in items]
@@ -162,6 +169,12 @@ class Join(Stage):
             entry = work[key]
             decision = decide(entry, now, self.progress)
             try:
+                if entry.get("prepared") and now >= entry["deadline"] and await self.already_notified(entry):
+                    # inputs redelivered after a crash, for a run that was stored and announced: the
+                    # rest of its inputs were committed and will not come again
+                    self.log.info("run_already_stored", image_id=key.decode(), run_id=entry["run_id"])
+                    finishes.append(Finish(key, None, write=False, notify=False))
+                    continue
                 if decision.action == JoinAction.AGGREGATE:
                     _, prepared, _ = self.decoded(entry["prepared"])
                     results = {s: self.decoded(r["b64"])[1] for s, r in entry["results"].items()}
@@ -225,11 +238,29 @@ class Join(Stage):
             version = stored.version  # a replay of a run already written: same version, idempotent
         else:
             version = stored.version + 1
+        if decision.missing and stored is not None and stored.run_id == run_id:
+            # this run was stored before a crash and its inputs only partly redelivered (each topic's
+            # offsets are committed on their own): what the stored run has, it keeps
+            kept = await self.store.cassandra.stage_records(image_id, run_id)
+            for stage in decision.missing:
+                if stage in kept:
+                    raw[stage] = kept[stage]
+                    results[stage] = self.ctx.codec.decode(kept[stage])[1]
+            decision = Decision(decision.action, [s for s in decision.missing if s not in kept])
         if decision.missing:
             self.log.warning("image_partial", image_id=image_id, missing=decision.missing)
         done = assemble(prepared, results, raw, stages, version)
         done.first_write = stored is None
         return Finish(key, done)
+
+    async def already_notified(self, entry: Entry) -> bool:
+        """Whether the entry's run is stored and its images.analyzed delivered (asked once per timeout)."""
+        if entry.get("checked_deadline") == entry["deadline"]:
+            return False
+        entry["checked_deadline"] = entry["deadline"]
+        _, prepared, _ = self.decoded(entry["prepared"])
+        stored = await self.store.cassandra.current(prepared["image_id"])
+        return stored is not None and stored.run_id == entry["run_id"] == stored.notified_run
 
     async def merge_into_stored(self, prepared: dict, results: dict, raw: dict, stored) -> Completed | None:
         """A re-analysis of some stages: their new results replace the stored ones, every other

@@ -138,6 +138,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.group_instance_id,
         stream_buffer_maxsize=max(4 * batch, 64),
         broker_max_poll_records=max(2 * batch, 32),
         producer_acks=-1,  # acks=all: aiokafka refuses idempotence with anything else (see _idempotent_transport)

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, description="Partitions of every topic the join reads (they must all be equal).")
     replication_factor: int = Field(1, ge=1, description="Replication factor of created topics and Faust changelogs.")
     app_id: str = Field("lensflow", description="Faust application id: the consumer group and changelog topic prefix.")
+    group_instance_id: str | None = Field(None, description="Kafka static group membership (`group.instance.id`): a worker restarted with the same id takes its partitions back at once instead of waiting out the dead member's session. Unique per worker, e.g. the pod name of a StatefulSet.")
 
     # --- stages --------------------------------------------------------------------------------
     stages: CsvList = Field(default_factory=lambda: list(DEFAULT_STAGES), description="Stages an image goes through unless its upload event names its own.")

@@ -140,8 +140,12 @@ class Namespace:
     def cql(self):
         if self._session is None:
             from cassandra.cluster import Cluster
+            from cassandra.policies import ConstantReconnectionPolicy, RoundRobinPolicy
 
-            self._cluster = Cluster(["127.0.0.1"], port=int(self.env.get("LENSFLOW_CASSANDRA_PORT", 9042)), protocol_version=5)
+            # reconnect every second: some tests stop and restart Cassandra under this session
+            self._cluster = Cluster(["127.0.0.1"], port=int(self.env.get("LENSFLOW_CASSANDRA_PORT", 9042)), protocol_version=5,
+                                    load_balancing_policy=RoundRobinPolicy(),
+                                    reconnection_policy=ConstantReconnectionPolicy(1.0, max_attempts=None))
             self._session = self._cluster.connect(self.keyspace)
         return self._session
 

@@ -23,7 +23,9 @@ N = 150
 
 @pytest.fixture()
 def ns(stack, tmp_path):
-    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_max_s=2)
+    # static membership: each restarted worker takes its partitions back at once
+    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_max_s=2,
+                   group_instance_id="chaos-worker")
     ns.cli("init")
     yield ns
     ns.close()
@@ -43,12 +45,13 @@ def test_kill_9_at_random_points_with_every_stage_on(ns, models, tmp_path):
         ns.start_worker()
     # one kill inside the join's store write: Cassandra frozen, the join's batch hanging in its write
     before = ns.log_path.read_text(errors="replace").count('"what": "join batch"')
+    count = len(stored(ns))
     pid = service_pid(ns.env, "cassandra")
     os.kill(pid, signal.SIGSTOP)
     try:
         wait_for(lambda: ns.log_path.read_text(errors="replace").count('"what": "join batch"') > before, 90, interval=0.5,
                  message="the join to be retrying its store write")
-        kills.append(("inside the join's store write", len(stored(ns))))
+        kills.append(("inside the join's store write", count))
         ns.stop_worker(sig=signal.SIGKILL)
     finally:
         os.kill(pid, signal.SIGCONT)
