@@ -35,12 +35,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, is_transient
-from lensflow.streams.records import ImageStatus
+from lensflow.streams.records import ImageStatus, ms
 from lensflow.streams.runner import Item, Outcome, Output, Stage, run
 from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, PREPARED, RESULT_TOPIC,
                                        STAGES)
@@ -48,7 +48,7 @@ from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN
 from .join_projection import (CACHE_KEYS, DESCRIBED_STAGE, Completed, aggregated_record, assemble,  # noqa: F401
                               failed_copy, overall_status, tags_of, with_refined_scene)
 from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, aggregated, decide, merge,  # noqa: F401
-                         new_entry, place, stage_of)
+                         new_entry, place, run_order, stage_of)
 
 STAGE = "join"
 
@@ -67,6 +67,7 @@ class Finish:
     write: bool = True
     notify: bool = True
     dead_letter: Verdict | None = None
+    also: list[dict] = field(default_factory=list)  # ImageAnalyzed of superseded runs, answered with this one
 
 
 class Join(Stage):
@@ -169,7 +170,8 @@ class Join(Stage):
             entry = work[key]
             decision = decide(entry, now, self.progress)
             try:
-                if entry.get("prepared") and now >= entry["deadline"] and await self.already_notified(entry):
+                if (entry.get("prepared") and now >= entry["deadline"] and not entry.get("superseded")
+                        and await self.already_notified(entry)):
                     # inputs redelivered after a crash, for a run that was stored and announced: the
                     # rest of its inputs were committed and will not come again
                     self.log.info("run_already_stored", image_id=key.decode(), run_id=entry["run_id"])
@@ -184,7 +186,9 @@ class Join(Stage):
                                                               aggregated_record(prepared, results, entry["expected"])))
                     work[key] = aggregated(entry, now, self.timeout_ms)
                 elif decision.action == JoinAction.COMPLETE:
-                    finishes.append(await self.complete(key, entry, decision))
+                    finish = await self.complete(key, entry, decision)
+                    finish.also = self.superseded(entry, finish.completed)
+                    finishes.append(finish)
                 elif decision.action == JoinAction.UNPREPARED:
                     finish = await self.unprepared(key, entry, now)
                     if finish is None:
@@ -202,6 +206,8 @@ class Join(Stage):
             c = f.completed
             if c is not None and f.notify:
                 outputs.setdefault(f.key, []).append(Output(ANALYZED, c.image_id, "ImageAnalyzed", c.analyzed))
+            for analyzed in f.also:
+                outputs.setdefault(f.key, []).append(Output(ANALYZED, analyzed["image_id"], "ImageAnalyzed", analyzed))
             if c is not None and f.write:
                 outputs.setdefault(f.key, []).append(Output(INVALIDATIONS, c.image_id, "CacheInvalidation", c.invalidation))
             if f.dead_letter is not None:
@@ -229,6 +235,11 @@ class Join(Stage):
         if prepared.get("mode") == "merge":
             done = await self.merge_into_stored(prepared, results, raw, stored)
             return Finish(key, done, write=done is not None, notify=done is not None)
+        if stored is not None and stored.run_id != run_id and stored.uploaded_at is not None and (
+                (ms(stored.uploaded_at), stored.run_id) > run_order(prepared)):
+            # an older upload of this image arriving after a newer one was stored: answer it, keep the newer
+            self.log.info("older_run_not_stored", image_id=image_id, run_id=run_id, stored_run=stored.run_id)
+            return Finish(key, assemble(prepared, results, raw, stages, stored.version), write=False)
         if stored is not None and stored.run_id == run_id and stored.notified_run == run_id:
             self.log.info("run_already_stored", image_id=image_id, run_id=run_id)  # a redelivery after the event
             return Finish(key, None, write=False, notify=False)
@@ -252,6 +263,24 @@ class Join(Stage):
         done = assemble(prepared, results, raw, stages, version)
         done.first_write = stored is None
         return Finish(key, done)
+
+    def superseded(self, entry: Entry, done: Completed | None) -> list[dict]:
+        """An ImageAnalyzed for each run of the image that the analysed run superseded: the same
+        result under its own run id (a run of another user gets ``id_conflict``)."""
+        if done is None or not entry.get("superseded"):
+            return []
+        out = []
+        for s in entry["superseded"]:
+            _, prepared, _ = self.decoded(s["b64"])
+            analyzed = {**done.analyzed, "run_id": s["run_id"], "user_id": prepared["user_id"],
+                        "uploaded_at": prepared["uploaded_at"]}
+            if prepared["user_id"] != done.user_id:
+                message = f"image id {done.image_id} belongs to another user: choose another id"
+                analyzed.update(status=ImageStatus.FAILED, caption=None, tags=[],
+                                error={"code": str(ErrorCode.ID_CONFLICT), "message": message, "retryable": False, "attempts": 1})
+            out.append(analyzed)
+        self.log.info("runs_superseded", image_id=done.image_id, run_id=done.run_id, superseded=[s["run_id"] for s in entry["superseded"]])
+        return out
 
     async def already_notified(self, entry: Entry) -> bool:
         """Whether the entry's run is stored and its images.analyzed delivered (asked once per timeout)."""

@@ -22,7 +22,9 @@ Completion rule:
 * an expired image completes as ``partial``, each missing stage reported failed with ``timeout``.
 
 Duplicates (same stage, same or older ``produced_at``) and results of another run are ignored, so
-redelivery is harmless. A result whose image has no prepared record is either *late* (its run is
+redelivery is harmless. Two runs of one image in flight at once (the same photo submitted twice)
+coalesce: the newer upload is analysed and the other run is *superseded*: it gets its own
+``ImageAnalyzed`` with the newer run's result, so every submitter hears back. A result whose image has no prepared record is either *late* (its run is
 already stored: the join merges it into the stored run) or *early* (images.prepared is still queued):
 it waits, and is dropped as an orphan only after ``orphan_after_ms``.
 """
@@ -68,6 +70,8 @@ class Entry(TypedDict, total=False):
     derived: list[str]
     aggregated: bool
     results: dict[str, StageResult]
+    uploaded_at: int  # of the run being analysed (which of two runs is newer)
+    superseded: list[dict]  # other runs of the image that arrived meanwhile: {"run_id", "b64" (their images.prepared)}
 
 
 @dataclass
@@ -144,12 +148,24 @@ def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, t
     if stage == PREPROCESS:
         if entry["prepared"] is not None and entry["run_id"] == run_id and at <= entry.get("prepared_at", 0):
             return entry, False  # duplicate
-        if entry["prepared"] is not None and entry["run_id"] != run_id and at <= entry.get("prepared_at", 0):
-            return entry, False  # an older run arriving after a newer one
+        if entry["prepared"] is not None and entry["run_id"] != run_id:
+            # two runs of one image in flight at once (the same photo submitted twice): the newer upload
+            # is analysed, the other is answered with its result (``superseded``)
+            mine, current = run_order(record), (entry.get("uploaded_at", 0), entry["run_id"])
+            superseded = entry.setdefault("superseded", [])
+            if mine < current:
+                if all(s["run_id"] != run_id for s in superseded):
+                    superseded.append({"run_id": run_id, "b64": b64})
+                    return entry, True
+                return entry, False
+            if all(s["run_id"] != entry["run_id"] for s in superseded):
+                superseded.append({"run_id": entry["run_id"], "b64": entry["prepared"]})
+            entry["superseded"] = [s for s in superseded if s["run_id"] != run_id]
         if entry["run_id"] not in (None, run_id):  # a new run of this image starts its own clock
             entry.update(first_seen=now, deadline=now + timeout_ms, aggregated=False)
         entry.update(prepared=b64, prepared_at=at, run_id=run_id, offset=offset, since=None, expected=list(record.get("expected_stages") or []),
-                     derived=list(record.get("derived_stages") or []), prepared_failed=record["status"] == Status.FAILED)
+                     derived=list(record.get("derived_stages") or []), prepared_failed=record["status"] == Status.FAILED,
+                     uploaded_at=run_order(record)[0])
         entry["results"] = {s: r for s, r in entry["results"].items() if r["run_id"] == run_id}
         return entry, True
     if entry["run_id"] is not None and run_id != entry["run_id"]:
@@ -159,6 +175,11 @@ def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, t
         return entry, False  # duplicate
     entry["results"][stage] = {"run_id": run_id, "at": at, "b64": b64}
     return entry, True
+
+
+def run_order(prepared: dict) -> tuple[int, str]:
+    """Which of two runs of an image is newer: the later upload, ties broken by run id."""
+    return ms(prepared.get("uploaded_at")) or 0, prepared["run_id"]
 
 
 def aggregated(entry: Entry, now: int, timeout_ms: int) -> Entry:

@@ -79,6 +79,10 @@ class DecodedCache:
         self.size = size
         self.wait_s = wait_s
         self._items: "OrderedDict[str, tuple[Any, set[str]]]" = OrderedDict()
+        #: evicted entries -> the readers that had not read them yet: an entry decoded again after an
+        #: eviction must not wait for readers that already had it (they never ask again, and such
+        #: phantom entries would fill the cache and make every agent wait out ``wait_s``)
+        self._owed: "OrderedDict[str, frozenset[str]]" = OrderedDict()
         self._cond = threading.Condition()
         self._metric = metric  # Counter with a ``result`` label (hit / miss / evicted), or None
         self.readers: dict[str, frozenset[str]] = {}  # agent -> the stages it publishes
@@ -106,6 +110,7 @@ class DecodedCache:
         redelivered to the partitions' new owners), so entries owed to them would never be read."""
         with self._cond:
             self._items.clear()
+            self._owed.clear()
             self._cond.notify_all()
 
     def readers_of(self, expected_stages) -> set[str]:
@@ -129,7 +134,10 @@ class DecodedCache:
             if uri not in self._items and pending and len(self._items) >= self.size:
                 t0 = time.perf_counter()
                 if not self._cond.wait_for(lambda: uri in self._items or len(self._items) < self.size, self.wait_s):
-                    self._items.popitem(last=False)
+                    gone, (_, still) = self._items.popitem(last=False)
+                    self._owed[gone] = frozenset(still)  # who will still ask for it: not those who had it
+                    while len(self._owed) > 8 * self.size:
+                        self._owed.popitem(last=False)
                     self._count("evicted")
                 self._local.wait_s = time.perf_counter() - t0
             entry = self._items.get(uri)
@@ -144,6 +152,8 @@ class DecodedCache:
                 owner = False
             else:
                 fut = concurrent.futures.Future()
+                if uri in self._owed:  # decoded again after an eviction: only the readers that never had it wait for it
+                    pending &= self._owed.pop(uri)
                 if pending:
                     self._items[uri] = (fut, pending)
                 owner = True

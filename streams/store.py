@@ -55,6 +55,7 @@ class StoredImage(NamedTuple):
     version: int
     user_id: str
     notified_run: str | None
+    uploaded_at: Any = None  # datetime of the stored run's upload
 
 
 ANALYSIS_COLUMNS = ["image_id", "run_id", "analysis_version", "status", "stage_status", "stage_ms", "stage_errors",
@@ -118,7 +119,7 @@ class CassandraStore:
         self.insert_user_tag = p("INSERT INTO {ks}.user_images_by_tag (user_id, tag, image_id, kind, score, taken_at) VALUES (?, ?, ?, ?, ?, ?)")
         self.delete_user_tag = p("DELETE FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ? AND image_id = ?")
         self.select_user_tag = p("SELECT image_id, kind, score, taken_at FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ?")
-        self.select_current = p("SELECT run_id, analysis_version, user_id, notified_run FROM {ks}.images WHERE image_id = ?")
+        self.select_current = p("SELECT run_id, analysis_version, user_id, notified_run, uploaded_at FROM {ks}.images WHERE image_id = ?")
         self.select_run = p("SELECT stage_records, analysis_version FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
         self.select_run_stages = p("SELECT stage_status, stage_ms, stage_errors, stage_models, completed_at, result_json "
                                    "FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
@@ -133,7 +134,7 @@ class CassandraStore:
         """The stored image's run, version, owner and notified run, or None."""
         rows = await _aio(self.session.execute_async(self.select_current, (image_id,)))
         for row in rows:
-            return StoredImage(row.run_id, row.analysis_version or 0, row.user_id, row.notified_run)
+            return StoredImage(row.run_id, row.analysis_version or 0, row.user_id, row.notified_run, row.uploaded_at)
         return None
 
     async def stage_records(self, image_id: str, run_id: str) -> dict[str, bytes]:

@@ -222,3 +222,38 @@ def test_places_are_offsets_not_production_times():
     progress = Progress(started=T0, timeout_ms=TIMEOUT)
     progress.saw("objects", 0, 99, T0 + TIMEOUT)  # an image before it in the partition
     assert decide(e, T0 + TIMEOUT, progress).action == "wait"
+
+
+# --- two runs of one image in flight at once (the same photo submitted twice) ----------------------------
+
+def prepared_run(run, uploaded_ms, produced=0):
+    rec = prepared(run=run, expected=["metadata"], produced=produced)
+    rec["uploaded_at"] = at(uploaded_ms)
+    return rec
+
+
+def test_a_newer_run_supersedes_the_one_in_flight_and_both_are_answered():
+    e, _ = feed(None, "ImagePrepared", prepared_run("r1", 0))
+    e, _ = feed(e, "MetadataResult", md(run="r1"))
+    e, changed = feed(e, "ImagePrepared", prepared_run("r2", 10))
+    assert changed and e["run_id"] == "r2" and [s["run_id"] for s in e["superseded"]] == ["r1"]
+    assert e["results"] == {}  # r1's results are not r2's
+    e, _ = feed(e, "MetadataResult", md(run="r2"))
+    assert decide(e, T0).action == "complete"
+
+
+def test_an_older_run_arriving_second_is_superseded_at_once():
+    e, _ = feed(None, "ImagePrepared", prepared_run("r2", 10))
+    e, changed = feed(e, "ImagePrepared", prepared_run("r1", 0))
+    assert changed and e["run_id"] == "r2" and [s["run_id"] for s in e["superseded"]] == ["r1"]
+    e2, changed = feed(e, "ImagePrepared", prepared_run("r1", 0))  # redelivered: nothing new
+    assert not changed and e2 == e
+
+
+def test_runs_uploaded_in_the_same_millisecond_are_ordered_by_run_id():
+    a, _ = feed(None, "ImagePrepared", prepared_run("ra", 5))
+    a, _ = feed(a, "ImagePrepared", prepared_run("rb", 5))
+    b, _ = feed(None, "ImagePrepared", prepared_run("rb", 5))
+    b, _ = feed(b, "ImagePrepared", prepared_run("ra", 5))
+    assert a["run_id"] == b["run_id"] == "rb"  # whichever arrives first
+    assert [s["run_id"] for s in a["superseded"]] == [s["run_id"] for s in b["superseded"]] == ["ra"]

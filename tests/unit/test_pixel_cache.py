@@ -79,6 +79,25 @@ def test_an_agent_that_never_comes_slows_the_others_but_never_stops_them():
     assert len(cache) == 2
     cache.get(storage, "a", 1 << 20, "faces", readers)  # evicted long ago: decoded again
     assert storage.reads == ["a", "b", "c", "d", "a"]
+    # objects had "a" before it was evicted: the copy decoded again for faces waits for no one
+    assert "a" not in [uri for uri in cache._items]
+
+
+def test_an_entry_decoded_again_after_eviction_waits_only_for_readers_that_never_had_it():
+    """A slow agent far behind (a backlog after a restart) re-decodes evicted images: those copies must
+    not wait for the fast agents that already read them, or they fill the cache and stall everyone."""
+    cache, storage = cache_for(size=2), CountingStorage()
+    cache.wait_s = 0.05
+    readers = cache.readers_of(["objects", "scene", "faces"])
+    for uri in "abcd":  # objects and visual run ahead; faces is far behind
+        cache.get(storage, uri, 1 << 20, "objects", readers)
+        cache.get(storage, uri, 1 << 20, "visual", readers)
+    for uri in "ab":  # evicted before faces came: decoded again, owed to no one
+        cache.get(storage, uri, 1 << 20, "faces", readers)
+    t0 = __import__("time").perf_counter()
+    cache.get(storage, "e", 1 << 20, "objects", readers)  # must not wait out wait_s on phantom entries
+    assert __import__("time").perf_counter() - t0 < 0.04
+    assert set(cache._items) <= {"c", "d", "e"}
 
 
 def test_an_unregistered_agent_is_waited_for_no_more():
