@@ -30,7 +30,7 @@ from PIL import Image
 
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retry_sync
 from lensflow.streams.budget import MemoryBudget
-from lensflow.streams.records import Status, check_user_id, result
+from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, result
 from lensflow.streams.runner import Item, Output, Stage, run
 from lensflow.streams.runner import Outcome as StageOutcome
 from lensflow.streams.storage import derivative_url
@@ -456,7 +456,7 @@ class Preprocess(Stage):
     async def start(self) -> None:
         pass
 
-    def records(self, upload: dict, outcome: Outcome, source: str, plan, duration: float) -> list[Output]:
+    def records(self, upload: ImageUploaded, outcome: Outcome, source: str, plan, duration: float) -> list[Output]:
         """analysis.metadata and images.prepared for one upload (the join needs both, in either order)."""
         image_id, user_id, run_id = upload["image_id"], upload["user_id"], upload["run_id"]
         error = None
@@ -472,7 +472,7 @@ class Preprocess(Stage):
         for w in md_fields.get("warnings", []):
             self.log.warning("metadata_value_dropped", image_id=image_id, detail=w)
         fields = dict(outcome.fields)
-        prepared = result(STAGE, image_id, user_id, run_id, model=MODEL, status=status, error=error, duration_ms=duration,
+        prepared: ImagePrepared = result(STAGE, image_id, user_id, run_id, model=MODEL, status=status, error=error, duration_ms=duration,
                           source_uri=source, uri=fields.pop("uri", None),
                           expected_stages=(plan.expected if plan and not error else ["metadata"]),
                           derived_stages=(plan.derived if plan and not error else []),
@@ -488,7 +488,7 @@ class Preprocess(Stage):
 
     async def one(self, item: Item) -> StageOutcome:
         """The outcome of one upload; never raises for a fault of that image alone."""
-        upload = item.record
+        upload: ImageUploaded = item.record
         s = self.settings
         t0 = time.perf_counter()
         plan, source, dead = None, upload["uri"], None

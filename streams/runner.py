@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from .errors import EXIT_BUG, ErrorCode, RetryPolicy, StageFailure, Verdict, classify, fatal
-from .records import now
+from .records import DeadLetter, now
 from .topology import DEADLETTER, TOPICS
 
 #: Seconds a stopping agent may take to finish (deliver) the batch in hand before the process exits.
@@ -243,7 +243,7 @@ class Runner:
         msg = event.message
         rec = item.record if item is not None else {}
         image_id = rec.get("image_id") or (msg.key.decode("utf-8", "replace") if msg.key else None)
-        record = {"stage": self.stage.name, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+        record: DeadLetter = {"stage": self.stage.name, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
                   "key": msg.key, "value": msg.value or b"", "image_id": image_id, "user_id": rec.get("user_id"),
                   "run_id": rec.get("run_id"), "record": f"lensflow.v1.{item.record_name}" if item else None,
                   "error": verdict.as_error(attempts), "failed_at": now(), "first_failed_at": first_failed_at,

@@ -143,3 +143,14 @@ def plan_for(requested: list[str] | None, default: list[str]) -> Plan:
         expected=[n for n in names if STAGES[n].kind in ("inline", "pixel")],
         derived=[n for n in names if STAGES[n].kind == "derived"],
     )
+
+
+if __name__ == "__main__":  # python -m lensflow.streams.topology --json: the stage graph for the Helm chart
+    import json
+    import sys
+
+    if sys.argv[1:] != ["--json"]:
+        sys.exit("usage: python -m lensflow.streams.topology --json")
+    print(json.dumps({"stages": {s.name: {"kind": str(s.kind), "reads": list(s.reads), "writes": list(s.writes),
+                                          "runnable": s.name in RUNNABLE}
+                                 for s in STAGES.values()}}, indent=2))

@@ -7,7 +7,7 @@
 #   project's dependencies. CRD schemas (KEDA, Prometheus Operator) are in deploy/helm/schemas/.
 #
 # Idempotent: a tool already built at the pinned version is kept, so a rerun takes a second.
-# Prints `KEY=value` lines (HELM, KUBECONFORM, K8S_SCHEMAS) on stdout; progress goes to stderr.
+# Prints `KEY=value` lines (HELM, KUBECONFORM, K8S_VERSION, K8S_SCHEMAS) on stdout; progress goes to stderr.
 #   eval "$(deploy/helm/tools.sh)"
 # Needs go (Debian: apt-get install -y golang-go) and python3 with venv.
 set -euo pipefail
@@ -15,6 +15,8 @@ set -euo pipefail
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.8.0}
 KUBERNETES_VALIDATE_VERSION=${KUBERNETES_VALIDATE_VERSION:-1.37.0}
+# Kubernetes version the rendered objects are validated against (kubernetes-validate ships 1.25 .. 1.37).
+K8S_VERSION=${K8S_VERSION:-1.29.0}
 TOOLS=${LENSFLOW_TOOLS_DIR:-$HOME/.cache/lensflow/tools}
 
 log() { echo "tools.sh: $*" >&2; }
@@ -56,16 +58,72 @@ if [[ ! -f $stamp ]]; then
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 || die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed"
   touch "$stamp"
 fi
-schemas=$("$venv/bin/python" - <<'PY'
-import importlib.util, pathlib
-spec = importlib.util.find_spec("kubernetes_validate")
-root = pathlib.Path(spec.origin).parent
-hits = sorted({p.parent.parent for p in root.rglob("*-standalone-strict/deployment-apps-v1.json")})
-print(hits[0] if hits else "")
+# kubernetes-validate's folders are "local" schemas: each kind refers to one shared
+# /api/_definitions.json, which kubeconform's file loader cannot resolve. Write standalone copies
+# (each kind with the definitions it needs inlined under $defs) in kubeconform's folder layout:
+#   $TOOLS/k8s-schemas/v<version>-standalone-strict/<kind>-<group>-<version>.json
+out="$TOOLS/k8s-schemas/v$K8S_VERSION-standalone-strict"
+if [[ ! -f $out/.from-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION ]]; then
+  log "writing standalone Kubernetes $K8S_VERSION schemas into $out"
+  rm -rf "$out"; mkdir -p "$out.tmp"
+  "$venv/bin/python" - "$K8S_VERSION" "$out.tmp" <<'PY' || die "could not build the Kubernetes $K8S_VERSION schemas"
+import importlib.util, json, pathlib, sys
+version, out = sys.argv[1], pathlib.Path(sys.argv[2])
+root = pathlib.Path(importlib.util.find_spec("kubernetes_validate").origin).parent / "kubernetes-json-schema"
+src = root / f"v{version}-local-strict"
+if not src.is_dir():
+    sys.exit(f"kubernetes-validate has no schemas for Kubernetes {version}: "
+             + ", ".join(sorted(p.name for p in root.glob("v*-local-strict"))))
+defs = json.loads((src / "_definitions.json").read_text())["$defs"]
+PREFIXES = ("/api/_definitions.json#/$defs/", "#/$defs/")
+
+def target(ref):
+    for p in PREFIXES:
+        if isinstance(ref, str) and ref.startswith(p):
+            return ref[len(p):]
+
+def refs(node, acc):
+    if isinstance(node, dict):
+        if (t := target(node.get("$ref"))):
+            acc.add(t)
+        for v in node.values():
+            refs(v, acc)
+    elif isinstance(node, list):
+        for v in node:
+            refs(v, acc)
+    return acc
+
+def rewrite(node):
+    if isinstance(node, dict):
+        return {k: "#/$defs/" + target(v) if k == "$ref" and target(v) else rewrite(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [rewrite(v) for v in node]
+    return node
+
+n = 0
+for f in sorted(src.glob("*.json")):
+    if f.name.startswith("_") or f.name == "all.json":
+        continue
+    schema = json.loads(f.read_text())
+    if "kind" not in schema.get("properties", {}):  # only top-level resources
+        continue
+    need, todo = set(), list(refs(schema, set()))
+    while todo:
+        name = todo.pop()
+        if name not in need:
+            need.add(name)
+            todo.extend(refs(defs[name], set()) - need)
+    schema = rewrite(schema)
+    schema["$defs"] = {name: rewrite(defs[name]) for name in sorted(need)}
+    (out / f.name).write_text(json.dumps(schema, separators=(",", ":")))
+    n += 1
+print(f"tools.sh: {n} kinds", file=sys.stderr)
 PY
-)
-[[ -n $schemas && -d $schemas ]] || die "no *-standalone-strict schema folders found in kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+  touch "$out.tmp/.from-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+  mv "$out.tmp" "$out"
+fi
 
 echo "HELM=$GOBIN/helm"
 echo "KUBECONFORM=$GOBIN/kubeconform"
-echo "K8S_SCHEMAS=$schemas"
+echo "K8S_VERSION=$K8S_VERSION"
+echo "K8S_SCHEMAS=$TOOLS/k8s-schemas"

@@ -62,12 +62,33 @@ lensflow.io/stage-group: {{ .name }}
 {{- end -}}
 {{- end -}}
 
-{{- define "lensflow.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (toString .Values.image.tag)) -}}
+{{/* Image reference: repository@digest when a digest is given (the tag is then ignored), else
+     repository:tag (tag defaults to the chart's appVersion). Call with (dict "root" $ "image" $img). */}}
+{{- define "lensflow.imageRef" -}}
+{{- $i := .image -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $i.repository $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $i.repository (default .root.Chart.AppVersion (toString $i.tag)) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "lensflow.storageClaimName" -}}
 {{- default (printf "%s-storage" (include "lensflow.fullname" .)) .Values.storage.pvc.existingClaim -}}
+{{- end -}}
+
+{{- define "lensflow.modelsClaimName" -}}
+{{- default (printf "%s-models" (include "lensflow.fullname" .)) .Values.models.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* The stage graph, generated from streams/topology.py (`python -m lensflow.streams.topology --json`):
+     {stage: {kind, reads, writes, runnable}}. Call with the root context; parse with fromJson. */}}
+{{- define "lensflow.topology" -}}
+{{- $raw := .Files.Get "files/topology.json" -}}
+{{- if not $raw -}}
+{{- fail "lensflow: files/topology.json is missing from the chart (generate it: python -m lensflow.streams.topology --json > deploy/helm/lensflow/files/topology.json)" -}}
+{{- end -}}
+{{- ($raw | fromJson).stages | toJson -}}
 {{- end -}}
 
 {{/* ============================================================================================
@@ -102,26 +123,54 @@ lensflow.io/stage-group: {{ .name }}
 {{- printf "LENSFLOW_%s" (. | upper | trimPrefix "LENSFLOW_" | replace "-" "_") -}}
 {{- end -}}
 
-{{/* Settings the chart owns through dedicated values; refused in `settings:` maps. */}}
+{{/* Secret settings: never rendered from values; they come from the Secret named by `existingSecret`
+     (envFrom) or from `secretKeyRefs` (one secretKeyRef per setting). */}}
+{{- define "lensflow.secretSettings" -}}
+- api_token
+- qdrant_api_key
+- kafka_sasl_username
+- kafka_sasl_password
+- kafka_tls_key_password
+- cassandra_username
+- cassandra_password
+- schema_registry_username
+- schema_registry_password
+{{- end -}}
+
+{{/* Settings the chart owns through dedicated values; refused in `settings:` maps and `env` lists. */}}
 {{- define "lensflow.reservedSettings" -}}
 LENSFLOW_KAFKA_BOOTSTRAP: kafka.bootstrap
 LENSFLOW_PARTITIONS: kafka.partitions
 LENSFLOW_REPLICATION_FACTOR: kafka.replicationFactor
+LENSFLOW_MIN_INSYNC_REPLICAS: kafka.minInsyncReplicas
 LENSFLOW_TOPIC_PREFIX: kafka.topicPrefix
-LENSFLOW_APP_ID: kafka.appId
+LENSFLOW_APP_ID: "kafka.appId (per group: <appId>-<group>, or stageGroups[].appId)"
+LENSFLOW_GROUP_INSTANCE_ID: "the chart (the pod name, for state.persistent groups)"
 LENSFLOW_SCHEMA_REGISTRY_URL: kafka.schemaRegistryUrl
+LENSFLOW_KAFKA_SECURITY_PROTOCOL: kafka.security.protocol
+LENSFLOW_KAFKA_SASL_MECHANISM: kafka.security.saslMechanism
+LENSFLOW_KAFKA_TLS_CAFILE: kafka.tls
+LENSFLOW_KAFKA_TLS_CERTFILE: kafka.tls
+LENSFLOW_KAFKA_TLS_KEYFILE: kafka.tls
 LENSFLOW_CASSANDRA_HOSTS: cassandra.hosts
 LENSFLOW_CASSANDRA_PORT: cassandra.port
 LENSFLOW_CASSANDRA_KEYSPACE: cassandra.keyspace
 LENSFLOW_CASSANDRA_REPLICATION: cassandra.replication
+LENSFLOW_CASSANDRA_REPLICATION_STRATEGY: cassandra.replication
+LENSFLOW_CASSANDRA_TLS: cassandra.tls
+LENSFLOW_CASSANDRA_TLS_CAFILE: cassandra.tls
+LENSFLOW_CASSANDRA_TLS_CERTFILE: cassandra.tls
+LENSFLOW_CASSANDRA_TLS_KEYFILE: cassandra.tls
 LENSFLOW_QDRANT_URL: qdrant.url
-LENSFLOW_QDRANT_API_KEY: "the Secret named by existingSecret"
 LENSFLOW_STORAGE_URL: storage.url
 LENSFLOW_STORAGE_ROOTS: storage.roots
 LENSFLOW_WEB_HOST: "(fixed to 0.0.0.0 by the chart)"
 LENSFLOW_WEB_PORT: webPort
 LENSFLOW_DATA_DIR: dirs.dataDir
 LENSFLOW_CACHE_DIR: dirs.cacheDir
+{{- range (include "lensflow.secretSettings" . | fromYamlArray) }}
+{{ include "lensflow.settingEnvName" . }}: "a Secret (existingSecret or secretKeyRefs), never a plain value"
+{{- end }}
 {{- end -}}
 
 {{/* Render a settings map as a YAML map of env name → string. Call with (dict "settings" $m "where" "settings"). */}}
@@ -140,6 +189,17 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- toYaml $out -}}
 {{- end -}}
 
+{{/* Refuse plain env entries (extraEnv, stageGroups[].env) that set a reserved or secret setting.
+     Call with (dict "names" $listOfNames "where" "extraEnv"). */}}
+{{- define "lensflow.checkEnvNames" -}}
+{{- $reserved := include "lensflow.reservedSettings" . | fromYaml -}}
+{{- range .names -}}
+{{- if hasKey $reserved (toString .) -}}
+{{- fail (printf "lensflow: %s: %s is set by %s" $.where . (get $reserved (toString .))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* LENSFLOW_STORAGE_URL as the workers see it. */}}
 {{- define "lensflow.storageUrl" -}}
 {{- $s := .Values.storage -}}
@@ -150,9 +210,13 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- end -}}
 {{- end -}}
 
+{{/* Mount paths of the TLS Secrets. */}}
+{{- define "lensflow.kafkaTlsDir" -}}/etc/lensflow/tls/kafka{{- end -}}
+{{- define "lensflow.cassandraTlsDir" -}}/etc/lensflow/tls/cassandra{{- end -}}
+
 {{/* Every plain environment variable shared by the workers and the init Job, as a YAML map of
      strings. Rendered into the ConfigMap, and inline into the init Job (a pre-install hook runs
-     before the ConfigMap exists). */}}
+     before the ConfigMap exists). LENSFLOW_APP_ID is not here: it is per stage group. */}}
 {{- define "lensflow.configEnv" -}}
 {{- $v := .Values -}}
 {{- $env := dict -}}
@@ -168,14 +232,40 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- $_ := set $env "LENSFLOW_KAFKA_BOOTSTRAP" (include "lensflow.envValue" $v.kafka.bootstrap) -}}
 {{- $_ = set $env "LENSFLOW_PARTITIONS" (include "lensflow.envValue" $v.kafka.partitions) -}}
 {{- $_ = set $env "LENSFLOW_REPLICATION_FACTOR" (include "lensflow.envValue" $v.kafka.replicationFactor) -}}
-{{- $_ = set $env "LENSFLOW_APP_ID" (include "lensflow.envValue" $v.kafka.appId) -}}
+{{- $_ = set $env "LENSFLOW_MIN_INSYNC_REPLICAS" (include "lensflow.envValue" $v.kafka.minInsyncReplicas) -}}
 {{- if $v.kafka.topicPrefix }}{{ $_ = set $env "LENSFLOW_TOPIC_PREFIX" (toString $v.kafka.topicPrefix) }}{{ end -}}
 {{- if $v.kafka.schemaRegistryUrl }}{{ $_ = set $env "LENSFLOW_SCHEMA_REGISTRY_URL" (toString $v.kafka.schemaRegistryUrl) }}{{ end -}}
+{{- $sec := $v.kafka.security -}}
+{{- if ne $sec.protocol "PLAINTEXT" }}{{ $_ = set $env "LENSFLOW_KAFKA_SECURITY_PROTOCOL" $sec.protocol }}{{ end -}}
+{{- if $sec.saslMechanism }}{{ $_ = set $env "LENSFLOW_KAFKA_SASL_MECHANISM" $sec.saslMechanism }}{{ end -}}
+{{- with $v.kafka.tls -}}
+{{- if .existingSecret -}}
+{{- $dir := include "lensflow.kafkaTlsDir" $ -}}
+{{- if .caKey }}{{ $_ = set $env "LENSFLOW_KAFKA_TLS_CAFILE" (printf "%s/%s" $dir .caKey) }}{{ end -}}
+{{- if .certKey }}{{ $_ = set $env "LENSFLOW_KAFKA_TLS_CERTFILE" (printf "%s/%s" $dir .certKey) }}{{ end -}}
+{{- if .keyKey }}{{ $_ = set $env "LENSFLOW_KAFKA_TLS_KEYFILE" (printf "%s/%s" $dir .keyKey) }}{{ end -}}
+{{- end -}}
+{{- end -}}
 {{- $_ = set $env "LENSFLOW_CASSANDRA_HOSTS" (include "lensflow.envValue" $v.cassandra.hosts) -}}
 {{- $_ = set $env "LENSFLOW_CASSANDRA_PORT" (include "lensflow.envValue" $v.cassandra.port) -}}
 {{- $_ = set $env "LENSFLOW_CASSANDRA_KEYSPACE" (include "lensflow.envValue" $v.cassandra.keyspace) -}}
+{{- if kindIs "map" $v.cassandra.replication -}}
+{{- $_ = set $env "LENSFLOW_CASSANDRA_REPLICATION_STRATEGY" (include "lensflow.replicationJson" $v.cassandra.replication) -}}
+{{- else -}}
 {{- $_ = set $env "LENSFLOW_CASSANDRA_REPLICATION" (include "lensflow.envValue" $v.cassandra.replication) -}}
-{{- $_ = set $env "LENSFLOW_QDRANT_URL" (toString $v.qdrant.url) -}}
+{{- end -}}
+{{- with $v.cassandra.tls -}}
+{{- if .enabled -}}
+{{- $_ = set $env "LENSFLOW_CASSANDRA_TLS" "true" -}}
+{{- if .existingSecret -}}
+{{- $dir := include "lensflow.cassandraTlsDir" $ -}}
+{{- if .caKey }}{{ $_ = set $env "LENSFLOW_CASSANDRA_TLS_CAFILE" (printf "%s/%s" $dir .caKey) }}{{ end -}}
+{{- if .certKey }}{{ $_ = set $env "LENSFLOW_CASSANDRA_TLS_CERTFILE" (printf "%s/%s" $dir .certKey) }}{{ end -}}
+{{- if .keyKey }}{{ $_ = set $env "LENSFLOW_CASSANDRA_TLS_KEYFILE" (printf "%s/%s" $dir .keyKey) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $v.qdrant.url }}{{ $_ = set $env "LENSFLOW_QDRANT_URL" (toString $v.qdrant.url) }}{{ end -}}
 {{- $url := include "lensflow.storageUrl" . -}}
 {{- if $url }}{{ $_ = set $env "LENSFLOW_STORAGE_URL" $url }}{{ end -}}
 {{- if $v.storage.roots }}{{ $_ = set $env "LENSFLOW_STORAGE_ROOTS" (include "lensflow.envValue" $v.storage.roots) }}{{ end -}}
@@ -185,6 +275,77 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- $_ = set $env "LENSFLOW_CACHE_DIR" (toString $v.dirs.cacheDir) -}}
 {{- $_ = set $env "HOME" "/tmp" -}}
 {{- toYaml $env -}}
+{{- end -}}
+
+{{/* cassandra.replication as a map → the JSON of CQL's replication map, numbers as integers:
+     {class: NetworkTopologyStrategy, dc1: 3} → {"class":"NetworkTopologyStrategy","dc1":3}. */}}
+{{- define "lensflow.replicationJson" -}}
+{{- $out := dict -}}
+{{- range $k, $val := . -}}
+{{- if or (kindIs "float64" $val) (kindIs "int64" $val) (kindIs "int" $val) -}}
+{{- $_ := set $out $k (int64 $val) -}}
+{{- else -}}
+{{- $_ := set $out $k (toString $val) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* env entries with a secretKeyRef per `secretKeyRefs` entry. */}}
+{{- define "lensflow.secretEnv" -}}
+{{- range $k, $ref := .Values.secretKeyRefs }}
+{{- if $ref }}
+- name: {{ include "lensflow.settingEnvName" $k }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name | quote }}
+      key: {{ $ref.key | quote }}
+      {{- if hasKey $ref "optional" }}
+      optional: {{ $ref.optional }}
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* envFrom Secrets shared by workers and the init Job. */}}
+{{- define "lensflow.secretEnvFrom" -}}
+{{- with .Values.existingSecret }}
+- secretRef:
+    name: {{ . }}
+{{- end }}
+{{- if and (eq .Values.storage.type "objectStore") .Values.storage.objectStore.existingSecret }}
+- secretRef:
+    name: {{ .Values.storage.objectStore.existingSecret }}
+{{- end }}
+{{- end -}}
+
+{{/* TLS Secret volumes (Kafka, Cassandra) and their mounts. */}}
+{{- define "lensflow.tlsVolumes" -}}
+{{- if .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.kafka.tls.existingSecret }}
+    defaultMode: 288  # 0440: readable by the pod's fsGroup
+{{- end }}
+{{- if and .Values.cassandra.tls.enabled .Values.cassandra.tls.existingSecret }}
+- name: cassandra-tls
+  secret:
+    secretName: {{ .Values.cassandra.tls.existingSecret }}
+    defaultMode: 288
+{{- end }}
+{{- end -}}
+
+{{- define "lensflow.tlsMounts" -}}
+{{- if .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: {{ include "lensflow.kafkaTlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if and .Values.cassandra.tls.enabled .Values.cassandra.tls.existingSecret }}
+- name: cassandra-tls
+  mountPath: {{ include "lensflow.cassandraTlsDir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* ============================================================================================
@@ -209,13 +370,41 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- toYaml $out -}}
 {{- end -}}
 
-{{/* Kafka topics (with prefix) whose lag scales a group: keda.topics, else the stages' inputs. */}}
+{{/* The Faust app id (= Kafka consumer group, prefix of changelog topics) of one group:
+     stageGroups[].appId when set; else kafka.appId for a group running the join (its table changelog
+     keeps the name <appId>-<table>-changelog whatever the group is called); else <appId>-<group>.
+     Call with (dict "root" $ "group" $effectiveGroup). */}}
+{{- define "lensflow.groupAppId" -}}
+{{- if .group.appId -}}
+{{- .group.appId -}}
+{{- else if include "lensflow.groupRunsJoin" .group -}}
+{{- .root.Values.kafka.appId -}}
+{{- else -}}
+{{- printf "%s-%s" .root.Values.kafka.appId .group.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Kafka topics (with prefix) whose lag scales a group: keda.topics, else the inputs of its stages
+   from the topology. A sink (the join) reads many topics; its lag is measured on those every image
+   goes through: the ones a source stage (preprocess) writes. */}}
 {{- define "lensflow.groupTopics" -}}
-{{- $topics := list -}}
+{{- $stages := include "lensflow.topology" .root | fromJson -}}
 {{- $names := .group.keda.topics | default list -}}
 {{- if not $names -}}
-{{- range .group.stages }}{{ $names = concat $names (get $.root.Values.stageInputTopics . | default list) }}{{ end -}}
+{{- $carried := list -}}
+{{- range $n, $s := $stages }}{{ if eq $s.kind "source" }}{{ $carried = concat $carried $s.writes }}{{ end }}{{ end -}}
+{{- range .group.stages -}}
+{{- $s := get $stages . -}}
+{{- $reads := $s.reads | default list -}}
+{{- if eq $s.kind "sink" -}}
+{{- $every := list -}}
+{{- range $reads }}{{ if has . $carried }}{{ $every = append $every . }}{{ end }}{{ end -}}
+{{- if $every }}{{ $reads = $every }}{{ end -}}
 {{- end -}}
+{{- $names = concat $names $reads -}}
+{{- end -}}
+{{- end -}}
+{{- $topics := list -}}
 {{- range (uniq $names) }}{{ $topics = append $topics (printf "%s%s" ($.root.Values.kafka.topicPrefix | default "") .) }}{{ end -}}
 {{- toYaml $topics -}}
 {{- end -}}
@@ -225,14 +414,20 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- if has "join" .stages }}true{{ end -}}
 {{- end -}}
 
+{{/* Stages that need the Qdrant server (faces: the gallery; join: the image vectors). */}}
+{{- define "lensflow.qdrantStages" -}}
+- faces
+- join
+{{- end -}}
+
 {{/* ============================================================================================
-     Validation (rendered from configmap.yaml, which is always part of the release)
+     Validation (rendered from every template that loops over the groups)
      ============================================================================================ */}}
 {{- define "lensflow.validate" -}}
 {{- $v := .Values -}}
-{{- if not $v.qdrant.url -}}
-{{- fail "lensflow: qdrant.url is required. qdrant-client's local mode locks its storage folder to a single process, so several worker pods cannot share it: deploy a Qdrant server and set qdrant.url (e.g. http://qdrant:6333)." -}}
-{{- end -}}
+{{- $topology := include "lensflow.topology" . | fromJson -}}
+{{- $runnable := list -}}
+{{- range $n, $s := $topology }}{{ if $s.runnable }}{{ $runnable = append $runnable $n }}{{ end }}{{ end -}}
 {{- if not $v.kafka.bootstrap -}}
 {{- fail "lensflow: kafka.bootstrap is required (host:port[,host:port])." -}}
 {{- end -}}
@@ -242,6 +437,38 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- $p := $v.kafka.partitions -}}
 {{- if or (not (or (kindIs "float64" $p) (kindIs "int64" $p) (kindIs "int" $p))) (lt (float64 $p) 1.0) (ne (float64 $p) (float64 (int64 $p))) -}}
 {{- fail (printf "lensflow: kafka.partitions must be a positive integer, got %v" $p) -}}
+{{- end -}}
+{{- if gt (int64 $v.kafka.minInsyncReplicas) (int64 $v.kafka.replicationFactor) -}}
+{{- fail (printf "lensflow: kafka.minInsyncReplicas (%d) is above kafka.replicationFactor (%d): no write could ever be acknowledged." (int64 $v.kafka.minInsyncReplicas) (int64 $v.kafka.replicationFactor)) -}}
+{{- end -}}
+{{- $sec := $v.kafka.security -}}
+{{- if and (hasPrefix "SASL_" $sec.protocol) (not $sec.saslMechanism) -}}
+{{- fail (printf "lensflow: kafka.security.protocol=%s needs kafka.security.saslMechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)." $sec.protocol) -}}
+{{- end -}}
+{{- if and $sec.saslMechanism (not (hasPrefix "SASL_" $sec.protocol)) -}}
+{{- fail (printf "lensflow: kafka.security.saslMechanism is set but kafka.security.protocol is %s (use SASL_SSL or SASL_PLAINTEXT)." $sec.protocol) -}}
+{{- end -}}
+{{- if and $v.kafka.tls.existingSecret (not (has $sec.protocol (list "SSL" "SASL_SSL"))) -}}
+{{- fail (printf "lensflow: kafka.tls.existingSecret is set but kafka.security.protocol is %s (use SSL or SASL_SSL)." $sec.protocol) -}}
+{{- end -}}
+{{- if kindIs "map" $v.cassandra.replication -}}
+{{- $r := $v.cassandra.replication -}}
+{{- if eq (toString $r.class) "NetworkTopologyStrategy" -}}
+{{- if lt (len $r) 2 -}}
+{{- fail "lensflow: cassandra.replication: NetworkTopologyStrategy needs at least one data centre, e.g. {class: NetworkTopologyStrategy, dc1: 3}." -}}
+{{- end -}}
+{{- range $dc, $n := $r -}}
+{{- if and (ne $dc "class") (or (not (or (kindIs "float64" $n) (kindIs "int64" $n) (kindIs "int" $n))) (lt (float64 $n) 1.0)) -}}
+{{- fail (printf "lensflow: cassandra.replication.%s must be a positive replica count, got %v" $dc $n) -}}
+{{- end -}}
+{{- end -}}
+{{- else if eq (toString $r.class) "SimpleStrategy" -}}
+{{- if not $r.replication_factor -}}
+{{- fail "lensflow: cassandra.replication: SimpleStrategy needs replication_factor." -}}
+{{- end -}}
+{{- else -}}
+{{- fail (printf "lensflow: cassandra.replication.class must be NetworkTopologyStrategy or SimpleStrategy, got %q" (toString $r.class)) -}}
+{{- end -}}
 {{- end -}}
 {{- if not (has $v.storage.type (list "pvc" "objectStore")) -}}
 {{- fail (printf "lensflow: storage.type must be pvc or objectStore, got %q" (toString $v.storage.type)) -}}
@@ -258,10 +485,12 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- fail "lensflow: storage.type=objectStore needs storage.url with an object-store scheme, e.g. s3://bucket/prefix." -}}
 {{- end -}}
 {{- end -}}
+{{- include "lensflow.checkEnvNames" (dict "names" (keys ($v.extraEnv | default dict)) "where" "extraEnv") -}}
 {{- if not $v.stageGroups -}}
 {{- fail "lensflow: stageGroups is empty: nothing would run." -}}
 {{- end -}}
 {{- $seen := dict -}}
+{{- $appIds := dict -}}
 {{- range $i, $raw := $v.stageGroups -}}
 {{- if not (kindIs "map" $raw) -}}
 {{- fail (printf "lensflow: stageGroups[%d] is not a map (name, stages, …)." $i) -}}
@@ -281,11 +510,29 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- fail (printf "lensflow: stage group %q has no stages." $g.name) -}}
 {{- end -}}
 {{- range $g.stages -}}
-{{- if not (hasKey $v.stageInputTopics .) -}}
-{{- fail (printf "lensflow: stage group %q: unknown stage %q (known: %s). A new stage needs an entry in stageInputTopics." $g.name . (keys $v.stageInputTopics | sortAlpha | join ", ")) -}}
+{{- if not (has . $runnable) -}}
+{{- fail (printf "lensflow: stage group %q: unknown stage %q (runnable stages, from streams/topology.py: %s)." $g.name . ($runnable | sortAlpha | join ", ")) -}}
 {{- end -}}
+{{- end -}}
+{{- $appId := include "lensflow.groupAppId" (dict "root" $ "group" $g) -}}
+{{- if hasKey $appIds $appId -}}
+{{- fail (printf "lensflow: stage groups %q and %q would share the consumer group (app id) %q: every group needs its own (stageGroups[].appId)." (get $appIds $appId) $g.name $appId) -}}
+{{- end -}}
+{{- $_ = set $appIds $appId $g.name -}}
+{{- range $g.stages -}}
+{{- if and (has . (include "lensflow.qdrantStages" $ | fromYamlArray)) (not $v.qdrant.url) -}}
+{{- fail (printf "lensflow: qdrant.url is required: stage group %q runs %s, which uses Qdrant. qdrant-client's local mode locks its storage folder to a single process, so several worker pods cannot share it: deploy a Qdrant server and set qdrant.url (e.g. http://qdrant:6333)." $g.name .) -}}
+{{- end -}}
+{{- end -}}
+{{- $needsModels := list -}}
+{{- range $g.stages }}{{ if has (get (get $topology .) "kind") (list "pixel" "derived") }}{{ $needsModels = append $needsModels . }}{{ end }}{{ end -}}
+{{- if and $needsModels (not $g.models) (not $v.dirs.cacheExistingClaim) -}}
+{{- fail (printf "lensflow: stage group %q runs model stages (%s) but prepares no models: list them in stageGroups[].models (an init container runs `lensflow models prepare` before the worker starts), or mount already prepared models with dirs.cacheExistingClaim." $g.name (join ", " $needsModels)) -}}
 {{- end -}}
 {{- $_ = include "lensflow.settingsEnv" (dict "settings" ($g.settings | default dict) "where" (printf "stageGroups[%s].settings" $g.name)) -}}
+{{- $envNames := list -}}
+{{- range ($g.env | default list) }}{{ $envNames = append $envNames .name }}{{ end -}}
+{{- include "lensflow.checkEnvNames" (dict "names" $envNames "where" (printf "stageGroups[%s].env" $g.name)) -}}
 {{- if include "lensflow.groupRunsJoin" $g -}}
 {{- $p := int64 $v.kafka.partitions -}}
 {{- if and (not $g.keda.enabled) (gt (int64 $g.replicas) $p) -}}
@@ -297,6 +544,9 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- end -}}
 {{- if and $g.gpu.enabled (lt (int64 $g.gpu.count) 1) -}}
 {{- fail (printf "lensflow: stage group %q: gpu.count must be at least 1 when gpu.enabled." $g.name) -}}
+{{- end -}}
+{{- if and $g.keda.enabled (gt (int64 $g.keda.minReplicaCount) (int64 $g.keda.maxReplicaCount)) -}}
+{{- fail (printf "lensflow: stage group %q: keda.minReplicaCount (%d) is above keda.maxReplicaCount (%d)." $g.name (int64 $g.keda.minReplicaCount) (int64 $g.keda.maxReplicaCount)) -}}
 {{- end -}}
 {{- end -}}
 {{- if and $v.initJob.enabled (not $v.initJob.topics) (not $v.initJob.cql) -}}
