@@ -48,7 +48,7 @@ from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN
 from .join_projection import (CACHE_KEYS, DESCRIBED_STAGE, Completed, aggregated_record, assemble,  # noqa: F401
                               failed_copy, overall_status, tags_of, with_refined_scene)
 from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, aggregated, decide, merge,  # noqa: F401
-                         new_entry, place, run_order, stage_of)
+                         all_results, new_entry, place, run_order, stage_of)
 
 STAGE = "join"
 
@@ -316,17 +316,18 @@ class Join(Stage):
         still queued) wait, None; after ``orphan_after_ms`` they are orphans, dropped and counted."""
         image_id = key.decode()
         stored = await self.store.cassandra.current(image_id)
-        runs = {r["run_id"] for r in entry["results"].values()}
+        held = all_results(entry)
+        runs = {r["run_id"] for _, r in held}
         if stored is None or stored.run_id not in runs:
             if now - entry["first_seen"] < self.orphan_after_ms:
                 return None
             self.metrics.join_orphans.inc()
-            self.log.error("orphan_results", image_id=image_id, stages=sorted(entry["results"]),
+            self.log.error("orphan_results", image_id=image_id, stages=sorted({s for s, _ in held}),
                            reason="no images.prepared and no stored run")
             return Finish(key, None, write=False, notify=False)
         raw = await self.store.cassandra.stage_records(image_id, stored.run_id)
         changed = False
-        for stage, r in entry["results"].items():
+        for stage, r in held:
             if r["run_id"] != stored.run_id:
                 continue
             b = base64.b64decode(r["b64"])
@@ -337,7 +338,8 @@ class Join(Stage):
         recs = {stage: self.ctx.codec.decode(b)[1] for stage, b in raw.items()}
         prepared = recs.pop(PREPROCESS)
         stages = list(dict.fromkeys(list(prepared.get("expected_stages") or []) + list(prepared.get("derived_stages") or []) + list(recs)))
-        self.log.info("late_results_merged", image_id=image_id, stages=sorted(entry["results"]), version=stored.version + 1)
+        self.log.info("late_results_merged", image_id=image_id, stages=sorted({s for s, r in held if r["run_id"] == stored.run_id}),
+                      version=stored.version + 1)
         return Finish(key, assemble(prepared, recs, raw, stages, stored.version + 1, reason="reanalyzed"), notify=False)
 
     async def write(self, finishes: list[Finish]) -> None:

@@ -72,6 +72,7 @@ class Entry(TypedDict, total=False):
     results: dict[str, StageResult]
     uploaded_at: int  # of the run being analysed (which of two runs is newer)
     superseded: list[dict]  # other runs of the image that arrived meanwhile: {"run_id", "b64" (their images.prepared)}
+    others: dict[str, dict[str, StageResult]]  # results of runs whose images.prepared has not come yet, by run
 
 
 @dataclass
@@ -148,12 +149,14 @@ def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, t
     if stage == PREPROCESS:
         if entry["prepared"] is not None and entry["run_id"] == run_id and at <= entry.get("prepared_at", 0):
             return entry, False  # duplicate
+        others = entry.setdefault("others", {})
         if entry["prepared"] is not None and entry["run_id"] != run_id:
             # two runs of one image in flight at once (the same photo submitted twice): the newer upload
             # is analysed, the other is answered with its result (``superseded``)
             mine, current = run_order(record), (entry.get("uploaded_at", 0), entry["run_id"])
             superseded = entry.setdefault("superseded", [])
             if mine < current:
+                others.pop(run_id, None)
                 if all(s["run_id"] != run_id for s in superseded):
                     superseded.append({"run_id": run_id, "b64": b64})
                     return entry, True
@@ -166,15 +169,36 @@ def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, t
         entry.update(prepared=b64, prepared_at=at, run_id=run_id, offset=offset, since=None, expected=list(record.get("expected_stages") or []),
                      derived=list(record.get("derived_stages") or []), prepared_failed=record["status"] == Status.FAILED,
                      uploaded_at=run_order(record)[0])
+        # this run's results that came before its images.prepared (metadata always does) are its results now
         entry["results"] = {s: r for s, r in entry["results"].items() if r["run_id"] == run_id}
+        for s, r in others.pop(run_id, {}).items():
+            if s not in entry["results"] or r["at"] > entry["results"][s]["at"]:
+                entry["results"][s] = r
         return entry, True
-    if entry["run_id"] is not None and run_id != entry["run_id"]:
-        return entry, False  # a result of another run of this image
+    if run_id != entry["run_id"]:
+        # a result of another run: of a superseded one (dropped), or of one whose images.prepared is still
+        # to come (kept aside under its run: the entry may switch to it)
+        if any(s["run_id"] == run_id for s in entry.get("superseded", [])):
+            return entry, False
+        bucket = entry.setdefault("others", {}).setdefault(run_id, {})
+        old = bucket.get(stage)
+        if old is not None and at <= old["at"]:
+            return entry, False  # duplicate
+        bucket[stage] = {"run_id": run_id, "at": at, "b64": b64}
+        return entry, True
     old = entry["results"].get(stage)
     if old is not None and old["run_id"] == run_id and at <= old["at"]:
         return entry, False  # duplicate
     entry["results"][stage] = {"run_id": run_id, "at": at, "b64": b64}
     return entry, True
+
+
+def all_results(entry: Entry) -> list[tuple[str, StageResult]]:
+    """Every stage result the entry holds, of its run and of runs whose images.prepared has not come."""
+    out = list(entry["results"].items())
+    for results in (entry.get("others") or {}).values():
+        out += list(results.items())
+    return out
 
 
 def run_order(prepared: dict) -> tuple[int, str]:

@@ -1,38 +1,75 @@
 #!/usr/bin/env bash
-# Render-check the lensflow chart without a cluster: helm lint (strict) and helm template with the
-# default values and every ci/*.yaml, parse the output as YAML, and make sure the guards fail the
-# render with their message. Needs helm 3 and python3 with PyYAML.
-#   HELM=/path/to/helm deploy/helm/check-chart.sh
+# Check the lensflow chart without a cluster:
+#   * helm lint --strict and helm template with the default values, every ci/*.yaml and a few inline
+#     cases (values.schema.json is applied by both);
+#   * every rendered object validated by kubeconform -strict against the Kubernetes $K8S_VERSION
+#     schemas (PyPI kubernetes-validate, made standalone by tools.sh) and the CRD schemas in
+#     deploy/helm/schemas/ (KEDA, Prometheus Operator); an object without a schema fails;
+#   * the guards (template `fail`s and schema errors) refuse what they must, with their message.
+# Tools: helm and kubeconform from tools.sh (built once into ~/.cache/lensflow/tools), unless HELM,
+# KUBECONFORM and K8S_SCHEMAS are all given. Needs python3 with PyYAML.
+#   deploy/helm/check-chart.sh
+#   RENDER_DIR=/tmp/out deploy/helm/check-chart.sh     # keep the rendered manifests (NAME.yaml)
 set -euo pipefail
-HELM=${HELM:-helm}
-CHART="$(cd "$(dirname "$0")/lensflow" && pwd)"
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+HERE="$(cd "$(dirname "$0")" && pwd)"
+CHART="$HERE/lensflow"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-render() {  # render NAME [helm args…]: lint + template to $tmp/NAME.yaml, then parse it
+if [[ -z ${HELM:-} || -z ${KUBECONFORM:-} || -z ${K8S_SCHEMAS:-} ]]; then
+  tools=$("$HERE/tools.sh") || fail "deploy/helm/tools.sh could not install helm/kubeconform/schemas (see above)"
+  eval "$tools"
+fi
+K8S_VERSION=${K8S_VERSION:-1.29.0}
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+out=${RENDER_DIR:-$tmp/rendered}; mkdir -p "$out"
+echo "helm $("$HELM" version --template '{{.Version}}'), kubeconform, Kubernetes $K8S_VERSION schemas"
+
+render() {  # render NAME [helm args…]: lint + template to $out/NAME.yaml, parse it, kubeconform it
   local name=$1; shift
-  "$HELM" lint --strict "$CHART" "$@" >/dev/null || fail "helm lint ($name)"
-  "$HELM" template ci "$CHART" --namespace lensflow "$@" >"$tmp/$name.yaml" || fail "helm template ($name)"
-  python3 - "$tmp/$name.yaml" "$name" <<'PY' || fail "rendered YAML ($name)"
+  "$HELM" lint --strict --kube-version "$K8S_VERSION" "$CHART" "$@" >"$tmp/lint.txt" 2>&1 \
+    || { cat "$tmp/lint.txt" >&2; fail "helm lint ($name)"; }
+  "$HELM" template ci "$CHART" --namespace lensflow --kube-version "$K8S_VERSION" "$@" >"$out/$name.yaml" \
+    || fail "helm template ($name)"
+  python3 - "$out/$name.yaml" <<'PY' || fail "rendered YAML ($name)"
 import sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-for d in docs:
-    assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
-print(f"ok   {sys.argv[2]}: {len(docs)} objects (" + ", ".join(sorted({d['kind'] for d in docs})) + ")")
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d:
+        assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
 PY
+  "$KUBECONFORM" -strict -summary -output text -kubernetes-version "$K8S_VERSION" \
+    -schema-location "$K8S_SCHEMAS/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+    -schema-location "$HERE/schemas/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
+    "$out/$name.yaml" >"$tmp/kc.txt" 2>&1 || { cat "$tmp/kc.txt" >&2; fail "kubeconform ($name)"; }
+  echo "ok   $name: $(tail -1 "$tmp/kc.txt" | sed 's/^Summary: //')"
 }
 
 expect_fail() {  # expect_fail NAME MESSAGE-FRAGMENT [helm args…]
   local name=$1 msg=$2; shift 2
-  if out=$("$HELM" template ci "$CHART" "$@" 2>&1); then fail "$name: rendered but should have failed"; fi
-  grep -qF -- "$msg" <<<"$out" || fail "$name: failed without '$msg': $out"
+  if out_=$("$HELM" template ci "$CHART" --kube-version "$K8S_VERSION" "$@" 2>&1); then fail "$name: rendered but should have failed"; fi
+  grep -qF -- "$msg" <<<"$out_" || fail "$name: failed without '$msg': $out_"
   echo "ok   $name (refused)"
 }
 
 render defaults
 for f in "$CHART"/ci/*.yaml; do render "ci-$(basename "$f" .yaml)" -f "$f"; done
+# A split without Qdrant-using stages needs no qdrant.url.
+cat >"$tmp/no-qdrant.yaml" <<'YAML'
+qdrant: {url: ""}
+stageGroups:
+  - {name: preprocess, stages: [preprocess]}
+YAML
+render no-qdrant-split -f "$tmp/no-qdrant.yaml"
 
+# --- template guards ---------------------------------------------------------------------------
 expect_fail "empty qdrant.url" "qdrant.url is required" --set qdrant.url=
+cat >"$tmp/faces.yaml" <<'YAML'
+qdrant: {url: ""}
+dirs: {cacheExistingClaim: models}
+stageGroups:
+  - {name: preprocess, stages: [preprocess]}
+  - {name: people, stages: [faces]}
+YAML
+expect_fail "faces without qdrant.url" 'stage group "people" runs faces' -f "$tmp/faces.yaml"
 cat >"$tmp/join.yaml" <<'YAML'
 kafka: {partitions: 2}
 stageGroups:
@@ -45,10 +82,53 @@ stageGroups:
 YAML
 expect_fail "reserved group setting" "is set by kafka.appId" -f "$tmp/group-setting.yaml"
 expect_fail "reserved setting" "is set by kafka.bootstrap" --set settings.kafka_bootstrap=x:9092
+expect_fail "secret in settings" "LENSFLOW_API_TOKEN is set by a Secret" --set settings.api_token=hunter2
+expect_fail "secret in extraEnv" "LENSFLOW_QDRANT_API_KEY is set by a Secret" --set extraEnv.LENSFLOW_QDRANT_API_KEY=k
+cat >"$tmp/secret-env.yaml" <<'YAML'
+stageGroups:
+  - name: preprocess
+    stages: [preprocess]
+    env: [{name: LENSFLOW_CASSANDRA_PASSWORD, value: hunter2}]
+YAML
+expect_fail "secret in a group's env" "LENSFLOW_CASSANDRA_PASSWORD is set by a Secret" -f "$tmp/secret-env.yaml"
 cat >"$tmp/unknown.yaml" <<'YAML'
 stageGroups:
   - {name: odd, stages: [nope]}
 YAML
 expect_fail "unknown stage" 'unknown stage "nope"' -f "$tmp/unknown.yaml"
+cat >"$tmp/inline.yaml" <<'YAML'
+stageGroups:
+  - {name: odd, stages: [metadata]}
+YAML
+expect_fail "inline stage is not runnable" 'unknown stage "metadata"' -f "$tmp/inline.yaml"
+cat >"$tmp/no-models.yaml" <<'YAML'
+stageGroups:
+  - {name: vision, stages: [objects, scene]}
+YAML
+expect_fail "model stages without models" 'stage group "vision" runs model stages (objects, scene)' -f "$tmp/no-models.yaml"
+cat >"$tmp/same-group.yaml" <<'YAML'
+stageGroups:
+  - {name: preprocess, stages: [preprocess]}
+  - {name: join, stages: [join], appId: lensflow-preprocess}
+YAML
+expect_fail "two groups, one consumer group" 'would share the consumer group (app id) "lensflow-preprocess"' -f "$tmp/same-group.yaml"
 expect_fail "object store without url" "storage.type=objectStore needs storage.url" --set storage.type=objectStore
+expect_fail "min.insync above replication" "kafka.minInsyncReplicas (3) is above kafka.replicationFactor (2)" \
+  --set kafka.replicationFactor=2 --set kafka.minInsyncReplicas=3
+expect_fail "SASL without mechanism" "needs kafka.security.saslMechanism" --set kafka.security.protocol=SASL_SSL
+expect_fail "Kafka TLS files over PLAINTEXT" "kafka.tls.existingSecret is set but kafka.security.protocol is PLAINTEXT" \
+  --set kafka.tls.existingSecret=kafka-ca
+expect_fail "NetworkTopologyStrategy without a DC" "NetworkTopologyStrategy needs at least one data centre" \
+  --set cassandra.replication.class=NetworkTopologyStrategy
+expect_fail "KEDA TriggerAuthentication without Secret" "kedaTriggerAuthentication.create needs kedaTriggerAuthentication.secretName" \
+  --set kedaTriggerAuthentication.create=true
+
+# --- values.schema.json ------------------------------------------------------------------------
+expect_fail "misspelt key" "bootstap" --set kafka.bootstap=kafka:9092
+expect_fail "misspelt group key" "replica" --set 'stageGroups[0].name=preprocess' --set 'stageGroups[0].stages[0]=preprocess' --set 'stageGroups[0].replica=2'
+expect_fail "wrong type" "partitions" --set-string kafka.partitions=six
+expect_fail "bad digest" "digest" --set image.digest=latest
+expect_fail "unknown secret setting" "api_tokn" --set secretKeyRefs.api_tokn.name=s --set secretKeyRefs.api_tokn.key=k
+expect_fail "replication class" "/cassandra/replication/class" --set cassandra.replication.class=LocalStrategy
+expect_fail "unknown model" "coco" --set 'stageGroups[0].name=v' --set 'stageGroups[0].stages[0]=objects' --set 'stageGroups[0].models[0]=coco'
 echo "chart checks passed"

@@ -77,7 +77,8 @@ def test_newer_result_of_the_same_stage_wins():
 def test_results_of_another_run_are_ignored_and_a_new_run_drops_old_results():
     e, _ = feed(None, "ImagePrepared", prepared(run="r1", expected=["metadata", "objects"]))
     e, changed = feed(e, "MetadataResult", md(run="r0"))
-    assert not changed
+    assert "metadata" not in e["results"] and "metadata" in e["others"]["r0"]  # kept aside, not r1's
+    assert decide(e, T0).missing == ["metadata", "objects"]
     e, _ = feed(e, "MetadataResult", md(run="r1"))
     e, _ = feed(e, "ImagePrepared", prepared(run="r2", expected=["metadata", "objects"], produced=50))
     assert e["run_id"] == "r2" and e["results"] == {}
@@ -257,3 +258,14 @@ def test_runs_uploaded_in_the_same_millisecond_are_ordered_by_run_id():
     b, _ = feed(b, "ImagePrepared", prepared_run("ra", 5))
     assert a["run_id"] == b["run_id"] == "rb"  # whichever arrives first
     assert [s["run_id"] for s in a["superseded"]] == [s["run_id"] for s in b["superseded"]] == ["ra"]
+
+
+def test_a_run_s_results_that_came_before_its_prepared_are_kept_when_the_entry_switches_to_it():
+    """The same photo submitted twice: run r2's metadata arrives while the entry is still on r1 (metadata
+    is produced before images.prepared); when r2's images.prepared comes, that metadata is r2's."""
+    e, _ = feed(None, "ImagePrepared", prepared_run("r1", 0))
+    e, changed = feed(e, "MetadataResult", md(run="r2"))
+    assert changed
+    e, _ = feed(e, "ImagePrepared", prepared_run("r2", 10))
+    assert e["run_id"] == "r2" and "metadata" in e["results"]
+    assert decide(e, T0).action == "complete"
