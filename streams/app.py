@@ -31,7 +31,7 @@ from .observability import Metrics
 from .records import now
 from .settings import Settings
 from .storage import Storage
-from .topology import DEADLETTER, RUNNABLE, STAGES, TOPICS
+from .topology import DEADLETTER, RUNNABLE, STAGES, TOPICS, consumer_group, split_problem
 
 log = structlog.get_logger("lensflow")
 
@@ -127,8 +127,11 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         raise ValueError(f"cannot run stage(s) {unknown}; runnable: {list(RUNNABLE)}")
     batch = settings.batch_size
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    problem = split_problem(stages, settings.qdrant_url)
+    if problem:
+        raise ValueError(problem)
     app = faust.App(
-        settings.app_id,
+        consumer_group(settings.app_id, stages, settings.group),
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         store="rocksdb://",
         datadir=str(settings.data_path / "faust"),
@@ -139,6 +142,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=settings.group_instance_id,
+        broker_session_timeout=settings.session_timeout_s,
         stream_buffer_maxsize=max(4 * batch, 64),
         broker_max_poll_records=max(2 * batch, 32),
         producer_acks=-1,  # acks=all: aiokafka refuses idempotence with anything else (see _idempotent_transport)

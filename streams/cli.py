@@ -187,9 +187,24 @@ def worker(
     background: bool = typer.Option(False, "--background", help="Run detached (log in DATA_DIR/logs/worker.log); return once ready."),
     stop: bool = typer.Option(False, "--stop", help="Stop the background worker."),
     ready_timeout: float = typer.Option(180.0, help="--background: seconds to wait for readiness."),
+    group: Optional[str] = typer.Option(None, help="Stage group name: the consumer group becomes <app_id>-<group> "
+                                                   "(default: derived from the stages, see `lensflow topology`)."),
 ) -> None:
-    """Run a Faust worker with the selected stages (all of them by default)."""
+    """Run a Faust worker with the selected stages (all of them by default). Workers running different
+    stages are different consumer groups; replicas of the same stages share one and split its partitions."""
     s = settings()
+    if group:
+        s = s.model_copy(update={"group": group})
+    chosen = [x.strip() for x in stages.split(",") if x.strip()] if stages else None
+    if chosen is not None:
+        from .topology import RUNNABLE, split_problem
+
+        unknown = [x for x in chosen if x not in RUNNABLE]
+        if unknown:
+            raise CliError(f"cannot run stage(s) {unknown}; runnable: {', '.join(RUNNABLE)}")
+        problem = split_problem(chosen, s.qdrant_url)
+        if problem:
+            raise CliError(problem)
     if stop:
         pid = _worker_alive(s)
         if pid is None:
@@ -216,7 +231,8 @@ def worker(
         logs = s.data_path / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         _pidfile(s).parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "lensflow.streams.cli", "worker"] + (["--stages", stages] if stages else [])
+        cmd = ([sys.executable, "-m", "lensflow.streams.cli", "worker"] + (["--stages", stages] if stages else [])
+               + (["--group", group] if group else []))
         with open(logs / "worker.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
@@ -224,7 +240,7 @@ def worker(
         wait_ready(s, ready_timeout, proc)
         err.print(f"lensflow: worker {proc.pid} ready (log: {logs / 'worker.log'}; stop: lensflow worker --stop)")
         return
-    run_worker(s, [x.strip() for x in stages.split(",")] if stages else None)
+    run_worker(s, chosen)
 
 
 def check_web_port(host: str, port: int) -> None:
@@ -696,6 +712,27 @@ def faces_name(person_id: str = typer.Argument(..., help="A person id (as shown 
 # ----------------------------------------------------------------------------------------------
 # schemas, config, demo
 # ----------------------------------------------------------------------------------------------
+
+@app.command()
+@friendly
+def topology(as_json: bool = typer.Option(False, "--json", help="Print JSON (what the Helm chart is checked against).")) -> None:
+    """The dataflow: every topic, every stage (what it reads and writes) and the stage groups of a split
+    deployment with their consumer groups."""
+    from .topology import describe_topology
+
+    info = describe_topology(settings().app_id)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table("stage", "kind", "reads", "writes")
+    for name, st in info["stages"].items():
+        table.add_row(name, st["kind"], ", ".join(st["reads"]), ", ".join(st["writes"]))
+    out.print(table)
+    groups = Table("group", "stages", "consumer group", "reads", "needs Qdrant")
+    for name, g in info["groups"].items():
+        groups.add_row(name, ", ".join(g["stages"]), g["consumer_group"], ", ".join(g["reads"]), "yes" if g["needs_qdrant"] else "")
+    out.print(groups)
+
 
 @app.command()
 @friendly

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, description="Partitions of every topic the join reads (they must all be equal).")
     replication_factor: int = Field(1, ge=1, description="Replication factor of created topics and Faust changelogs.")
     app_id: str = Field("lensflow", description="Faust application id: the consumer group and changelog topic prefix.")
+    group: str | None = Field(None, description="Stage group of this worker (`lensflow worker --group`): its consumer group is `<app_id>-<group>`. Unset: derived from the stages (`lensflow topology`); the whole pipeline uses `app_id` itself.")
+    session_timeout_s: float = Field(60.0, ge=10, le=90, description="Kafka consumer session timeout, seconds: how long a dead worker keeps its partitions before its group rebalances them to the other members (10-90: heartbeats go every 3 s and requests time out after 90 s).")
     group_instance_id: str | None = Field(None, description="Kafka static group membership (`group.instance.id`): a worker restarted with the same id takes its partitions back at once instead of waiting out the dead member's session. Unique per worker, e.g. the pod name of a StatefulSet.")
 
     # --- stages --------------------------------------------------------------------------------

@@ -116,6 +116,65 @@ DEFAULT_STAGES = ("metadata",)
 RUNNABLE = tuple(s.name for s in STAGES.values() if s.module is not None and s.kind != "inline")
 
 
+#: The stage groups of a split deployment (what the Helm chart deploys by default): each group runs as
+#: its own processes (replicas of a group share its partitions) on its own Kafka consumer group, so two
+#: groups reading one topic each get all of it. faces and join both use Qdrant: in local mode only one
+#: process may open its folder, so they stay together unless a Qdrant server is configured.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "preprocess": ("preprocess",),
+    "vision": ("objects", "scene", "text", "embedding"),
+    "sink": ("faces", "describe", "join"),
+}
+#: Stages that open Qdrant (the faces gallery, the join's vectors).
+QDRANT_STAGES = ("faces", "join")
+
+
+def group_name(stages) -> str:
+    """The group a set of stages forms: "" for the whole pipeline, a ``GROUPS`` name for one of those,
+    else the stage names joined by "-" (valid in Kafka group ids and topic names alike)."""
+    chosen = set(stages)
+    if chosen == set(RUNNABLE):
+        return ""
+    for name, members in GROUPS.items():
+        if chosen == set(members):
+            return name
+    return "-".join(sorted(chosen))
+
+
+def consumer_group(app_id: str, stages, group: str | None = None) -> str:
+    """The Kafka consumer group (and Faust app id: the prefix of its changelog topics) of a worker
+    running ``stages``: the app id for the whole pipeline, ``<app_id>-<group>`` for a group."""
+    name = group if group else group_name(stages)
+    return f"{app_id}-{name}" if name else app_id
+
+
+def split_problem(stages, qdrant_url: str | None) -> str | None:
+    """Why a worker running ``stages`` cannot run beside workers running the other stages, or None.
+
+    Without a Qdrant server, Qdrant's local storage admits one process, and the join (which every
+    deployment runs) opens it: faces (the gallery) must then run in the join's process. A join
+    without faces is fine (faces may not be deployed at all)."""
+    chosen = set(stages)
+    if not qdrant_url and "faces" in chosen and "join" not in chosen:
+        return ("stage faces without join in this process needs a Qdrant server: Qdrant's local storage admits one "
+                "process and the join opens it (run faces with join, or set LENSFLOW_QDRANT_URL)")
+    return None
+
+
+def describe_topology(app_id: str) -> dict:
+    """The stage graph, the groups and their consumer groups, as JSON (``lensflow topology --json``)."""
+    return {
+        "stages": {s.name: {"kind": str(s.kind), "reads": list(s.reads), "writes": list(s.writes),
+                            "runnable": s.name in RUNNABLE} for s in STAGES.values()},
+        "groups": {name: {"stages": list(members), "consumer_group": consumer_group(app_id, members),
+                          "reads": sorted({t for m in members for t in STAGES[m].reads}),
+                          "needs_qdrant": bool(set(members) & set(QDRANT_STAGES))}
+                   for name, members in GROUPS.items()},
+        "topics": {t.name: {"record": t.record, "joined": t.joined, "retention_ms": t.retention_ms, "doc": t.doc}
+                   for t in TOPICS.values()},
+    }
+
+
 @dataclass(frozen=True)
 class Plan:
     """Which stages one image goes through, split the way the join needs it."""
@@ -151,6 +210,4 @@ if __name__ == "__main__":  # python -m lensflow.streams.topology --json: the st
 
     if sys.argv[1:] != ["--json"]:
         sys.exit("usage: python -m lensflow.streams.topology --json")
-    print(json.dumps({"stages": {s.name: {"kind": str(s.kind), "reads": list(s.reads), "writes": list(s.writes),
-                                          "runnable": s.name in RUNNABLE}
-                                 for s in STAGES.values()}}, indent=2))
+    print(json.dumps({"stages": describe_topology("lensflow")["stages"]}, indent=2))

@@ -7,7 +7,7 @@
 #     deploy/helm/schemas/ (KEDA, Prometheus Operator); an object without a schema fails;
 #   * the guards (template `fail`s and schema errors) refuse what they must, with their message.
 # Tools: helm and kubeconform from tools.sh (built once into ~/.cache/lensflow/tools), unless HELM,
-# KUBECONFORM and K8S_SCHEMAS are all given. Needs python3 with PyYAML.
+# KUBECONFORM and K8S_SCHEMAS are all given. Needs python3 with PyYAML ($PYTHON, default python3).
 #   deploy/helm/check-chart.sh
 #   RENDER_DIR=/tmp/out deploy/helm/check-chart.sh     # keep the rendered manifests (NAME.yaml)
 set -euo pipefail
@@ -20,9 +20,46 @@ if [[ -z ${HELM:-} || -z ${KUBECONFORM:-} || -z ${K8S_SCHEMAS:-} ]]; then
   eval "$tools"
 fi
 K8S_VERSION=${K8S_VERSION:-1.29.0}
+PYTHON=${PYTHON:-python3}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 out=${RENDER_DIR:-$tmp/rendered}; mkdir -p "$out"
 echo "helm $("$HELM" version --template '{{.Version}}'), kubeconform, Kubernetes $K8S_VERSION schemas"
+
+kubeconform() {  # kubeconform FILE: every object must have a schema and match it
+  "$KUBECONFORM" -strict -summary -output text -kubernetes-version "$K8S_VERSION" \
+    -schema-location "$K8S_SCHEMAS/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+    -schema-location "$HERE/schemas/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
+    "$1"
+}
+
+# The validation itself must bite: a misspelt field, in a core kind and in a custom resource, and a
+# kind without a schema are refused.
+cat >"$tmp/bad.yaml" <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bad}
+spec:
+  selector: {matchLabels: {a: b}}
+  template:
+    metadata: {labels: {a: b}}
+    spec:
+      containers: [{name: c, image: x, imagePullPolicy: IfNotPresent, envFrom: [{secretRef: {nam: s}}]}]
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: bad}
+spec:
+  scaleTargetRef: {name: bad}
+  fallback: {failureTreshold: 3, replicas: 1}
+  triggers: [{type: kafka, metadata: {topic: t}}]
+---
+apiVersion: example.com/v1
+kind: Unknown
+metadata: {name: bad}
+YAML
+kc_out=$(kubeconform "$tmp/bad.yaml" 2>&1) && fail "kubeconform accepted invalid objects: $kc_out"
+grep -q "Invalid: 2, Errors: 1" <<<"$kc_out" || fail "kubeconform did not refuse the invalid objects as expected: $kc_out"
+echo "ok   kubeconform refuses misspelt fields and kinds without a schema"
 
 render() {  # render NAME [helm args…]: lint + template to $out/NAME.yaml, parse it, kubeconform it
   local name=$1; shift
@@ -30,16 +67,13 @@ render() {  # render NAME [helm args…]: lint + template to $out/NAME.yaml, par
     || { cat "$tmp/lint.txt" >&2; fail "helm lint ($name)"; }
   "$HELM" template ci "$CHART" --namespace lensflow --kube-version "$K8S_VERSION" "$@" >"$out/$name.yaml" \
     || fail "helm template ($name)"
-  python3 - "$out/$name.yaml" <<'PY' || fail "rendered YAML ($name)"
+  "$PYTHON" - "$out/$name.yaml" <<'PY' || fail "rendered YAML ($name)"
 import sys, yaml
 for d in yaml.safe_load_all(open(sys.argv[1])):
     if d:
         assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
 PY
-  "$KUBECONFORM" -strict -summary -output text -kubernetes-version "$K8S_VERSION" \
-    -schema-location "$K8S_SCHEMAS/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-    -schema-location "$HERE/schemas/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
-    "$out/$name.yaml" >"$tmp/kc.txt" 2>&1 || { cat "$tmp/kc.txt" >&2; fail "kubeconform ($name)"; }
+  kubeconform "$out/$name.yaml" >"$tmp/kc.txt" 2>&1 || { cat "$tmp/kc.txt" >&2; fail "kubeconform ($name)"; }
   echo "ok   $name: $(tail -1 "$tmp/kc.txt" | sed 's/^Summary: //')"
 }
 
@@ -124,11 +158,12 @@ expect_fail "KEDA TriggerAuthentication without Secret" "kedaTriggerAuthenticati
   --set kedaTriggerAuthentication.create=true
 
 # --- values.schema.json ------------------------------------------------------------------------
-expect_fail "misspelt key" "bootstap" --set kafka.bootstap=kafka:9092
-expect_fail "misspelt group key" "replica" --set 'stageGroups[0].name=preprocess' --set 'stageGroups[0].stages[0]=preprocess' --set 'stageGroups[0].replica=2'
-expect_fail "wrong type" "partitions" --set-string kafka.partitions=six
-expect_fail "bad digest" "digest" --set image.digest=latest
-expect_fail "unknown secret setting" "api_tokn" --set secretKeyRefs.api_tokn.name=s --set secretKeyRefs.api_tokn.key=k
+expect_fail "misspelt key" "'bootstap' not allowed" --set kafka.bootstap=kafka:9092
+expect_fail "removed key" "'stageInputTopics' not allowed" --set stageInputTopics.preprocess[0]=images.uploaded
+expect_fail "misspelt group key" "'replica' not allowed" --set 'stageGroups[0].name=preprocess' --set 'stageGroups[0].stages[0]=preprocess' --set 'stageGroups[0].replica=2'
+expect_fail "wrong type" "/kafka/partitions" --set-string kafka.partitions=six
+expect_fail "bad digest" "/image/digest" --set image.digest=latest
+expect_fail "unknown secret setting" "'api_tokn' not allowed" --set secretKeyRefs.api_tokn.name=s --set secretKeyRefs.api_tokn.key=k
 expect_fail "replication class" "/cassandra/replication/class" --set cassandra.replication.class=LocalStrategy
-expect_fail "unknown model" "coco" --set 'stageGroups[0].name=v' --set 'stageGroups[0].stages[0]=objects' --set 'stageGroups[0].models[0]=coco'
+expect_fail "unknown model" "/stageGroups/0/models/0" --set 'stageGroups[0].name=v' --set 'stageGroups[0].stages[0]=objects' --set 'stageGroups[0].models[0]=coco'
 echo "chart checks passed"

@@ -33,19 +33,41 @@ built_version() {  # built_version BINARY MODULE
   go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m {print $3}'
 }
 
-go_tool() {  # go_tool NAME MODULE PACKAGE VERSION
-  local name=$1 module=$2 pkg=$3 version=$4
-  if [[ $(built_version "$GOBIN/$name" "$module") == "$version" ]]; then
-    return 0
-  fi
-  command -v go >/dev/null || die "go is not installed (Debian: apt-get install -y golang-go); needed to build $name"
-  log "building $name $version (go install $pkg@$version; a few minutes the first time)"
-  go install "$pkg@$version" >&2 || die "go install $pkg@$version failed"
-  [[ $(built_version "$GOBIN/$name" "$module") == "$version" ]] || die "$GOBIN/$name is not $module $version after go install"
+need_go() {
+  command -v go >/dev/null || die "go is not installed (Debian: apt-get install -y golang-go); needed to build $1"
 }
 
-go_tool helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
-go_tool kubeconform github.com/yannh/kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
+# helm: built with the ldflags of helm's own Makefile, so that `helm version` is the release and the
+# default Kubernetes version (.Capabilities.KubeVersion without --kube-version) is the one of its
+# client-go, as in the released binaries (a plain go install would claim Kubernetes 1.20).
+helm_ok() {
+  [[ $(built_version "$GOBIN/helm" helm.sh/helm/v3) == "$HELM_VERSION" ]] &&
+    [[ $("$GOBIN/helm" version --template '{{.Version}}' 2>/dev/null) == "$HELM_VERSION" ]]
+}
+if ! helm_ok; then
+  need_go helm
+  log "building helm $HELM_VERSION (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION; a few minutes the first time)"
+  gomod=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])') \
+    || die "go mod download helm.sh/helm/v3@$HELM_VERSION failed"
+  client_go=$(awk '$1 == "k8s.io/client-go" {print $2}' "$gomod")  # v0.37.0 -> Kubernetes 1.37
+  [[ $client_go =~ ^v0\.([0-9]+)\. ]] || die "cannot read the client-go version of helm $HELM_VERSION"
+  k8s_minor=${BASH_REMATCH[1]}
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.metadata="
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+  done
+  go install -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2 || die "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION failed"
+  helm_ok || die "$GOBIN/helm is not helm $HELM_VERSION after go install"
+fi
+
+if [[ $(built_version "$GOBIN/kubeconform" github.com/yannh/kubeconform) != "$KUBECONFORM_VERSION" ]]; then
+  need_go kubeconform
+  log "building kubeconform $KUBECONFORM_VERSION (go install github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION)"
+  go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >&2 \
+    || die "go install github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION failed"
+  [[ $(built_version "$GOBIN/kubeconform" github.com/yannh/kubeconform) == "$KUBECONFORM_VERSION" ]] \
+    || die "$GOBIN/kubeconform is not kubeconform $KUBECONFORM_VERSION after go install"
+fi
 
 # Kubernetes schemas from PyPI, in a venv of their own.
 venv="$TOOLS/venv"

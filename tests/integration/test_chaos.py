@@ -37,12 +37,16 @@ def test_kill_9_at_random_points_with_every_stage_on(ns, models, tmp_path):
     ns.start_worker()
     submitted = submit(ns, "chaos", files, stages=EVERY_STAGE)
     kills = []
-    # four kills at random moments of the run
+    # four kills at random moments of the run, each after the restarted worker has stored a few more images
     for _ in range(4):
-        time.sleep(rng.uniform(1, 6))
+        floor = len(stored(ns)) + 8
+        wait_for(lambda: len(stored(ns)) >= floor, 180, interval=0.2, message=f"{floor} images stored")
+        time.sleep(rng.uniform(0, 3))
         kills.append(("random", len(stored(ns))))
         ns.stop_worker(sig=signal.SIGKILL)
         ns.start_worker()
+    floor = kills[-1][1] + 8
+    wait_for(lambda: len(stored(ns)) >= floor, 180, interval=0.2, message="progress after the last restart")
     # one kill inside the join's store write: Cassandra frozen, the join's batch hanging in its write
     before = ns.log_path.read_text(errors="replace").count('"what": "join batch"')
     count = len(stored(ns))

@@ -252,7 +252,7 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- if kindIs "map" $v.cassandra.replication -}}
 {{- $_ = set $env "LENSFLOW_CASSANDRA_REPLICATION_STRATEGY" (include "lensflow.replicationJson" $v.cassandra.replication) -}}
 {{- else -}}
-{{- $_ = set $env "LENSFLOW_CASSANDRA_REPLICATION" (include "lensflow.envValue" $v.cassandra.replication) -}}
+{{- $_ = set $env "LENSFLOW_CASSANDRA_REPLICATION" (include "lensflow.envValue" (default 3 $v.cassandra.replication)) -}}
 {{- end -}}
 {{- with $v.cassandra.tls -}}
 {{- if .enabled -}}
