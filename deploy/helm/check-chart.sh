@@ -140,12 +140,9 @@ stageGroups:
   - {name: vision, stages: [objects, scene]}
 YAML
 expect_fail "model stages without models" 'stage group "vision" runs model stages (objects, scene)' -f "$tmp/no-models.yaml"
-cat >"$tmp/same-group.yaml" <<'YAML'
-stageGroups:
-  - {name: preprocess, stages: [preprocess]}
-  - {name: join, stages: [join], appId: lensflow-preprocess}
-YAML
-expect_fail "two groups, one consumer group" 'would share the consumer group (app id) "lensflow-preprocess"' -f "$tmp/same-group.yaml"
+expect_fail "group names are unique (one consumer group each)" 'stage group "preprocess" is defined twice' \
+  --set 'stageGroups[0].name=preprocess' --set 'stageGroups[0].stages[0]=preprocess' \
+  --set 'stageGroups[1].name=preprocess' --set 'stageGroups[1].stages[0]=join'
 expect_fail "object store without url" "storage.type=objectStore needs storage.url" --set storage.type=objectStore
 expect_fail "min.insync above replication" "kafka.minInsyncReplicas (3) is above kafka.replicationFactor (2)" \
   --set kafka.replicationFactor=2 --set kafka.minInsyncReplicas=3

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from lensflow.streams.settings import Settings
-from lensflow.streams.topology import STAGES
+from lensflow.streams.topology import STAGES, consumer_group
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / "deploy" / "helm"
@@ -110,20 +110,30 @@ def test_check_chart_passes(rendered):
     assert {"defaults", "ci-full-values", "ci-secure-values", "no-qdrant-split"} <= set(rendered)
 
 
+def worker_consumer_group(docs, workload) -> str:
+    """The consumer group the worker will use, computed by lensflow itself from what the chart gives it:
+    LENSFLOW_APP_ID (ConfigMap), --stages and --group."""
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    args = workload["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "LENSFLOW_APP_ID" not in env_of(workload) and "LENSFLOW_GROUP" not in config
+    stages = args[args.index("--stages") + 1].split(",")
+    group = args[args.index("--group") + 1] if "--group" in args else None
+    return consumer_group(config["LENSFLOW_APP_ID"], stages, group)
+
+
 def test_each_group_is_its_own_consumer_group(rendered):
-    w = workloads(rendered["defaults"])
-    assert env_of(w["ci-lensflow-preprocess"])["LENSFLOW_APP_ID"]["value"] == "lensflow-preprocess"
-    assert env_of(w["ci-lensflow-join"])["LENSFLOW_APP_ID"]["value"] == "lensflow"  # changelog names unchanged
-    config = next(d for d in rendered["defaults"] if d["kind"] == "ConfigMap")
-    assert "LENSFLOW_APP_ID" not in config["data"]
-    for name in ("ci-full-values", "ci-secure-values"):
-        groups = {d["metadata"]["name"]: env_of(d)["LENSFLOW_APP_ID"]["value"] for d in workloads(rendered[name]).values()}
-        assert len(set(groups.values())) == len(groups)
-        for so in (d for d in rendered[name] if d["kind"] == "ScaledObject"):
+    for name in ("defaults", "ci-full-values", "ci-secure-values"):
+        docs = rendered[name]
+        groups = {n: worker_consumer_group(docs, w) for n, w in workloads(docs).items()}
+        assert len(set(groups.values())) == len(groups), groups
+        for n, w in workloads(docs).items():  # <appId>-<group name>, also what the chart shows and KEDA measures
+            assert groups[n] == w["metadata"]["annotations"]["lensflow.io/consumer-group"]
+            assert groups[n] == "{}-{}".format(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["LENSFLOW_APP_ID"],
+                                               w["metadata"]["labels"]["lensflow.io/stage-group"])
+        for so in (d for d in docs if d["kind"] == "ScaledObject"):
             target = so["spec"]["scaleTargetRef"]["name"]
             assert {t["metadata"]["consumerGroup"] for t in so["spec"]["triggers"]} == {groups[target]}
-    secure = {d["metadata"]["name"]: d for d in workloads(rendered["ci-secure-values"]).values()}
-    assert env_of(secure["ci-lensflow-describe"])["LENSFLOW_APP_ID"]["value"] == "photos-captions"
+    assert worker_consumer_group(rendered["defaults"], workloads(rendered["defaults"])["ci-lensflow-join"]) == "lensflow-join"
 
 
 def test_keda_topics_come_from_the_topology(rendered):
@@ -212,3 +222,27 @@ def test_network_policy_and_alerts(rendered):
     assert "lensflow_delivery_failures_total" in exprs["LensflowDeliveryFailures"]
     assert 'consumergroup=~"photos-preprocess|' in exprs["LensflowConsumerLagStalled"]
     assert not any(d["kind"] in ("NetworkPolicy", "PrometheusRule") for d in rendered["defaults"])
+
+
+def exported_series() -> set[str]:
+    """Every series name the workers' /metrics can carry (streams/observability.py)."""
+    from lensflow.streams.observability import Metrics
+
+    suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"],
+                "gauge": [""], "summary": ["", "_sum", "_count", "_created"]}
+    names = set()
+    for family in Metrics().registry.collect():
+        names |= {family.name + s for s in suffixes.get(family.type, [""])}
+    return names
+
+
+def test_dashboard_and_alerts_query_exported_metrics(rendered):
+    import re
+
+    exported = exported_series()
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "lensflow.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rule = next(d for d in rendered["ci-secure-values"] if d["kind"] == "PrometheusRule")
+    exprs += [r["expr"] for r in rule["spec"]["groups"][0]["rules"]]
+    used = {m for e in exprs for m in re.findall(r"\blensflow_[a-z_]+\b", e)} - {"lensflow_io_stage_group"}  # a label
+    assert used and not used - exported, f"queried but not exported: {sorted(used - exported)}"

@@ -144,7 +144,8 @@ LENSFLOW_PARTITIONS: kafka.partitions
 LENSFLOW_REPLICATION_FACTOR: kafka.replicationFactor
 LENSFLOW_MIN_INSYNC_REPLICAS: kafka.minInsyncReplicas
 LENSFLOW_TOPIC_PREFIX: kafka.topicPrefix
-LENSFLOW_APP_ID: "kafka.appId (per group: <appId>-<group>, or stageGroups[].appId)"
+LENSFLOW_APP_ID: kafka.appId
+LENSFLOW_GROUP: "stageGroups[].name (the chart runs each group's workers with --group <name>)"
 LENSFLOW_GROUP_INSTANCE_ID: "the chart (the pod name, for state.persistent groups)"
 LENSFLOW_SCHEMA_REGISTRY_URL: kafka.schemaRegistryUrl
 LENSFLOW_KAFKA_SECURITY_PROTOCOL: kafka.security.protocol
@@ -216,7 +217,7 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 
 {{/* Every plain environment variable shared by the workers and the init Job, as a YAML map of
      strings. Rendered into the ConfigMap, and inline into the init Job (a pre-install hook runs
-     before the ConfigMap exists). LENSFLOW_APP_ID is not here: it is per stage group. */}}
+     before the ConfigMap exists). */}}
 {{- define "lensflow.configEnv" -}}
 {{- $v := .Values -}}
 {{- $env := dict -}}
@@ -233,6 +234,7 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- $_ = set $env "LENSFLOW_PARTITIONS" (include "lensflow.envValue" $v.kafka.partitions) -}}
 {{- $_ = set $env "LENSFLOW_REPLICATION_FACTOR" (include "lensflow.envValue" $v.kafka.replicationFactor) -}}
 {{- $_ = set $env "LENSFLOW_MIN_INSYNC_REPLICAS" (include "lensflow.envValue" $v.kafka.minInsyncReplicas) -}}
+{{- $_ = set $env "LENSFLOW_APP_ID" (include "lensflow.envValue" $v.kafka.appId) -}}
 {{- if $v.kafka.topicPrefix }}{{ $_ = set $env "LENSFLOW_TOPIC_PREFIX" (toString $v.kafka.topicPrefix) }}{{ end -}}
 {{- if $v.kafka.schemaRegistryUrl }}{{ $_ = set $env "LENSFLOW_SCHEMA_REGISTRY_URL" (toString $v.kafka.schemaRegistryUrl) }}{{ end -}}
 {{- $sec := $v.kafka.security -}}
@@ -370,18 +372,12 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- toYaml $out -}}
 {{- end -}}
 
-{{/* The Faust app id (= Kafka consumer group, prefix of changelog topics) of one group:
-     stageGroups[].appId when set; else kafka.appId for a group running the join (its table changelog
-     keeps the name <appId>-<table>-changelog whatever the group is called); else <appId>-<group>.
+{{/* The Kafka consumer group (= Faust app id, prefix of the group's changelog topics) of one group:
+     <kafka.appId>-<group name>. The worker computes the same from LENSFLOW_APP_ID and its --group
+     argument (streams/topology.py consumer_group); KEDA measures this group's lag.
      Call with (dict "root" $ "group" $effectiveGroup). */}}
 {{- define "lensflow.groupAppId" -}}
-{{- if .group.appId -}}
-{{- .group.appId -}}
-{{- else if include "lensflow.groupRunsJoin" .group -}}
-{{- .root.Values.kafka.appId -}}
-{{- else -}}
 {{- printf "%s-%s" .root.Values.kafka.appId .group.name -}}
-{{- end -}}
 {{- end -}}
 
 {{/* Kafka topics (with prefix) whose lag scales a group: keda.topics, else the inputs of its stages
@@ -490,7 +486,6 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- fail "lensflow: stageGroups is empty: nothing would run." -}}
 {{- end -}}
 {{- $seen := dict -}}
-{{- $appIds := dict -}}
 {{- range $i, $raw := $v.stageGroups -}}
 {{- if not (kindIs "map" $raw) -}}
 {{- fail (printf "lensflow: stageGroups[%d] is not a map (name, stages, …)." $i) -}}
@@ -514,11 +509,6 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- fail (printf "lensflow: stage group %q: unknown stage %q (runnable stages, from streams/topology.py: %s)." $g.name . ($runnable | sortAlpha | join ", ")) -}}
 {{- end -}}
 {{- end -}}
-{{- $appId := include "lensflow.groupAppId" (dict "root" $ "group" $g) -}}
-{{- if hasKey $appIds $appId -}}
-{{- fail (printf "lensflow: stage groups %q and %q would share the consumer group (app id) %q: every group needs its own (stageGroups[].appId)." (get $appIds $appId) $g.name $appId) -}}
-{{- end -}}
-{{- $_ = set $appIds $appId $g.name -}}
 {{- range $g.stages -}}
 {{- if and (has . (include "lensflow.qdrantStages" $ | fromYamlArray)) (not $v.qdrant.url) -}}
 {{- fail (printf "lensflow: qdrant.url is required: stage group %q runs %s, which uses Qdrant. qdrant-client's local mode locks its storage folder to a single process, so several worker pods cannot share it: deploy a Qdrant server and set qdrant.url (e.g. http://qdrant:6333)." $g.name .) -}}
