@@ -7,6 +7,7 @@ import io
 import json
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .conftest import LENSFLOW
+from lensflow.streams.cli import poll_ready
+
+from .conftest import LENSFLOW, free_port
 from .helpers import read_topic, wait_for
 
 EVERY_STAGE = "objects,text,faces,scene,embedding,describe"
@@ -39,6 +42,29 @@ def photos(d: Path, n: int, size=(800, 600), seed: int = 0) -> list[str]:
         p.write_bytes(buf.getvalue())
         paths.append(str(p))
     return paths
+
+
+class Worker:
+    """A worker process of its own (stage group), beside the namespace's, on a free port."""
+
+    def __init__(self, ns, name: str, stages: str):
+        self.name, self.port = name, free_port()
+        env = {**ns.env, "LENSFLOW_WEB_PORT": str(self.port)}
+        self.log = ns.data_dir / f"worker-{name}.log"
+        self.proc = subprocess.Popen(LENSFLOW + ["worker", "--stages", stages], env=env, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        outcome = poll_ready(f"http://127.0.0.1:{self.port}/readyz", timeout, lambda: self.proc.poll() is not None)
+        assert outcome == "ready", f"worker {self.name}: {outcome}\n" + self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def submit(ns, user: str, files: list[str], stages: str | None = None) -> dict[str, str]:

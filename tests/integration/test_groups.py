@@ -7,40 +7,16 @@ throughput with one and two replicas are measured and reported."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
 
-from lensflow.streams.cli import poll_ready
-
-from .conftest import LENSFLOW, Namespace, free_port
+from .conftest import Namespace
 from .helpers import wait_for
-from .promise import EVERY_STAGE, photos, report, results_of, stored, submit_waiting
+from .promise import EVERY_STAGE, Worker, photos, report, results_of, stored, submit_waiting
 
 pytestmark = pytest.mark.integration
 VISION = "objects,scene,text,embedding"
-
-
-class Worker:
-    def __init__(self, ns: Namespace, name: str, stages: str):
-        self.name, self.port = name, free_port()
-        env = {**ns.env, "LENSFLOW_WEB_PORT": str(self.port)}
-        self.log = ns.data_dir / f"worker-{name}.log"
-        self.proc = subprocess.Popen(LENSFLOW + ["worker", "--stages", stages], env=env, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 240) -> None:
-        outcome = poll_ready(f"http://127.0.0.1:{self.port}/readyz", timeout, lambda: self.proc.poll() is not None)
-        assert outcome == "ready", f"worker {self.name}: {outcome}\n" + self.log.read_text(errors="replace")[-3000:]
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def run_batch(ns, user: str, files: list[str]) -> tuple[dict, float]:
