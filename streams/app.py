@@ -31,6 +31,7 @@ from .observability import Metrics
 from .records import now
 from .settings import Settings
 from .storage import Storage
+from .security import cassandra_options, faust_credentials
 from .topology import DEADLETTER, RUNNABLE, STAGES, TOPICS, consumer_group, split_problem
 
 log = structlog.get_logger("lensflow")
@@ -61,7 +62,8 @@ class Stores:
 
         s = self.settings
         if "cassandra" in self.wanted:
-            self.cassandra = CassandraStore(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace)
+            self.cassandra = CassandraStore(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace,
+                                            **cassandra_options(s))
         if "qdrant" in self.wanted:
             self.qdrant = QdrantStore(s.qdrant_url, s.qdrant_path, s.qdrant_api_key.get_secret_value() if s.qdrant_api_key else None)
 
@@ -142,6 +144,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=settings.group_instance_id,
+        broker_credentials=faust_credentials(settings),
         broker_session_timeout=settings.session_timeout_s,
         stream_buffer_maxsize=max(4 * batch, 64),
         broker_max_poll_records=max(2 * batch, 32),
@@ -159,7 +162,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
     )
     app.transport = _idempotent_transport(app)  # before anything creates the producer or the conductor
     metrics = Metrics()
-    ctx = Context(app, settings, Codec(registry_url=settings.schema_registry_url), Storage(settings.roots, allow_private_redirects=settings.storage_allow_private_redirects, per_user=settings.per_user_storage), metrics)
+    ctx = Context(app, settings, Codec.for_settings(settings), Storage(settings.roots, allow_private_redirects=settings.storage_allow_private_redirects, per_user=settings.per_user_storage), metrics)
     modules: dict[str, list[str]] = {}
     for name in stages:  # stages sharing a module (one network, several results) register once
         modules.setdefault(STAGES[name].module, []).append(name)

@@ -351,7 +351,7 @@ def submit(
             plan_for(stage_list, s.stages)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    codec = Codec(registry_url=s.schema_registry_url)
+    codec = Codec.for_settings(s)
     uploads = _uploads(s, user, paths)
     consumer = end_offsets_consumer(s, [ANALYZED]) if wait else None
     prod = producer(s)
@@ -453,7 +453,7 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
     if stage not in AVAILABLE_STAGES or STAGES[stage].kind != StageKind.PIXEL:
         pixel = [x for x in AVAILABLE_STAGES if STAGES[x].kind == StageKind.PIXEL]
         raise CliError(f"--stage must be one of {pixel} (metadata and describe follow a re-submission)")
-    codec = Codec(registry_url=s.schema_registry_url)
+    codec = Codec.for_settings(s)
     store = cassandra_store(s)
     try:
         rows = [r for r in store.images_of(user)
@@ -507,7 +507,9 @@ def cassandra_store(s: Settings):
     """The store layer on the configured Cassandra, for one CLI command (close it when done)."""
     from .store import CassandraStore
 
-    return CassandraStore(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace)
+    from .security import cassandra_options
+
+    return CassandraStore(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace, **cassandra_options(s))
 
 
 def fetch_image(s: Settings, image_id: str) -> dict | None:

@@ -128,9 +128,18 @@ def read_body(data: bytes | memoryview, writer: SchemaVersion | Any, reader: Sch
 class Codec:
     """Encode/decode lensflow records. One instance per process; thread-safe for reads."""
 
-    def __init__(self, schemas: SchemaSet | None = None, registry_url: str | None = None, registry: Any = None):
+    @classmethod
+    def for_settings(cls, settings) -> "Codec":
+        """The codec of a worker or CLI command: the schema registry (and its credentials) from settings."""
+        from .security import registry_conf
+
+        return cls(registry_url=settings.schema_registry_url, registry_conf=registry_conf(settings))
+
+    def __init__(self, schemas: SchemaSet | None = None, registry_url: str | None = None, registry: Any = None,
+                 registry_conf: dict | None = None):
         self.schemas = schemas or default_schemas()
         self.registry_url = registry_url
+        self.registry_conf = dict(registry_conf or {})
         self._registry = registry
         self._ids: dict[tuple[str, str], int] = {}  # (subject, name) -> schema id
         self._writers: dict[int, tuple[str, Any]] = {}  # schema id -> (full name, parsed writer)
@@ -142,7 +151,7 @@ class Codec:
                 raise CodecError("record is in Confluent framing but no schema registry is configured (LENSFLOW_SCHEMA_REGISTRY_URL)")
             from confluent_kafka.schema_registry import SchemaRegistryClient
 
-            self._registry = SchemaRegistryClient.new_client({"url": self.registry_url})  # mock:// for tests
+            self._registry = SchemaRegistryClient.new_client({"url": self.registry_url, **self.registry_conf})  # mock:// for tests
         return self._registry
 
     # encoding --------------------------------------------------------------------------------

@@ -360,7 +360,9 @@ def _when(dt: datetime | None) -> str:
 def _consumer(s):
     from confluent_kafka import Consumer
 
-    return Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "lensflow-cli-deadletter",
+    from .kafka import kafka_conf
+
+    return Consumer({**kafka_conf(s), "group.id": "lensflow-cli-deadletter",
                      "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
                      "log_level": 2})  # connection failures are reported as one CliError line, not rdkafka logs
 
@@ -539,7 +541,7 @@ def list_(stage: Optional[str] = StageOpt, code: Optional[str] = CodeOpt, since:
 
     s = cli.settings()
     flt = _filter(stage, code, since, image)
-    codec = Codec(registry_url=s.schema_registry_url)
+    codec = Codec.for_settings(s)
     letters = sorted(flt.select(read_letters(s, codec, flt.since, quiet=as_json)), key=_chronological)
     for letter in letters:
         cli._emit(as_json, summary(letter), _line(letter))
@@ -564,7 +566,7 @@ def show(letter: str = typer.Argument(..., help="PARTITION:OFFSET of the dead le
         partition, offset = parse_letter_id(letter)
     except ValueError as exc:
         raise cli.CliError(str(exc)) from None
-    codec = Codec(registry_url=s.schema_registry_url)
+    codec = Codec.for_settings(s)
     got = read_one(s, codec, partition, offset)
     if got.record is None:
         raise cli.CliError(f"dead letter {got.id} does not decode: {got.error}")
@@ -614,7 +616,7 @@ def replay(ids: Optional[list[str]] = typer.Argument(None, help="Only these dead
 
     s = cli.settings()
     flt = _filter(stage, code, since, image, ids)
-    codec = Codec(registry_url=s.schema_registry_url)
+    codec = Codec.for_settings(s)
     letters = sorted(flt.select(read_letters(s, codec, flt.since, quiet=as_json)), key=_chronological)
     if flt.ids:
         missing = sorted(flt.ids - {x.id for x in letters})

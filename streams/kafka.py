@@ -16,15 +16,22 @@ from .settings import Settings
 from .topology import TOPICS
 
 
+def kafka_conf(settings: Settings, **extra) -> dict:
+    """Base configuration of every confluent-kafka client: bootstrap servers and security."""
+    from .security import confluent_conf
+
+    return {"bootstrap.servers": settings.kafka_bootstrap, **confluent_conf(settings), **extra}
+
+
 def producer(settings: Settings, **extra) -> Producer:
-    conf = {"bootstrap.servers": settings.kafka_bootstrap, "partitioner": "murmur2_random",
+    conf = {**kafka_conf(settings), "partitioner": "murmur2_random",
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"}
     conf.update(extra)
     return Producer(conf)
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    return AdminClient(kafka_conf(settings))
 
 
 def wait_for_kafka(settings: Settings, timeout_s: float) -> None:
@@ -85,7 +92,7 @@ def ensure_topics(settings: Settings) -> list[str]:
 
 def end_offsets_consumer(settings: Settings, topics: Iterable[str], group: str = "lensflow-cli") -> Consumer:
     """A consumer assigned to the *current end* of every partition of ``topics``: it sees only what comes next."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False,
+    consumer = Consumer({**kafka_conf(settings), "group.id": group, "enable.auto.commit": False,
                          "auto.offset.reset": "latest"})
     assignment = []
     meta = consumer.list_topics(timeout=10).topics

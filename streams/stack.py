@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from .kafka import ensure_topics, wait_for_kafka
 from .settings import Settings
+from .security import cassandra_options
 from .store import connect_cassandra, cql_statements, wait_for_cassandra
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local" / "stack.sh"
@@ -40,9 +41,11 @@ def script(settings: Settings, command: str, capture: bool = False) -> subproces
 
 
 def apply_cql(settings: Settings) -> int:
-    cluster, session = connect_cassandra(settings.cassandra_hosts, settings.cassandra_port, timeout=30)
+    cluster, session = connect_cassandra(settings.cassandra_hosts, settings.cassandra_port, timeout=30,
+                                         **cassandra_options(settings))
     try:
-        statements = cql_statements(settings.cassandra_keyspace, settings.cassandra_replication)
+        statements = cql_statements(settings.cassandra_keyspace, settings.cassandra_replication,
+                                    settings.cassandra_replication_strategy)
         for stmt in statements:
             session.execute(stmt, timeout=60)
         return len(statements)
@@ -58,7 +61,7 @@ def prepare(settings: Settings, log=print, topics: bool = True, cql: bool = True
         created = ensure_topics(settings)
         log(f"topics: {len(created)} created" if created else "topics: all present")
     if cql:
-        wait_for_cassandra(settings.cassandra_hosts, settings.cassandra_port, timeout_s)
+        wait_for_cassandra(settings.cassandra_hosts, settings.cassandra_port, timeout_s, **cassandra_options(settings))
         n = apply_cql(settings)
         log(f"cassandra schema: {n} statements applied to keyspace {settings.cassandra_keyspace}")
 

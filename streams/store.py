@@ -62,15 +62,29 @@ ANALYSIS_COLUMNS = ["image_id", "run_id", "analysis_version", "status", "stage_s
                     "stage_models", "stage_records", "result_json", "uploaded_at", "completed_at"]
 
 
-def cql_statements(keyspace: str, replication: int) -> list[str]:
+def replication_map(replication: int, strategy: dict | None = None) -> str:
+    """The keyspace's replication as a CQL map: SimpleStrategy with ``replication`` copies, or ``strategy``
+    as given (e.g. NetworkTopologyStrategy with a factor per data centre)."""
+    if not strategy:
+        return f"{{'class': 'SimpleStrategy', 'replication_factor': {int(replication)}}}"
+    items = []
+    for key, value in strategy.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(key)) or not re.fullmatch(r"[A-Za-z0-9_.-]+", str(value)):
+            raise ValueError(f"bad replication entry {key!r}: {value!r}")
+        items.append(f"'{key}': " + (str(value) if isinstance(value, int) else f"'{value}'"))
+    return "{" + ", ".join(items) + "}"
+
+
+def cql_statements(keyspace: str, replication: int, strategy: dict | None = None) -> list[str]:
     """The CQL schema with its placeholders filled, split into statements."""
     text = (resources.files("lensflow.schemas") / "cassandra.cql").read_text()
     text = "\n".join(line for line in text.splitlines() if not line.strip().startswith("--"))
-    text = text.format(keyspace=keyspace, replication=replication)
+    text = text.format(keyspace=keyspace, replication=replication_map(replication, strategy))
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
-def connect_cassandra(hosts: list[str], port: int, timeout: float = 10.0):
+def connect_cassandra(hosts: list[str], port: int, timeout: float = 10.0, **options):
+    """A cluster and session; ``options``: auth provider and TLS (``security.cassandra_options``)."""
     from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT
     from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
 
@@ -78,7 +92,7 @@ def connect_cassandra(hosts: list[str], port: int, timeout: float = 10.0):
     # reconnect within 10 s of a node coming back (the driver's default backs off to 10 minutes, which
     # would keep the join waiting long after an outage ended)
     cluster = Cluster(hosts, port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile}, protocol_version=5,
-                      connect_timeout=timeout, reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0))
+                      connect_timeout=timeout, reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0), **options)
     return cluster, cluster.connect()
 
 
@@ -99,9 +113,9 @@ def _aio(response_future) -> asyncio.Future:
 class CassandraStore:
     """Every CQL statement of lensflow (prepared once), awaited from asyncio or run synchronously."""
 
-    def __init__(self, hosts: list[str], port: int, keyspace: str, session=None):
+    def __init__(self, hosts: list[str], port: int, keyspace: str, session=None, **options):
         if session is None:
-            self.cluster, self.session = connect_cassandra(hosts, port)
+            self.cluster, self.session = connect_cassandra(hosts, port, **options)
         else:
             self.cluster, self.session = None, session
         ks = keyspace
@@ -301,13 +315,13 @@ class QdrantStore:
         self._pool.shutdown(wait=False)
 
 
-def wait_for_cassandra(hosts: list[str], port: int, timeout_s: float) -> None:
+def wait_for_cassandra(hosts: list[str], port: int, timeout_s: float, **options) -> None:
     """Block until a CQL query answers, or raise TimeoutError."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            cluster, session = connect_cassandra(hosts, port, timeout=5)
+            cluster, session = connect_cassandra(hosts, port, timeout=5, **options)
             try:
                 session.execute("SELECT release_version FROM system.local")
                 return
