@@ -29,6 +29,20 @@ from .settings import Settings, get_settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lensflow: streaming image analysis on Kafka (Faust agents, Avro topics, Cassandra + Qdrant).")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + Cassandra stack (jars from Maven Central).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"lensflow {version('lensflow')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """lensflow: streaming image analysis on Kafka (Faust agents, Avro topics, Cassandra + Qdrant)."""
 app.add_typer(stack_app, name="stack")
 # piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default
 out = Console() if sys.stdout.isatty() else Console(width=200)
@@ -100,11 +114,22 @@ def stack_down() -> None:
 
 @stack_app.command("status")
 @friendly
-def stack_status() -> None:
+def stack_status(as_json: bool = typer.Option(False, "--json", help="One JSON object: service -> state, pid, port, log.")) -> None:
     """Each service, its pid, port and log file. Exit 3 when one is not running."""
     from . import stack
 
-    code = stack.status(settings())
+    if not as_json:
+        code = stack.status(settings())
+    else:
+        proc = stack.script(settings(), "status", capture=True)
+        code = proc.returncode
+        services = {}
+        for line in proc.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                services[parts[0]] = {"state": parts[1], **{k: (int(v) if v.isdigit() else v) for k, _, v in
+                                                            (p.partition("=") for p in parts[2:]) if k}}
+        print(json.dumps(services, indent=2))
     if code:
         raise typer.Exit(3)
 
@@ -441,7 +466,8 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
               older_than_version: Optional[int] = typer.Option(None, "--older-than-version",
                                                                help="Only images whose analysis_version is below this."),
               wait: bool = typer.Option(False, "--wait", help="Block until every image is stored again."),
-              timeout: float = typer.Option(600.0, help="--wait: give up after this many seconds (exit 4).")) -> None:
+              timeout: float = typer.Option(600.0, help="--wait: give up after this many seconds (exit 4)."),
+              as_json: bool = typer.Option(False, "--json", help="One JSON line per image (sent, or its outcome with --wait).")) -> None:
     """Run one stage again on stored images; the join merges the new result into each stored aggregate
     (other stages untouched), bumps analysis_version and last_analyzed, and emits the invalidation."""
     from .codec import Codec
@@ -488,13 +514,16 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
         store.close()
     err.print(f"lensflow: {len(uploads)} image(s) sent to {stage}" + (f", {skipped} skipped (failed or no stored run)" if skipped else ""))
     if not wait or not uploads:
+        for u in uploads if as_json else []:
+            _emit(True, {"image_id": u["image_id"], "run_id": u["run_id"], "status": "sent"}, "")
         return
-    results = _await_analyzed(consumer, codec, uploads, timeout, time.monotonic(), False)
+    results = _await_analyzed(consumer, codec, uploads, timeout, time.monotonic(), as_json)
     consumer.close()
     for u in uploads:
         r = results.get(u["image_id"])
-        out.print(f"{u['image_id']}  {r['status'] if r else 'timeout'}" + (f"  version {r['analysis_version']}" if r else ""),
-                  highlight=False, soft_wrap=True)
+        _emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "status": r["status"] if r else "timeout",
+                        "analysis_version": r["analysis_version"] if r else None},
+              f"{u['image_id']}  {r['status'] if r else 'timeout'}" + (f"  version {r['analysis_version']}" if r else ""))
     if len(results) < len(uploads):
         raise CliError(f"{len(uploads) - len(results)} image(s) not stored again within {timeout:.0f}s", 4)
 
@@ -597,18 +626,25 @@ def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Model
 
 @models_app.command("list")
 @friendly
-def models_list() -> None:
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The prepared model files, their versions, sizes and checksums (verified now)."""
     from .models import ModelCache, sha256_file
 
     s = settings()
     cache = ModelCache(s.cache_path / "models")
-    table = Table("file", "version", "MB", "sha256", "check", "source")
+    rows = []
     for name, entry in sorted(cache.manifest().items()):
         path = cache.root / name
-        ok = path.exists() and sha256_file(path) == entry["sha256"]
-        table.add_row(name, entry.get("version", ""), f"{entry.get('bytes', 0) / 1e6:.1f}", entry["sha256"][:16],
-                      "ok" if ok else "[red]MISMATCH[/red]" if path.exists() else "[red]missing[/red]", entry.get("source", ""))
+        check = ("ok" if sha256_file(path) == entry["sha256"] else "mismatch") if path.exists() else "missing"
+        rows.append({"file": name, "version": entry.get("version", ""), "bytes": entry.get("bytes", 0),
+                     "sha256": entry["sha256"], "check": check, "source": entry.get("source", "")})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("file", "version", "MB", "sha256", "check", "source")
+    for r in rows:
+        table.add_row(r["file"], r["version"], f"{r['bytes'] / 1e6:.1f}", r["sha256"][:16],
+                      {"ok": "ok", "mismatch": "[red]MISMATCH[/red]", "missing": "[red]missing[/red]"}[r["check"]], r["source"])
     out.print(table)
 
 
@@ -739,7 +775,8 @@ def topology(as_json: bool = typer.Option(False, "--json", help="Print JSON (wha
 @app.command()
 @friendly
 def schemas(check: bool = typer.Option(False, "--check", help="Fail when a schema changed without being frozen, or broke compatibility."),
-            freeze: bool = typer.Option(False, "--freeze", help="Record changed schemas as new versions (after checking them).")) -> None:
+            freeze: bool = typer.Option(False, "--freeze", help="Record changed schemas as new versions (after checking them)."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON (the list, or the findings of --check).")) -> None:
     """List the Avro records and their topics; check or freeze schema evolution."""
     from . import evolution
     from .codec import default_schemas
@@ -751,6 +788,8 @@ def schemas(check: bool = typer.Option(False, "--check", help="Fail when a schem
         return
     if check:
         findings = evolution.check()
+        if as_json:
+            print(json.dumps([{"record": f.record, "problem": f.problem} for f in findings], indent=2))
         for f in findings:
             err.print(f"lensflow: {f}", highlight=False)
         if findings:
@@ -758,10 +797,15 @@ def schemas(check: bool = typer.Option(False, "--check", help="Fail when a schem
         err.print(f"lensflow: {len(evolution.TOPIC_RECORDS)} records, all frozen and backward compatible")
         return
     sset = default_schemas()
+    rows = [{"topic": spec.name, "record": f"lensflow.v1.{spec.record}",
+             "versions": len(sset.history.get(f"lensflow.v1.{spec.record}", [])),
+             "fingerprint": sset.current[f"lensflow.v1.{spec.record}"].fingerprint.hex()} for spec in TOPICS.values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
     table = Table("topic", "record", "versions", "fingerprint (CRC-64-AVRO)")
-    for spec in TOPICS.values():
-        name = f"lensflow.v1.{spec.record}"
-        table.add_row(spec.name, name, str(len(sset.history.get(name, []))), sset.current[name].fingerprint.hex())
+    for r in rows:
+        table.add_row(r["topic"], r["record"], str(r["versions"]), r["fingerprint"])
     out.print(table)
 
 

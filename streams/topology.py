@@ -175,6 +175,25 @@ def describe_topology(app_id: str) -> dict:
     }
 
 
+def catalogue_markdown() -> str:
+    """The README's topic catalogue (tests/unit/test_docs.py keeps the two equal)."""
+    rows = ["| topic | record (`schemas/lensflow.v1.<record>.avsc`) | key | partitions | retention | written by | read by |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for spec in TOPICS.values():
+        writers = [s.name for s in STAGES.values() if spec.name in s.writes]
+        if spec.name == UPLOADED:
+            writers = ["upstream producers, `lensflow submit`, `deadletter replay`"]
+        readers = [s.name for s in STAGES.values() if spec.name in s.reads]
+        if spec.name in (ANALYZED, INVALIDATIONS):
+            readers = ["downstream consumers"]
+        if spec.name == DEADLETTER:
+            writers, readers = ["every stage (the runner)"], ["`lensflow deadletter`"]
+        partitions = "`LENSFLOW_PARTITIONS` (must be equal)" if spec.joined else "`LENSFLOW_PARTITIONS`"
+        rows.append(f"| `{spec.name}` | {spec.record} | image id (UTF-8) | {partitions} | {spec.retention_ms // DAY_MS} d "
+                    f"| {', '.join(writers)} | {', '.join(readers) or '-'} |")
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Which stages one image goes through, split the way the join needs it."""

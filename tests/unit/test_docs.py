@@ -27,3 +27,11 @@ def test_readme_error_codes_table_matches_the_code():
     readme = (ROOT / "README.md").read_text()
     missing = [line for line in codes_markdown().splitlines() if line not in readme]
     assert not missing, "README's error-code table is stale; paste lensflow.streams.errors.codes_markdown():\n" + "\n".join(missing)
+
+
+def test_readme_topic_catalogue_matches_the_topology():
+    from lensflow.streams.topology import catalogue_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [line for line in catalogue_markdown().splitlines() if line not in readme]
+    assert not missing, "README's topic catalogue is stale; paste lensflow.streams.topology.catalogue_markdown():\n" + "\n".join(missing)
