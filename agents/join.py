@@ -45,10 +45,9 @@ from lensflow.streams.runner import Item, Outcome, Output, Stage, run
 from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, PREPARED, RESULT_TOPIC,
                                        STAGES)
 
-from .join_projection import (CACHE_KEYS, DESCRIBED_STAGE, Completed, aggregated_record, assemble,  # noqa: F401
-                              failed_copy, overall_status, tags_of, with_refined_scene)
-from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, aggregated, decide, merge,  # noqa: F401
-                         all_results, new_entry, place, run_order, stage_of)
+from .join_projection import Completed, aggregated_record, assemble, failed_copy
+from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, aggregated, all_results, decide, merge,
+                         place, run_order, stage_of)
 
 STAGE = "join"
 

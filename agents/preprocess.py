@@ -30,7 +30,7 @@ from PIL import Image
 
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retry_sync
 from lensflow.streams.budget import MemoryBudget
-from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, result
+from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, now, result
 from lensflow.streams.runner import Item, Output, Stage, run
 from lensflow.streams.runner import Outcome as StageOutcome
 from lensflow.streams.storage import derivative_url
@@ -493,7 +493,7 @@ class Preprocess(Stage):
         """The outcome of one upload; never raises for a fault of that image alone."""
         upload: ImageUploaded = item.record
         s = self.settings
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), now()
         plan, source, dead = None, upload["uri"], None
         try:
             try:
@@ -517,7 +517,8 @@ class Preprocess(Stage):
             self.log.warning("image_failed", image_id=upload["image_id"], code=outcome.error.code, reason=outcome.error.message)
         # the stage's own time (fetch + decode + encode + store), not time queued behind other images
         duration = outcome.work_ms if outcome.work_ms else (time.perf_counter() - t0) * 1000
-        return StageOutcome(self.records(upload, outcome, source, plan, duration), dead, outcome.attempts)
+        return StageOutcome(self.records(upload, outcome, source, plan, duration), dead, outcome.attempts,
+                            first_failed_at=started if dead is not None else None)
 
     async def process(self, items: list[Item]) -> list[StageOutcome]:
         return list(await asyncio.gather(*(self.one(item) for item in items)))

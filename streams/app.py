@@ -28,11 +28,10 @@ import structlog
 
 from .codec import Codec
 from .observability import Metrics
-from .records import now
 from .settings import Settings
 from .storage import Storage
 from .security import cassandra_options, faust_credentials
-from .topology import DEADLETTER, RUNNABLE, STAGES, TOPICS, consumer_group, split_problem
+from .topology import RUNNABLE, STAGES, TOPICS, consumer_group, split_problem
 
 log = structlog.get_logger("lensflow")
 

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .codec import SchemaSet, SchemaVersion
+from .codec import SchemaSet
 from .topology import TOPICS
 
 #: Records that travel on topics: the public contract, versioned one by one.

@@ -35,7 +35,6 @@ The contract the runner owns:
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -261,6 +260,3 @@ def run(ctx, stage: Stage) -> Runner:
     runner.register()
     return runner
 
-
-def timed_ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000

@@ -3,7 +3,8 @@
 from datetime import datetime, timezone
 
 
-from lensflow.agents.join import assemble, decide, merge, stage_of, tags_of
+from lensflow.agents.join_projection import assemble, tags_of
+from lensflow.agents.join_state import decide, merge, stage_of
 from lensflow.streams.codec import Codec
 
 T0 = 1_700_000_000_000
