@@ -261,7 +261,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-"))
-    env = bench_env("b", 6099, work, args.set)
+    env = bench_env("b", 6099, work, ["stages=metadata", *args.set])  # the spine: EXIF only, no models
     cli = [sys.executable, "-m", "lensflow.streams.cli"]
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
 

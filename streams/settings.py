@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     group_instance_id: str | None = Field(None, description="Kafka static group membership (`group.instance.id`): a worker restarted with the same id takes its partitions back at once instead of waiting out the dead member's session. Unique per worker, e.g. the pod name of a StatefulSet.")
 
     # --- stages --------------------------------------------------------------------------------
-    stages: CsvList = Field(default_factory=lambda: list(DEFAULT_STAGES), description="Stages an image goes through unless its upload event names its own.")
+    stages: CsvList = Field(default_factory=lambda: list(DEFAULT_STAGES), description="Stages an image goes through unless its upload event names its own (default: every available stage; `metadata` alone is EXIF only).")
     join_timeout_s: float = Field(120.0, gt=0, description="Seconds the join waits for the expected stages before writing a 'partial' result.")
     join_tick_interval_s: float = Field(2.0, gt=0, description="How often the join looks for images past their deadline.")
     batch_size: int = Field(32, ge=1, description="Max records per agent batch (stream.take_events).")

@@ -109,9 +109,9 @@ STAGE_OF_RECORD: dict[str, str] = {TOPICS[t].record: s for s, t in RESULT_TOPIC.
 ANALYSIS_STAGES = tuple(RESULT_TOPIC)
 #: Analysis stages that have an implementation today.
 AVAILABLE_STAGES = tuple(s for s in ANALYSIS_STAGES if STAGES[s].module is not None)
-#: What an image goes through when neither its upload nor LENSFLOW_STAGES says otherwise. Model stages
-#: are opt-in until every analysis stage exists (they need `lensflow models prepare` first).
-DEFAULT_STAGES = ("metadata",)
+#: What an image goes through when neither its upload nor LENSFLOW_STAGES says otherwise: the whole
+#: analysis (a stage whose model files are missing reports ``model_unavailable``: run `lensflow models prepare`).
+DEFAULT_STAGES = AVAILABLE_STAGES
 #: Processes a worker can run (``lensflow worker --stages``): stages with their own agent.
 RUNNABLE = tuple(s.name for s in STAGES.values() if s.module is not None and s.kind != "inline")
 

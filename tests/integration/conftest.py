@@ -80,6 +80,8 @@ class Namespace:
             "LENSFLOW_APP_ID": f"lensflow-t{tag}",
             "LENSFLOW_WEB_PORT": str(free_port()),
             "LENSFLOW_LOG_JSON": "true",
+            # EXIF only unless a test asks for more (per upload with --stages, or with stages=…): fast and model-free
+            "LENSFLOW_STAGES": "metadata",
         })
         self.env.update({f"LENSFLOW_{k.upper()}": str(v) for k, v in settings.items()})
         self.keyspace = self.env["LENSFLOW_CASSANDRA_KEYSPACE"]

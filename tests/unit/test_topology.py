@@ -45,3 +45,12 @@ def test_a_split_without_a_qdrant_server_must_keep_faces_and_join_together():
     assert "LENSFLOW_QDRANT_URL" in split_problem(["faces"], None)
     assert split_problem(["join"], None) is None  # faces may not be deployed at all
     assert split_problem(["faces", "objects"], "http://qdrant:6333") is None
+
+
+def test_a_plain_upload_gets_the_whole_analysis():
+    from lensflow.streams.settings import Settings
+    from lensflow.streams.topology import AVAILABLE_STAGES, plan_for
+
+    plan = plan_for(None, Settings(_env_file=None).stages)
+    assert set(plan.expected + plan.derived) == set(AVAILABLE_STAGES)
+    assert plan_for(None, ["metadata"]).expected == ["metadata"]  # LENSFLOW_STAGES=metadata: EXIF only
