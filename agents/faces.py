@@ -1,7 +1,7 @@
 """faces: the pure parts of the faces stage — dlib detection, landmarks and descriptors (``FaceModel``)
 and the per-user face gallery in Qdrant (``FaceGallery``). The Faust wiring lives elsewhere.
 
-Model (see shared MODELS.md): dlib's HOG frontal detector on a copy of the image whose long side is
+Model (costs measured in bench/RESULTS.md): dlib's HOG frontal detector on a copy of the image whose long side is
 capped at ``DETECT_MAX_SIDE`` (800) with ``UPSAMPLE`` 1 (~100–200 ms per image on one core), boxes
 scaled back; the 5-point shape predictor (~1 ms) and the 128-d ResNet descriptor (~75 ms per face,
 never jittered) run on the full given image. dlib here (PyPI ``dlib-bin``) has no BLAS and is
@@ -41,7 +41,7 @@ from lensflow.streams.store import FACE_DIM
 
 STAGE = "faces"
 
-#: Detection runs on a copy whose long side is at most this (the tuned default in MODELS.md).
+#: Detection runs on a copy whose long side is at most this (tuned on this machine class: bench/RESULTS.md).
 DETECT_MAX_SIDE = 800
 #: HOG pyramid upsampling: 1 finds faces down to ~40 px in the detection copy; 0 is 4x faster but
 #: misses small faces and gives false positives on patches and badges.

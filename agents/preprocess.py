@@ -5,7 +5,7 @@ byte and pixel limits (decompression bombs are refused from the header, before a
 EXIF metadata from the original → decode fully (a truncated file fails here) → cap the long side →
 apply EXIF orientation → store a JPEG derivative next to the original → publish.
 
-Speed (see bench/spine.py and shared MODELS.md): JPEGs are decoded with Pillow's ``draft`` at the
+Speed (see bench/spine.py and bench/RESULTS.md): JPEGs are decoded with Pillow's ``draft`` at the
 smallest DCT scale that still covers the target size (a 12 MP photo decodes at 1/2 or 1/4 scale),
 resized with an antialiased bilinear filter, and transposed *after* the resize (on 4× fewer pixels).
 An original that is already a JPEG within the size cap with orientation 1 is its own derivative:

@@ -4,7 +4,7 @@ The pure part of the text stage: ``OcrModel.predict(batch of PIL RGB images)`` r
 fields ``text``, ``language`` and ``lines`` (boxes in pixels of the image given; the caller scales them
 to the original). The Faust wiring lives elsewhere.
 
-Per image (see shared MODELS.md for the measurements behind each step):
+Per image (bench/RESULTS.md has the measurements behind each step):
 
 1. **Gate**: detection only, long side capped at ``GATE_MAX_SIDE``. No box: empty result, nothing else
    runs (a photo without text costs only this).

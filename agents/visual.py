@@ -2,7 +2,7 @@
 
 The network gives ImageNet-1k logits (→ ``scene``: indoor/outdoor, places, events through the data
 table ``agents/data/scene_map.csv``) and the 1280-d pooled features (→ ``embedding``: the L2-normalised
-``visual`` vector for image→image search). ARCHITECTURE.md asks stages that share a network to share
+``visual`` vector for image→image search). The design asks stages that share a network to share
 one forward pass and still publish separate records: this module is that agent; the domain logic
 stays in ``scene.py`` and ``embedding.py``. Scene rules that need the objects stage's detections (a
 cake and people → birthday) are not applied here, since objects runs in parallel; the scene map

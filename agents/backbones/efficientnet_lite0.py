@@ -6,8 +6,8 @@ into numpy with a restricted unpickler (four globals allowed, nothing else is ev
 ``build_onnx`` writes the network with ``onnx.helper`` (opset 17, BN folded with eps 1e-3, TensorFlow
 "SAME" padding = ``SAME_UPPER``, ReLU6, dynamic batch) with two outputs: ``logits`` [N, 1000] and
 ``features`` [N, 1280] (after global average pooling, before the classifier). One forward pass feeds
-both the scene stage (logits) and the embedding stage (features). See MODELS.md for the facts
-(verified against a torch export to 8e-6).
+both the scene stage (logits) and the embedding stage (features). The graph is built from the
+package's weights without torch (verified against a torch export to 8e-6).
 
 ``onnx`` is needed only by the preparer (``lensflow models prepare``); the runner needs
 ``onnxruntime``, numpy and Pillow.

@@ -256,8 +256,8 @@ class TestServer:
 
     def test_health_is_503_before_any_heartbeat(self, server):
         *_, heartbeat, base = server
-        if heartbeat.started:
-            pytest.skip("heartbeat already started by another test")
+        # the module's server is shared: this test runs first in file order, before any test starts the beat
+        assert not heartbeat.started, "run in file order: a test before this one started the heartbeat"
         r = httpx.get(f"{base}/healthz", timeout=5)
         assert r.status_code == 503 and r.json()["ok"] is False and r.json()["loop_lag_s"] is None
         r = httpx.get(f"{base}/readyz", timeout=5)
