@@ -4,14 +4,16 @@
 guarantees, batching and buffer sizes, state store, web endpoint), then asks each selected stage's
 module to ``register(ctx)`` its agent. Agents get everything through ``Context``: the codec, the
 storage, the metrics, the topics by name, ``send`` (Avro-encode + produce, keyed by image id) and
-``dead_letter``. Nothing is registered at import time, so ``--stages`` really selects what runs.
+the stores. Stages run on ``streams/runner.py``. Nothing is registered at import time, so
+``--stages`` really selects what runs, and the consumer group is the stages' group
+(``topology.consumer_group``).
 
-Choices, with the facts behind them in shared FAUST-NOTES.md:
+Choices, read from faust-streaming 0.15.3's source:
 * values are ``raw`` bytes decoded by lensflow's codec inside try/except: a Faust codec that fails
   crashes the agent;
 * ``stream_buffer_maxsize`` and ``broker_max_poll_records`` are a few batches, not 4096 records;
-* agent ``concurrency=1`` (Faust can commit past in-flight messages otherwise); stages parallelise
-  inside a batch instead;
+* agent ``concurrency=1`` (Faust can commit past in-flight messages otherwise: faust-streaming issue
+  606); stages parallelise inside a batch instead;
 * ``web_tables_enabled`` is off (it would serve table contents over HTTP);
 * tables use ``rocksdb://`` so a restart does not replay whole changelogs, and their changelog
   partition is chosen by key (``use_partitioner``) because take() batches span partitions.

@@ -7,7 +7,7 @@ Weights never come from a hub at run time: ``lensflow models prepare`` builds ev
 in ``manifest.json``; ``load()`` refuses a missing file or a checksum mismatch with an error that
 names the file and the command to run. ONNX Runtime is the runner: execution providers in order of
 preference (CUDA when present and allowed, then CPU), with intra-op threads set explicitly (two
-single-threaded workers beat one two-threaded worker on this machine class, see MODELS.md).
+single-threaded workers beat one two-threaded worker on this machine class, see bench/RESULTS.md).
 """
 
 from __future__ import annotations
