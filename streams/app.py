@@ -163,6 +163,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
     )
     app.transport = _idempotent_transport(app)  # before anything creates the producer or the conductor
     metrics = Metrics()
+    _faust_sensor(app, metrics)
     ctx = Context(app, settings, Codec.for_settings(settings), Storage(settings.roots, allow_private_redirects=settings.storage_allow_private_redirects, per_user=settings.per_user_storage), metrics)
     modules: dict[str, list[str]] = {}
     for name in stages:  # stages sharing a module (one network, several results) register once
@@ -227,6 +228,15 @@ def _changelog_config(app: faust.App, settings: Settings) -> None:
     for table in app.tables.values():
         table.extra_topic_configs = {**extra, **(table.extra_topic_configs or {})}
         table.changelog_topic.config = {**extra, **(table.changelog_topic.config or {})}
+
+
+def _faust_sensor(app: faust.App, metrics: Metrics) -> None:
+    """Faust's own Prometheus sensor (rebalances, committed offsets, topic/partition end offsets, events
+    and sends per topic, table operations) on lensflow's registry, so /metrics serves both. The prefix is
+    ``faust_`` for every group (not the app id), so dashboards and alerts need no per-group names."""
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.registry, "faust"))
 
 
 def _open_stores(app: faust.App, ctx: Context) -> None:

@@ -28,3 +28,16 @@ def test_cpu_timed_counts_the_calling_threads_cpu_even_when_it_raises():
     with pytest.raises(ZeroDivisionError):
         m.cpu_timed("text", lambda: (burn(200_000), 1 / 0))
     assert counter_values(m.exposition().decode(), "lensflow_stage_cpu_seconds")["text"] > spent
+
+
+def test_faust_s_own_sensor_is_served_with_lensflow_s_metrics(tmp_path):
+    """Rebalances, committed offsets and end offsets per partition, from Faust's Prometheus sensor, on
+    the same /metrics as lensflow's own (prefix faust_ for every stage group)."""
+    from lensflow.streams.app import build
+    from lensflow.streams.settings import Settings
+
+    _, ctx = build(Settings(_env_file=None, data_dir=tmp_path), ["preprocess"])
+    text = ctx.metrics.exposition().decode()
+    for name in ("faust_total_rebalances", "faust_topic_partition_offset_commited", "faust_topic_partition_end_offset",
+                 "faust_consumer_commit_latency", "lensflow_stage_seconds"):
+        assert f"# TYPE {name} " in text, name
