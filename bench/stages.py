@@ -299,6 +299,12 @@ def main() -> None:
         print("  CPU per image by stage, in its own thread: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(
             stage_cpu.items(), key=lambda kv: -kv[1])) + f"; the rest (event loop: Kafka, Avro, join, stores) "
               f"{e['worker_cpu_ms_per_image'] - sum(stage_cpu.values()):.0f} ms")
+        from bench.capacity import capacity
+
+        print("  capacity per stage group (bench/capacity.py; pods of 2 cores for 50 uploads/s):")
+        for row in capacity(figures, 50.0, 2.0):
+            print(f"    {row['group']:<11} {row['cpu_ms_per_image']:6.1f} ms CPU/image  {row['images_per_s_per_core']:6.2f} images/s "
+                  f"per core  slowest stage p50 {row['stage_p50_ms']} ms  pods {row['pods']}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
 
