@@ -302,12 +302,20 @@ class Join(Stage):
             self.log.error("reanalysis_without_stored_run", image_id=image_id, run_id=stored.run_id)
             return None
         merged.update({stage: raw[stage] for stage in results})
-        recs = {stage: self.ctx.codec.decode(b)[1] for stage, b in merged.items()}
-        base = {**recs.pop(PREPROCESS), "run_id": prepared["run_id"]}
-        stages = list(dict.fromkeys(list(base.get("expected_stages") or []) + list(base.get("derived_stages") or []) + list(recs)))
         new_version = stored.version if stored.run_id == prepared["run_id"] else stored.version + 1  # a replay keeps its version
         self.log.info("reanalysis_merged", image_id=image_id, stages=sorted(results), version=new_version)
-        return assemble(base, recs, merged, stages, new_version, reason="reanalyzed")
+        return self.reassemble(merged, new_version, run_id=prepared["run_id"])
+
+    def reassemble(self, raw: dict[str, bytes], version: int, run_id: str | None = None) -> Completed:
+        """A stored run's records, some replaced (a re-analysis, late results), assembled again; under
+        ``run_id`` when given (a re-analysis is a run of its own)."""
+        recs = {stage: self.ctx.codec.decode(b)[1] for stage, b in raw.items()}
+        prepared = recs.pop(PREPROCESS)
+        if run_id is not None:
+            prepared = {**prepared, "run_id": run_id}
+        stages = list(dict.fromkeys(list(prepared.get("expected_stages") or []) + list(prepared.get("derived_stages") or [])
+                                    + list(recs)))
+        return assemble(prepared, recs, raw, stages, version, reason="reanalyzed")
 
     async def unprepared(self, key: bytes, entry: Entry, now: int) -> Finish | None:
         """Results past their deadline with no images.prepared: *late* results of a stored run are merged
@@ -334,12 +342,9 @@ class Join(Stage):
                 raw[stage], changed = b, True
         if not changed or PREPROCESS not in raw:
             return Finish(key, None, write=False, notify=False)
-        recs = {stage: self.ctx.codec.decode(b)[1] for stage, b in raw.items()}
-        prepared = recs.pop(PREPROCESS)
-        stages = list(dict.fromkeys(list(prepared.get("expected_stages") or []) + list(prepared.get("derived_stages") or []) + list(recs)))
         self.log.info("late_results_merged", image_id=image_id, stages=sorted({s for s, r in held if r["run_id"] == stored.run_id}),
                       version=stored.version + 1)
-        return Finish(key, assemble(prepared, recs, raw, stages, stored.version + 1, reason="reanalyzed"), notify=False)
+        return Finish(key, self.reassemble(raw, stored.version + 1), notify=False)
 
     async def write(self, finishes: list[Finish]) -> None:
         """Store every finished image. A transient fault raises (the runner retries the batch: every write

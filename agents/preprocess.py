@@ -28,7 +28,7 @@ from typing import Any
 import PIL
 from PIL import Image
 
-from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retry_sync
+from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, retries_exhausted, retry_sync
 from lensflow.streams.budget import MemoryBudget
 from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, now, result
 from lensflow.streams.runner import Item, Output, Stage, run
@@ -507,10 +507,7 @@ class Preprocess(Stage):
                 s.fetch_retries, self.budget)
         except Exception as exc:
             attempts = getattr(exc, "attempts", 1)
-            if is_transient(exc):  # the original could not be read, retries exhausted: fail now, replay later
-                exc = StageFailure(ErrorCode.FETCH_FAILED, f"reading the original failed {attempts} times: "
-                                   f"{type(exc).__name__}: {exc}", True)
-            verdict = classify(exc)
+            verdict = classify(retries_exhausted(exc, attempts, "reading the original"))  # fail now, replay later
             outcome = Outcome(error=StageFailure(verdict.code, verdict.message, verdict.retryable), attempts=attempts)
             dead = verdict if verdict.dead_letter else None
         if outcome.error is not None:

@@ -212,6 +212,14 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(ErrorCode.INTERNAL, text, False, dead_letter=True)
 
 
+def retries_exhausted(exc: BaseException, attempts: int, what: str) -> BaseException:
+    """A transient fault of one record's I/O that outlasted its retries, as that image's ``fetch_failed``
+    failure (dead-lettered, replayable once the fault is fixed); any other exception as it is."""
+    if not is_transient(exc):
+        return exc
+    return StageFailure(ErrorCode.FETCH_FAILED, f"{what} failed {attempts} times: {type(exc).__name__}: {exc}", True)
+
+
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
     """Capped exponential backoff with full jitter (attempt 1 → up to base_s, doubling, capped at max_s)."""
     return random.uniform(0, min(max_s, base_s * (2 ** max(0, attempt - 1))))

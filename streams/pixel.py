@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retry_sync
+from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retries_exhausted, retry_sync
 from .records import Status, result
 from .runner import Item, Outcome, Output, Stage, run
 from .topology import PREPARED, STAGES, TOPICS
@@ -255,8 +255,6 @@ class PixelStage(Stage):
 
     def failure(self, item: Item, exc: BaseException, attempts: int = 1, duration_ms: float = 0.0,
                 stages: list[str] | None = None) -> Outcome:
-        if attempts > 1 and is_transient(exc):  # a transient read error that outlasted its retries
-            exc = StageFailure(ErrorCode.FETCH_FAILED, f"reading the derivative failed {attempts} times: {exc}", True)
         verdict = classify(exc)
         self.log.warning("image_failed", image_id=item.image_id, code=verdict.code, reason=verdict.message)
         return Outcome(self.failed(item, verdict, attempts, duration_ms, stages),
@@ -279,7 +277,8 @@ class PixelStage(Stage):
         ready = []
         for (i, item), got in zip(todo, loads):
             if isinstance(got, BaseException):
-                outcomes[i] = self.failure(item, got, getattr(got, "attempts", 1))
+                attempts = getattr(got, "attempts", 1)
+                outcomes[i] = self.failure(item, retries_exhausted(got, attempts, "reading the derivative"), attempts)
             else:
                 ready.append((i, item, got[0]))
         if not ready:
