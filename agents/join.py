@@ -46,7 +46,7 @@ from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN
                                        STAGES)
 
 from .join_projection import Completed, aggregated_record, assemble, failed_copy
-from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, aggregated, all_results, decide, merge,
+from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, after_completion, aggregated, all_results, decide, merge,
                          place, run_order, stage_of)
 
 STAGE = "join"
@@ -414,7 +414,10 @@ class Join(Stage):
         for key, i in p["last"].items():
             use_event(items[i].event)
             if key in finished:
-                if p["existed"][key]:
+                rest = after_completion(p["work"][key], now_ms(), self.timeout_ms) if p["work"][key] else None
+                if rest is not None:
+                    self.table[key] = rest  # results of a run of the image still to be prepared
+                elif p["existed"][key]:
                     del self.table[key]
                 self.ticked.pop(key, None)
             else:

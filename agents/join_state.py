@@ -201,6 +201,22 @@ def all_results(entry: Entry) -> list[tuple[str, StageResult]]:
     return out
 
 
+def after_completion(entry: Entry, now: int, timeout_ms: int) -> Entry | None:
+    """What stays in the table once the entry's run is finished: nothing, or the results of runs whose
+    images.prepared has not come yet (``others``: the same photo submitted again while this run was
+    in flight; its metadata is produced before its images.prepared). Deleting them would leave that
+    run waiting for results that were already read, and end it ``partial``."""
+    if entry.get("prepared") is None:
+        return None  # an unprepared entry's results were merged into the stored run or dropped as orphans
+    others = {run: results for run, results in (entry.get("others") or {}).items()
+              if run != entry.get("run_id") and all(s["run_id"] != run for s in entry.get("superseded") or [])}
+    if not others:
+        return None
+    rest = new_entry(now, timeout_ms)
+    rest["others"] = others
+    return rest
+
+
 def run_order(prepared: dict) -> tuple[int, str]:
     """Which of two runs of an image is newer: the later upload, ties broken by run id."""
     return ms(prepared.get("uploaded_at")) or 0, prepared["run_id"]

@@ -91,7 +91,7 @@ def test_the_same_photo_submitted_20_times_at_once_is_one_image(ns):
         lines = json_lines(stdout)
         assert code == 0 and len(lines) == 1, f"exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
         r = lines[0]
-        assert r["image_id"] == image_id and r["status"] == "complete" and r["error"] is None, r
+        assert r["image_id"] == image_id and r["status"] == "complete" and r["error"] is None, json.dumps(r, default=str)
         assert "internal" not in stdout + stderr
     rows = list(ns.cql.execute("SELECT image_id, user_id, status FROM images WHERE image_id = %s", (image_id,)))
     assert len(rows) == 1 and rows[0].user_id == "dup" and rows[0].status == "complete", rows

@@ -270,3 +270,19 @@ def test_a_run_s_results_that_came_before_its_prepared_are_kept_when_the_entry_s
     e, _ = feed(e, "ImagePrepared", prepared_run("r2", 10))
     assert e["run_id"] == "r2" and "metadata" in e["results"]
     assert decide(e, T0).action == "complete"
+
+
+def test_results_of_a_run_still_to_be_prepared_outlive_the_run_that_completes():
+    """20 submits of one photo at once: r2's metadata arrives while r1 is in flight, and r1 completes
+    before r2's images.prepared comes. r2's metadata must stay in the table, or r2 ends partial."""
+    from lensflow.agents.join_state import after_completion
+
+    e, _ = feed(None, "ImagePrepared", prepared_run("r1", 0))
+    e, _ = feed(e, "MetadataResult", md(run="r2"))
+    e, _ = feed(e, "MetadataResult", md(run="r1"))
+    assert decide(e, T0).action == "complete"
+    rest = after_completion(e, T0, TIMEOUT)
+    assert rest is not None and rest["prepared"] is None and list(rest["others"]) == ["r2"]
+    rest, _ = feed(rest, "ImagePrepared", prepared_run("r2", 10))
+    assert rest["run_id"] == "r2" and "metadata" in rest["results"] and decide(rest, T0).action == "complete"
+    assert after_completion(rest, T0, TIMEOUT) is None  # nothing else held: the entry goes
