@@ -12,6 +12,7 @@ from typing import Any
 
 from lensflow.streams.errors import ErrorCode
 from lensflow.streams.records import ImageStatus, Status, now, point_id
+from lensflow.streams.view import analysis_of, summary_of
 
 from .join_state import PREPROCESS
 from .metadata import camera_name
@@ -162,7 +163,7 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
     analyzed = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "analysis_version": version, "status": status,
                 "error": err, "stages": summaries, "uri": prepared.get("uri"), "caption": image_row["caption"],
                 "tags": tags, "taken_at": md.get("taken_at"), "uploaded_at": prepared["uploaded_at"],
-                "analyzed_at": analyzed_at}
+                "analyzed_at": analyzed_at, "summary": summary_of(analysis_of(aggregate))}
     invalidation = {"image_id": image_id, "user_id": user_id, "reason": reason, "analysis_version": version,
                     "keys": [k.format(image_id=image_id, user_id=user_id) for k in CACHE_KEYS], "produced_at": analyzed_at}
     return Completed(image_id, user_id, run_id, version, status, image_row, analysis_row, tags,

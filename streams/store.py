@@ -15,6 +15,7 @@ thread (the local client is synchronous and not thread-safe).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -209,6 +210,7 @@ class CassandraStore:
             image["stages"] = {stage: {"status": status, "ms": round((run.stage_ms or {}).get(stage, 0.0), 2),
                                        "error": (run.stage_errors or {}).get(stage), "model": (run.stage_models or {}).get(stage)}
                                for stage, status in (run.stage_status or {}).items()}
+            image["aggregate"] = json.loads(run.result_json) if run.result_json else None
         return image
 
     def images_of(self, user_id: str | None) -> list:

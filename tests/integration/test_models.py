@@ -249,3 +249,35 @@ def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
         assert faces_count == 5  # alice: portrait, biden, podium; bob: the enrolled reference + podium
     finally:
         client.close()
+
+
+def test_show_prints_the_whole_analysis_and_renders_its_boxes(namespace, analyzed, tmp_path):
+    from PIL import Image, ImageChops
+
+    a, b = analyzed
+    road = json.loads(namespace.cli("show", a["road_cars_canberra.jpg"]["image_id"], "--json").stdout)
+    cars = [o for o in road["analysis"]["objects"] if o["label"] == "car"]
+    assert len(cars) >= 2 and all(o["box"]["x2"] > o["box"]["x1"] for o in cars)
+    assert road["analysis"]["scene"]["environment"]["label"] == "outdoor" and road["analysis"]["scene"]["classes"]
+    assert road["analysis"]["caption"]
+    assert road["aggregate"]["results"]["embedding"]["vector_dim"] == 1280  # vectors elided, not printed
+    assert "vector" not in road["aggregate"]["results"]["embedding"]
+    page = json.loads(namespace.cli("show", a["printed_page_text.png"]["image_id"], "--json").stdout)
+    assert any("Region-based segmentation" in ln["text"] for ln in page["analysis"]["text"]["lines"])
+    podium = json.loads(namespace.cli("show", b["obama_podium.jpg"]["image_id"], "--json").stdout)
+    assert [f["person_name"] for f in podium["analysis"]["faces"]] == ["Barack Obama"]
+    human = namespace.cli("show", a["printed_page_text.png"]["image_id"]).stdout
+    assert "Region-based segmentation" in human and "caption" in human
+    out = tmp_path / "podium.png"
+    namespace.cli("show", b["obama_podium.jpg"]["image_id"], "--render", str(out))
+    drawn = Image.open(out).convert("RGB")
+    original = Image.open(podium["uri"].removeprefix("file://")).convert("RGB")
+    assert drawn.size == original.size
+    face = podium["analysis"]["faces"][0]["box"]
+    scale = original.width / podium["original_width"]
+    x1, y1 = int(face["x1"] * scale), int(face["y1"] * scale)
+    # the face's box outline is drawn where the face is; outlines and labels, not a repainted picture
+    assert ImageChops.difference(drawn.crop((x1 - 2, y1 - 2, x1 + 3, y1 + 3)), original.crop((x1 - 2, y1 - 2, x1 + 3, y1 + 3))).getbbox()
+    diff = ImageChops.difference(drawn, original).convert("L").point(lambda v: 255 if v > 40 else 0)
+    changed = sum(diff.histogram()[255:]) / (drawn.width * drawn.height)
+    assert 0.001 < changed < 0.3, changed

@@ -132,8 +132,9 @@ def test_assemble_builds_rows_tags_point_and_events():
     assert {(t["kind"], t["tag"]) for t in c.tags} == {("camera", "canon eos"), ("year", "2020"), ("object", "dog")}
     assert c.point["payload"]["user_id"] == "u" and c.point["vectors"] == {}
     assert c.invalidation["keys"] == ["image:img", "user:u:gallery", "user:u:tags"]
-    # the notification is a valid ImageAnalyzed record
-    codec.encode("ImageAnalyzed", c.analyzed)
+    # the notification is a valid ImageAnalyzed record, with the consumers' summary
+    _, back = codec.decode(codec.encode("ImageAnalyzed", c.analyzed))
+    assert back["summary"]["objects"] == 1 and back["summary"]["faces"] == 0 and back["summary"]["text_excerpt"] is None
     codec.encode("CacheInvalidation", c.invalidation)
 
 
