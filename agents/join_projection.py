@@ -56,6 +56,9 @@ def tags_of(results: dict[str, dict]) -> list[dict]:
             add("place", lab["label"], lab["score"])
         for lab in sc.get("events", []):
             add("event", lab["label"], lab["score"])
+    sf = results.get("safety")
+    if sf and sf["status"] == Status.OK and sf.get("unsafe"):
+        add("safety", "nsfw", sf.get("nsfw_score") or 1.0)
     fc = results.get("faces")
     if fc and fc["status"] == Status.OK:
         for f in fc.get("faces", []):
@@ -121,6 +124,8 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
     scene = results.get("scene") or {}
     described = results.get(DESCRIBED_STAGE) or {}
     embedding = results.get("embedding") or {}
+    safety = results.get("safety") or {}
+    nsfw_score = safety.get("nsfw_score") if safety.get("status") == Status.OK else None
     visual = embedding.get("vector") if embedding.get("status") == Status.OK and embedding.get("vector") else None
     err = prepared.get("error") if prepared["status"] == Status.FAILED else None
     analyzed_at = now()
@@ -138,7 +143,7 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
         "scene": (scene.get("places") or [{}])[0].get("label") if scene.get("status") == Status.OK else None,
         "visual": visual, "status": status, "error_code": err["code"] if err else None,
         "error_message": err["message"] if err else None, "run_id": run_id, "analysis_version": version,
-        "uploaded_at": prepared.get("uploaded_at"), "last_analyzed": analyzed_at,
+        "uploaded_at": prepared.get("uploaded_at"), "last_analyzed": analyzed_at, "nsfw_score": nsfw_score,
     }
     aggregate = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "status": status, "version": version,
                  "prepared": prepared, "results": results, "stages": summaries, "tags": tags}
@@ -159,7 +164,8 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
     payload = {"image_id": image_id, "user_id": user_id, "status": status, "tags": [t["tag"] for t in tags],
                "taken_at": md["taken_at"].isoformat() if md.get("taken_at") else None,
                "camera": camera_name(md.get("camera_make"), md.get("camera_model")),
-               "geo": {"lat": gps["lat"], "lon": gps["lon"]} if gps else None, "analysis_version": version}
+               "geo": {"lat": gps["lat"], "lon": gps["lon"]} if gps else None, "analysis_version": version,
+               "nsfw_score": nsfw_score}
     analyzed = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "analysis_version": version, "status": status,
                 "error": err, "stages": summaries, "uri": prepared.get("uri"), "caption": image_row["caption"],
                 "tags": tags, "taken_at": md.get("taken_at"), "uploaded_at": prepared["uploaded_at"],
@@ -187,7 +193,7 @@ def failed_copy(c: Completed, code: ErrorCode, message: str) -> Completed:
     from dataclasses import replace
 
     err = {"code": str(code), "message": message[:500], "retryable": False, "attempts": 1}
-    row = {**c.image_row, "visual": None, "status": ImageStatus.FAILED, "error_code": err["code"], "error_message": err["message"]}
+    row = {**c.image_row, "visual": None, "nsfw_score": None, "status": ImageStatus.FAILED, "error_code": err["code"], "error_message": err["message"]}
     analysis = {**c.analysis_row, "status": ImageStatus.FAILED}
     analyzed = {**c.analyzed, "status": ImageStatus.FAILED, "error": err}
     return replace(c, status=ImageStatus.FAILED, image_row=row, analysis_row=analysis, tags=[], point=None, analyzed=analyzed)

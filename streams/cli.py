@@ -657,6 +657,7 @@ MODEL_MODULES = {
     "rapidocr": "lensflow.agents.text",
     "coco-detector": "lensflow.agents.objects",
     "minilm-l6-v2": "lensflow.agents.textembed",
+    "open-nsfw": "lensflow.agents.safety",
 }
 
 
@@ -762,11 +763,14 @@ def search(user: str = typer.Option(..., "--user", "-u", help="Whose images (nev
            taken_after: Optional[str] = typer.Option(None, "--taken-after", help="ISO date, e.g. 2020-01-01."),
            near: Optional[str] = typer.Option(None, "--near", help="LAT,LON,KM"),
            limit: int = typer.Option(10, "--limit"),
+           safe: bool = typer.Option(False, "--safe", help="Only images the safety stage scored below "
+                                     "LENSFLOW_SAFETY_THRESHOLD (unscored images are left out too)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Find a user's images by text, by example, by tag or by person (through the running worker)."""
     s = settings()
     params = {k: v for k, v in {"user": user, "text": text, "like": like, "tag": tag, "person": person,
-                                "taken_after": taken_after, "near": near, "limit": str(limit)}.items() if v}
+                                "taken_after": taken_after, "near": near, "limit": str(limit),
+                                "safe": "true" if safe else None}.items() if v}
     if sum(1 for k in ("text", "like", "tag", "person") if k in params) != 1:
         raise CliError("give exactly one of --text, --like, --tag, --person")
     results = _worker_call(s, "GET", "/search", params=params)["results"]
@@ -919,7 +923,8 @@ def config(as_json: bool = typer.Option(False, "--json"),
 
 #: the prepared models each analysis stage needs
 STAGE_MODELS = {"scene": ["efficientnet-lite0"], "embedding": ["efficientnet-lite0"], "faces": ["dlib-faces"],
-                "describe": ["minilm-l6-v2"], "text": ["rapidocr"], "objects": ["coco-detector"]}
+                "describe": ["minilm-l6-v2"], "text": ["rapidocr"], "objects": ["coco-detector"],
+                "safety": ["open-nsfw"]}
 
 
 @app.command()

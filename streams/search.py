@@ -11,7 +11,10 @@ through that worker; with a Qdrant server it is the same code path.
 * ``tag`` / ``person``: Cassandra ``user_images_by_tag`` (a person is found by name, and by the
   ids of every face cluster carrying that name);
 * ``taken_after`` / ``near``: Qdrant payload filters (datetime range, geo radius) for vector
-  queries, the same checks on stored rows for tag queries.
+  queries, the same checks on stored rows for tag queries;
+* ``safe``: only images the safety stage scored below ``LENSFLOW_SAFETY_THRESHOLD`` (an image it
+  never scored is left out too: unknown is not safe), a Qdrant range filter on ``nsfw_score`` for
+  vector queries, the stored ``images.nsfw_score`` for tag queries.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Query:
     taken_after: datetime | None = None
     near: tuple[float, float, float] | None = None  # lat, lon, km
     limit: int = 10
+    safe: bool = False
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> "Query":
@@ -69,8 +73,12 @@ class Query:
             limit = int(params.get("limit") or 10)
         except ValueError:
             raise SearchError("limit: expected a number") from None
+        safe = (params.get("safe") or "").strip().lower()
+        if safe not in ("", "0", "1", "true", "false"):
+            raise SearchError(f"safe: expected true or false, not {params['safe']!r}")
         return cls(user=user, text=params.get("text"), like=params.get("like"), tag=params.get("tag"),
-                   person=params.get("person"), taken_after=taken_after, near=near, limit=max(1, min(limit, 100)))
+                   person=params.get("person"), taken_after=taken_after, near=near, limit=max(1, min(limit, 100)),
+                   safe=safe in ("1", "true"))
 
 
 def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -112,6 +120,8 @@ class SearchService:
             lat, lon, km = q.near
             must.append(m.FieldCondition(key="geo", geo_radius=m.GeoRadius(center=m.GeoPoint(lat=lat, lon=lon),
                                                                            radius=km * 1000)))
+        if q.safe:
+            must.append(m.FieldCondition(key="nsfw_score", range=m.Range(lt=self.settings.safety_threshold)))
         must_not = [m.HasIdCondition(has_id=[point_id(exclude)])] if exclude else []
         return m.Filter(must=must, must_not=must_not)
 
@@ -133,8 +143,8 @@ class SearchService:
                 raise SearchError(f"image {q.like} has no visual vector (analysed without the embedding stage)")
             hits = self._vector_search("visual", vector, q, exclude=q.like)
         else:
-            return self.filter_near(self._with_rows(self._tag_search(q), q.user), q)
-        return self._with_rows(hits, q.user)
+            return self.filter_near(self._with_rows(self._tag_search(q), q.user, q.safe), q)
+        return self._with_rows(hits, q.user, q.safe)
 
     def _tag_search(self, q: Query) -> list[dict]:
         tags = [q.tag.lower().strip()] if q.tag else self._person_tags(q.user, q.person)
@@ -157,7 +167,7 @@ class SearchService:
         ids = sorted({p.payload["person_id"] for p in points if p.payload.get("person_id")})
         return [name.lower().strip()] + ids
 
-    def _with_rows(self, hits: list[dict], user: str) -> list[dict]:
+    def _with_rows(self, hits: list[dict], user: str, safe: bool = False) -> list[dict]:
         """The hits with their stored caption, URI and GPS (one query for all of them); hits whose row is
         gone or belongs to someone else are dropped."""
         rows = self.stores.cassandra.rows([h["image_id"] for h in hits])
@@ -165,6 +175,8 @@ class SearchService:
         for h in hits:
             row = rows.get(h["image_id"])
             if row is None or row.user_id != user:
+                continue
+            if safe and (row.nsfw_score is None or row.nsfw_score >= self.settings.safety_threshold):
                 continue
             h.update(caption=row.caption, uri=row.uri,
                      gps=[row.gps_lat, row.gps_lon] if row.gps_lat is not None else None)

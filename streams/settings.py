@@ -76,11 +76,14 @@ class Settings(BaseSettings):
     model_gpu: bool = Field(True, description="Use the CUDA execution provider when ONNX Runtime has it.")
     model_batch_size: int = Field(8, ge=1, description="Max images per model-stage batch: each holds its decoded images in memory (the models gain nothing from bigger batches on CPU).")
     text_det_max_side: int = Field(736, ge=320, description="OCR detection input, long side in pixels (960 reads smaller text, at ~1.7x the cost).")
+    ocr_languages: CsvList = Field(default_factory=lambda: ["en", "fr", "de", "es", "pt", "it", "pl", "cs", "ru", "zh", "ja"], description="Languages (ISO 639-1) the text stage reads: Latin-script ones are always read (PP-OCRv6 has their accents); `zh`/`ja`/`ko` keep CJK characters (dropped otherwise as texture misread), `ru` reads Cyrillic lines with Tesseract (needs the `tesseract-rus` model file). The detected language goes to the result's `language`.")
     faces_detect_max_side: int = Field(640, ge=256, description="Face detection input, long side in pixels (dlib HOG, upsample 1): 800 finds smaller faces at ~1.5x the cost.")
     objects_min_score: float = Field(0.30, gt=0, lt=1, description="Detections scoring below this are dropped (objects stage).")
     objects_nms_iou: float = Field(0.5, gt=0, lt=1, description="Per-class non-maximum suppression IoU (objects stage).")
     captioner: str = Field("grounded", description="Captioner of the describe stage: 'grounded' (composed from the other stages' results) or 'onnx:/path/to/dir' (a generative image-to-text model exported to ONNX, see agents/captioner.py).")
     face_match_threshold: float = Field(0.6, gt=0, description="Face descriptor distance under which two faces are the same person (dlib).")
+    faces_model: str = Field("yunet-sface", pattern="^(yunet-sface|dlib)$", description="Faces stage model (and enrolment's): 'yunet-sface' (YuNet detector + SFace descriptor on ONNX Runtime, `models prepare yunet-sface`) or 'dlib' (HOG + ResNet, `models prepare dlib-faces`). Each has its own match threshold (yunet-sface 1.128 = cosine 0.363, dlib 0.6; LENSFLOW_FACE_MATCH_THRESHOLD, when set, overrides it). Faces are only ever compared with faces of the same model: after a change, `lensflow reanalyze --stage faces` re-clusters.")
+    safety_threshold: float = Field(0.5, ge=0, le=1, description="NSFW probability (open_nsfw, 0-1) at or above which an image is unsafe: tagged `safety:nsfw` and left out of `search --safe`, applied at search time to the stored score. Yahoo's guidance: < 0.2 very likely safe, > 0.8 very likely NSFW.")
 
     # --- image limits and normalisation --------------------------------------------------------
     max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest accepted original, in bytes.")
@@ -126,7 +129,7 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_json: bool = Field(True, description="JSON logs (one object a line) instead of console-formatted ones.")
 
-    @field_validator("storage_roots", "stages", "formats", "cassandra_hosts", mode="before")
+    @field_validator("storage_roots", "stages", "formats", "cassandra_hosts", "ocr_languages", mode="before")
     @classmethod
     def _lists(cls, v: Any) -> Any:
         return _split(v)

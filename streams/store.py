@@ -47,7 +47,7 @@ IMAGE_COLUMNS = [
     "original_width", "original_height", "orientation", "taken_at", "taken_at_local", "tz_offset", "camera_make",
     "camera_model", "lens_make", "lens_model", "exposure_time_s", "f_number", "iso", "focal_length_mm", "gps_lat",
     "gps_lon", "gps_alt_m", "caption", "scene", "visual", "status", "error_code", "error_message", "run_id",
-    "analysis_version", "uploaded_at", "last_analyzed",
+    "analysis_version", "uploaded_at", "last_analyzed", "nsfw_score",
 ]
 #: An image as the join finds it stored: enough to version the next write, refuse another user's id and
 #: know whether this run's ``images.analyzed`` event was already delivered.
@@ -139,7 +139,7 @@ class CassandraStore:
         self.select_run_stages = p("SELECT stage_status, stage_ms, stage_errors, stage_models, completed_at, result_json "
                                    "FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
         self.select_image = p("SELECT * FROM {ks}.images WHERE image_id = ?")
-        self.select_rows = p("SELECT image_id, user_id, caption, uri, gps_lat, gps_lon, taken_at FROM {ks}.images WHERE image_id IN ?")
+        self.select_rows = p("SELECT image_id, user_id, caption, uri, gps_lat, gps_lon, taken_at, nsfw_score FROM {ks}.images WHERE image_id IN ?")
         self.select_by_user = p("SELECT image_id, run_id, analysis_version FROM {ks}.images_by_user WHERE user_id = ?")
         self.select_all = p("SELECT image_id, user_id, run_id, analysis_version FROM {ks}.images")
         self.update_notified = p("UPDATE {ks}.images SET notified_run = ? WHERE image_id = ?")
@@ -271,6 +271,7 @@ def ensure_collections(client) -> None:
     if getattr(client, "_client", None).__class__.__name__ != "QdrantLocal":  # indexes only matter on a server
         for collection, field in [("images", "user_id"), ("faces", "user_id"), ("faces", "image_id")]:
             client.create_payload_index(collection, field, m.PayloadSchemaType.KEYWORD)
+        client.create_payload_index("images", "nsfw_score", m.PayloadSchemaType.FLOAT)  # search --safe
 
 
 class QdrantStore:

@@ -71,6 +71,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("analysis.text", "TextResult", "OCR.", joined=True),
         TopicSpec("analysis.faces", "FacesResult", "Faces and person matches.", joined=True),
         TopicSpec("analysis.embedding", "EmbeddingResult", "Visual image vector.", joined=True),
+        TopicSpec("analysis.safety", "SafetyResult", "NSFW score.", joined=True),
         TopicSpec(AGGREGATED, "ImageAggregated", "Phase-1 aggregate, read by derived stages."),
         TopicSpec(DESCRIBED, "ImageDescribed", "Caption + semantic vector.", joined=True),
         TopicSpec(ANALYZED, "ImageAnalyzed", "Final notification: stored and searchable."),
@@ -93,6 +94,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("text", StageKind.PIXEL, (PREPARED,), ("analysis.text",), "text", "OCR", result_field="text"),
         StageSpec("faces", StageKind.PIXEL, (PREPARED,), ("analysis.faces",), "faces", "faces + gallery match", result_field="faces"),
         StageSpec("embedding", StageKind.PIXEL, (PREPARED,), ("analysis.embedding",), "visual", "visual vector", result_field="embedding"),
+        StageSpec("safety", StageKind.PIXEL, (PREPARED,), ("analysis.safety",), "safety", "NSFW score", result_field="safety"),
         StageSpec("describe", StageKind.DERIVED, (AGGREGATED,), (DESCRIBED,), "describe", "caption + semantic vector", result_field="described"),
         StageSpec("join", StageKind.SINK, tuple(t.name for t in TOPICS.values() if t.joined),
                   (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, DEADLETTER), "join",
@@ -122,7 +124,7 @@ RUNNABLE = tuple(s.name for s in STAGES.values() if s.module is not None and s.k
 #: process may open its folder, so they stay together unless a Qdrant server is configured.
 GROUPS: dict[str, tuple[str, ...]] = {
     "preprocess": ("preprocess",),
-    "vision": ("objects", "scene", "text", "embedding"),
+    "vision": ("objects", "scene", "text", "embedding", "safety"),
     "sink": ("faces", "describe", "join"),
 }
 #: Stages that open Qdrant (the faces gallery, the join's vectors).

@@ -13,7 +13,7 @@ from .conftest import run
 
 pytestmark = pytest.mark.integration
 
-STAGES = "objects,text,faces,scene,embedding,describe"
+STAGES = "objects,text,faces,scene,embedding,describe,safety"
 
 
 def submit(ns, user, *names):
@@ -281,3 +281,21 @@ def test_show_prints_the_whole_analysis_and_renders_its_boxes(namespace, analyze
     diff = ImageChops.difference(drawn, original).convert("L").point(lambda v: 255 if v > 40 else 0)
     changed = sum(diff.histogram()[255:]) / (drawn.width * drawn.height)
     assert 0.001 < changed < 0.3, changed
+
+
+def test_every_sample_is_scored_safe_and_search_safe_leaves_out_the_unscored(namespace, analyzed):
+    a, _ = analyzed
+    for name, r in a.items():
+        res = stage_result(namespace, r["image_id"], "safety")
+        assert res["status"] == "ok" and 0.0 <= res["nsfw_score"] < 0.2 and res["unsafe"] is False, (name, res)
+    shown = json.loads(namespace.cli("show", a["cat_chelsea.png"]["image_id"], "--json").stdout)
+    assert shown["analysis"]["safety"]["unsafe"] is False and shown["nsfw_score"] < 0.2
+    plain = search(namespace, "--user", "alice", "--text", "a cat")
+    safe = search(namespace, "--user", "alice", "--text", "a cat", "--safe")
+    assert safe[0]["image_id"] == a["cat_chelsea.png"]["image_id"] and len(safe) == len(plain)
+    # an image the safety stage never scored is not known to be safe
+    unscored = namespace.cli("submit", "--user", "carol", "--wait", "--json", "--stages", "objects",
+                             str(PHOTOS / "road_cars_canberra.jpg"))
+    carol = json.loads(unscored.stdout.splitlines()[-1])["image_id"]
+    assert [h["image_id"] for h in search(namespace, "--user", "carol", "--tag", "car")] == [carol]
+    assert search(namespace, "--user", "carol", "--tag", "car", "--safe") == []
