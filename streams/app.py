@@ -474,14 +474,13 @@ def _store_views(app: faust.App, ctx: Context) -> None:
         """The faces found in one uploaded image; ImageRejected (size, pixels) before it is decoded."""
         from PIL import ImageOps
 
-        from lensflow.agents.faces import FaceModel
+        from lensflow.agents.faces import face_model as make_face_model
 
         from .models import ModelCache
 
         img = open_checked(data, ctx.settings.max_bytes, ctx.settings.max_pixels)  # header only so far
-        if "model" not in face_model:
-            face_model["model"] = FaceModel(ModelCache(ctx.settings.cache_path / "models"),
-                                            max_side=ctx.settings.faces_detect_max_side).load()
+        if "model" not in face_model:  # the faces stage's model (LENSFLOW_FACES_MODEL): one encoding space
+            face_model["model"] = make_face_model(ctx.settings, ModelCache(ctx.settings.cache_path / "models")).load()
         img = ImageOps.exif_transpose(img).convert("RGB")
         return face_model["model"].predict([img])[0]
 
@@ -517,7 +516,8 @@ def _store_views(app: faust.App, ctx: Context) -> None:
                 if not faces:
                     return self.json({"error": f"no face found in image {i + 1}"}, status=400)
                 largest_faces.append(max(faces, key=lambda f: (f["box"]["x2"] - f["box"]["x1"]) * (f["box"]["y2"] - f["box"]["y1"])))
-            enrolled = [ctx.stores.qdrant.run(lambda c, f=f: FaceGallery(c).enroll(user, name, f["encoding"]))
+            model_name = face_model["model"].name
+            enrolled = [ctx.stores.qdrant.run(lambda c, f=f: FaceGallery(c, model=model_name).enroll(user, name, f["encoding"]))
                         for f in largest_faces]
             return self.json({"person_id": enrolled[0], "faces": len(enrolled)})
 

@@ -254,6 +254,7 @@ def worker(
             err.print(f"lensflow: worker already running (pid {pid})")
             wait_ready(s, ready_timeout, pid)
             return
+        ensure_models(s, chosen)  # here, where its progress is seen; the detached worker finds them ready
         logs = s.data_path / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         _pidfile(s).parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +267,51 @@ def worker(
         wait_ready(s, ready_timeout, proc)
         err.print(f"lensflow: worker {proc.pid} ready (log: {logs / 'worker.log'}; stop: lensflow worker --stop)")
         return
+    ensure_models(s, chosen)
     run_worker(s, chosen)
+
+
+def models_for(s: Settings, stages: list[str] | None) -> list[str]:
+    """The model names (``lensflow models prepare`` names) the analysis stages of a worker need."""
+    from .topology import AVAILABLE_STAGES
+
+    chosen = AVAILABLE_STAGES if stages is None else [x for x in stages if x in AVAILABLE_STAGES]
+    needed = [m for st in chosen for m in stage_models(s, st)]
+    return list(dict.fromkeys(needed))
+
+
+def ensure_models(s: Settings, stages: list[str] | None) -> list[str]:
+    """Prepare the missing model files of ``stages`` (every stage when None) with progress on stderr,
+    unless LENSFLOW_PREPARE_MODELS=false. A model that cannot be prepared (a missing tool, no network)
+    is reported in one line naming the fix; the worker still starts, and that model's stages report
+    ``model_unavailable``. Returns the models that failed."""
+    if not s.prepare_models:
+        return []
+    from .models import ModelCache, ModelError
+
+    cache = ModelCache(s.cache_path / "models")
+    failed = []
+    for name, fn in _preparers(models_for(s, stages)).items():
+        t0 = time.monotonic()
+        lines: list[str] = []
+
+        def progress(message: str, n: str = name) -> None:
+            if not message.endswith(": up to date"):  # quiet when nothing is to do
+                lines.append(message)
+                err.print(f"lensflow: preparing {n}: {message}", highlight=False)
+
+        try:
+            fn(cache, progress)
+        except (ModelError, OSError, subprocess.SubprocessError) as exc:
+            failed.append(name)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            err.print(f"lensflow: model {name} is not available: {reason}"
+                      + ("" if "lensflow models prepare" in reason else f" (then run `lensflow models prepare {name}`)"),
+                      highlight=False)
+            continue
+        if lines:
+            err.print(f"lensflow: {name}: ready ({time.monotonic() - t0:.1f}s)", highlight=False)
+    return failed
 
 
 def check_web_port(host: str, port: int) -> None:
@@ -653,7 +698,8 @@ app.add_typer(models_app, name="models")
 #: model name -> the module whose import registers its preparer (``@preparer``)
 MODEL_MODULES = {
     "efficientnet-lite0": "lensflow.agents.backbones.efficientnet_lite0",
-    "dlib-faces": "lensflow.agents.faces",
+    "yunet-sface": "lensflow.agents.faces",
+    "dlib-faces": "lensflow.agents.faces",  # LENSFLOW_FACES_MODEL=dlib
     "rapidocr": "lensflow.agents.text",
     "coco-detector": "lensflow.agents.objects",
     "minilm-l6-v2": "lensflow.agents.textembed",
@@ -922,9 +968,16 @@ def config(as_json: bool = typer.Option(False, "--json"),
 
 
 #: the prepared models each analysis stage needs
-STAGE_MODELS = {"scene": ["efficientnet-lite0"], "embedding": ["efficientnet-lite0"], "faces": ["dlib-faces"],
+STAGE_MODELS = {"scene": ["efficientnet-lite0"], "embedding": ["efficientnet-lite0"], "faces": ["yunet-sface"],
                 "describe": ["minilm-l6-v2"], "text": ["rapidocr"], "objects": ["coco-detector"],
                 "safety": ["open-nsfw"]}
+
+
+def stage_models(s: Settings, stage: str) -> list[str]:
+    """The models ``stage`` needs under these settings (the faces stage's depends on LENSFLOW_FACES_MODEL)."""
+    if stage == "faces" and getattr(s, "faces_model", "dlib") == "dlib":
+        return ["dlib-faces"]
+    return STAGE_MODELS.get(stage, [])
 
 
 @app.command()
@@ -943,7 +996,7 @@ def demo(
     if not files:
         raise CliError(f"no photos in {photos}")
     stages = list(AVAILABLE_STAGES) if models else ["metadata"]
-    needed = sorted({m for st in stages for m in STAGE_MODELS.get(st, [])})
+    needed = sorted({m for st in stages for m in stage_models(s, st)})
     if needed:
         models_prepare(names=needed, force=False)
     stack_up()

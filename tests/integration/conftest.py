@@ -55,7 +55,7 @@ def stack():
 @pytest.fixture(scope="session")
 def models(stack):
     """Every model file, prepared once (idempotent; cached in ~/.cache/lensflow)."""
-    run(["models", "prepare", "dlib-faces", "efficientnet-lite0", "minilm-l6-v2", "rapidocr", "coco-detector"], stack,
+    run(["models", "prepare", "yunet-sface", "efficientnet-lite0", "minilm-l6-v2", "rapidocr", "coco-detector", "open-nsfw"], stack,
         timeout=1500)
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from lensflow.agents.faces import MATCH_THRESHOLDS, SFaceModel
 from tests.conftest import PHOTOS
 
 from .conftest import run
@@ -14,6 +15,8 @@ from .conftest import run
 pytestmark = pytest.mark.integration
 
 STAGES = "objects,text,faces,scene,embedding,describe,safety"
+#: the default faces model's match threshold (SFace: L2 1.128 on unit vectors)
+THRESHOLD = MATCH_THRESHOLDS[SFaceModel.name]
 
 
 def submit(ns, user, *names):
@@ -105,7 +108,7 @@ def test_same_person_matches_and_another_does_not(namespace, analyzed):
     biden = faces_of(namespace, a["biden_blue_room.jpg"]["image_id"])
     assert len(portrait) == len(podium) == len(biden) == 1
     assert podium[0]["person_id"] == portrait[0]["person_id"]
-    assert podium[0]["match_distance"] < 0.6
+    assert podium[0]["match_distance"] < THRESHOLD
     assert biden[0]["person_id"] != portrait[0]["person_id"]
     assert faces_of(namespace, a["cat_chelsea.png"]["image_id"]) == []
 
@@ -114,7 +117,7 @@ def test_enrolled_person_is_recognised_for_that_user_only(namespace, analyzed):
     a, b = analyzed
     alice = faces_of(namespace, a["obama_portrait.jpg"]["image_id"])[0]
     bob = faces_of(namespace, b["obama_podium.jpg"]["image_id"])
-    assert len(bob) == 1 and bob[0]["person_name"] == "Barack Obama" and bob[0]["match_distance"] < 0.6
+    assert len(bob) == 1 and bob[0]["person_name"] == "Barack Obama" and bob[0]["match_distance"] < THRESHOLD
     assert bob[0]["person_id"] != alice["person_id"]
     assert alice["person_name"] is None  # bob's enrollment never names alice's faces
     shown = json.loads(namespace.cli("show", b["obama_podium.jpg"]["image_id"], "--json").stdout)

