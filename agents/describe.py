@@ -66,43 +66,97 @@ def _ok(rec: dict | None) -> dict | None:
     return rec if rec and rec.get("status") == "ok" else None
 
 
+#: How a caption says where (the scene stage's place labels); others get "in a <place>".
+PLACE_PHRASES = {
+    "street": "on a street", "farm": "on a farm", "living": "in a living room", "landmark": "at a landmark",
+    "harbor": "at a harbor", "beach": "on a beach", "snow": "in the snow", "lake": "by a lake",
+    "mountain": "in the mountains", "railway": "at a railway", "market": "at a market", "desert": "in the desert",
+    "underwater": "underwater", "palace": "at a palace", "bridge": "on a bridge", "airport": "at an airport",
+    "mosque": "at a mosque", "temple": "at a temple", "castle": "at a castle", "city": "in a city",
+    "office": "in an office",
+}
+#: A place label is said only when the scene stage is at least this sure of it.
+MIN_PLACE_SCORE = 0.2
+
+
+def place_phrase(place: str) -> str:
+    if place in PLACE_PHRASES:
+        return PLACE_PHRASES[place]
+    return f"in {'an' if place[:1] in 'aeiou' else 'a'} {place}"
+
+
+def geo_phrase(md: dict | None) -> str | None:
+    """ "Prague, Czechia" from the metadata stage's reverse-geocoded place."""
+    place = (md or {}).get("place") or {}
+    parts = [p for p in (place.get("city"), place.get("country")) if p]
+    return ", ".join(dict.fromkeys(parts)) or None
+
+
+def year_of(md: dict | None) -> int | None:
+    taken = (md or {}).get("taken_at")
+    return getattr(taken, "year", None)
+
+
 def caption(agg: dict) -> str:
-    """One sentence from what the stages found. Pure."""
-    faces, objects, scene, text = (_ok(agg.get(k)) for k in ("faces", "objects", "scene", "text"))
+    """One grammatical sentence from what the stages found, and nothing more. Pure.
+
+    ``<who> [with <what>] [<where>] [in <city, country>][, in <year>][; the text reads "…"].``
+    who: named people, then other people counted; what: confident concepts (the lexicon in
+    ``agents/data/concepts.csv``: a rocket, a camera on a tripod) and counted objects, a concept
+    replacing the one object it names more precisely; where: the scene's place when it is sure of it,
+    else indoors/outdoors."""
+    from .concepts import concepts_of
+
+    faces, objects, scene, text, md = (_ok(agg.get(k)) for k in ("faces", "objects", "scene", "text", "metadata"))
     names = sorted({f["person_name"] for f in (faces or {}).get("faces", []) if f.get("person_name")})
     n_faces = len((faces or {}).get("faces", []))
     counts = Counter(d["label"] for d in (objects or {}).get("detections", []) if d["confidence"] >= MIN_OBJECT_CONFIDENCE)
+    found = concepts_of((scene or {}).get("classes") or [])
+    things: list[str] = []
+    for c in found[:2]:
+        if c.replaces and counts.get(c.replaces, 0) > 1:
+            continue  # "two cars" says more than "a sports car"
+        if c.replaces:
+            counts.pop(c.replaces, None)
+        things.append(c.phrase)
     n_people = max(counts.pop("person", 0), n_faces)
-    subjects: list[str] = []
+    people: list[str] = []
     if names:
-        subjects.append(_join(names))
+        people.append(_join(names))
         unnamed = n_people - len(names)
         if unnamed > 0:
-            subjects.append("another person" if unnamed == 1 else f"{_NUMBERS[min(unnamed, 10)]} other people")
+            people.append("another person" if unnamed == 1 else f"{_NUMBERS[min(unnamed, 10)]} other people")
     elif n_people:
-        subjects.append(_count("person", n_people))
-    for label, n in counts.most_common(3):
-        subjects.append(_count(label, n))
-    place = None
+        people.append(_count("person", n_people))
+    for label, n in counts.most_common(max(0, 3 - len(things))):
+        things.append(_count(label, n))
+    place = where = None
     if scene:
-        if scene.get("places"):
+        if scene.get("places") and scene["places"][0]["score"] >= MIN_PLACE_SCORE:
             place = scene["places"][0]["label"]
+            where = place_phrase(place)
         elif scene.get("environment"):
-            place = scene["environment"]["label"]
-    if subjects:
-        sentence = _join(subjects)
-        sentence = sentence[0].upper() + sentence[1:]
-        if place in ("indoor", "outdoor"):
-            sentence += f", {place}s"
-        elif place:
-            sentence += f" in a {place}" if not place.endswith("s") else f" in {place}"
-    elif place in ("indoor", "outdoor"):
-        sentence = f"A photo taken {place}s"
+            where = f"{scene['environment']['label']}s"  # indoors, outdoors
+    if people and things:
+        sentence = f"{_join(people)} with {_join(things)}"
+    elif people or things:
+        sentence = _join(people or things)
     elif place:
-        sentence = f"A photo of a {place}"
+        sentence = "A photo taken"
     else:
         top = (scene or {}).get("classes") or []
-        sentence = f"A photo of a {top[0]['label'].split(',')[0]}" if top else "A photo"
+        sentence = f"A photo of a {top[0]['label'].split(',')[0]}" if top and where is None else "A photo"
+        if where:
+            sentence = "A photo taken"
+    if where:
+        sentence += f" {where}"
+    geo = geo_phrase(md)
+    if geo:
+        sentence += f" in {geo}"
+    year = year_of(md)
+    if year:
+        sentence += f", in {year}" if geo else f" in {year}"
+    sentence = sentence[0].upper() + sentence[1:]
     quote = " ".join(((text or {}).get("text") or "").split()[:MAX_QUOTE_WORDS])
     if quote:
         sentence += f'; the text reads "{quote}"'
@@ -111,10 +165,13 @@ def caption(agg: dict) -> str:
 
 def semantic_text(agg: dict, cap: str) -> str:
     """What the semantic vector encodes: the caption plus every searchable fact."""
+    from .concepts import concepts_of
+
     parts = [cap]
     scene = _ok(agg.get("scene"))
     if scene:
         parts += [lab["label"] for lab in scene.get("places", []) + scene.get("events", [])]
+        parts += [tag for c in concepts_of(scene.get("classes", [])) for tag in c.tags]
         parts += [lab["label"].split(",")[0] for lab in scene.get("classes", [])[:3]]
     objects = _ok(agg.get("objects"))
     if objects:
@@ -122,6 +179,11 @@ def semantic_text(agg: dict, cap: str) -> str:
     faces = _ok(agg.get("faces"))
     if faces:
         parts += sorted({f["person_name"] for f in faces.get("faces", []) if f.get("person_name")})
+    md = _ok(agg.get("metadata"))
+    if md:
+        place = md.get("place") or {}
+        parts += [p for p in (place.get("city"), place.get("region"), place.get("country")) if p]
+        parts += [k for k in (md.get("keywords") or [])] + [md.get("title") or "", md.get("description") or ""]
     text = _ok(agg.get("text"))
     if text and text.get("text"):
         parts.append(text["text"][:300])

@@ -56,6 +56,11 @@ def tags_of(results: dict[str, dict]) -> list[dict]:
             add("place", lab["label"], lab["score"])
         for lab in sc.get("events", []):
             add("event", lab["label"], lab["score"])
+        from .concepts import concepts_of
+
+        for c in concepts_of(sc.get("classes") or []):
+            for tag in c.tags:
+                add("concept", tag, c.score)
     sf = results.get("safety")
     if sf and sf["status"] == Status.OK and sf.get("unsafe"):
         add("safety", "nsfw", sf.get("nsfw_score") or 1.0)

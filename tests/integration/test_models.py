@@ -302,3 +302,28 @@ def test_every_sample_is_scored_safe_and_search_safe_leaves_out_the_unscored(nam
     carol = json.loads(unscored.stdout.splitlines()[-1])["image_id"]
     assert [h["image_id"] for h in search(namespace, "--user", "carol", "--tag", "car")] == [carol]
     assert search(namespace, "--user", "carol", "--tag", "car", "--safe") == []
+
+
+@pytest.fixture(scope="module")
+def concepts(namespace, analyzed):
+    return submit(namespace, "dora", "rocket_launch_falcon9.jpg", "cameraman_tripod.png", "coffee_espresso.png",
+                  "astronaut_collins.png", "road_cars_canberra.jpg")
+
+
+def test_captions_name_what_the_scene_classes_saw(namespace, concepts):
+    def caption(name):
+        return namespace.cql.execute("SELECT caption FROM images WHERE image_id = %s", (concepts[name]["image_id"],)).one().caption
+    assert "a rocket" in caption("rocket_launch_falcon9.jpg").lower()
+    assert "camera on a tripod" in caption("cameraman_tripod.png")
+    assert "espresso" in caption("coffee_espresso.png")
+    assert "snow" not in caption("astronaut_collins.png")  # 0.10 of snow is not enough to say so
+    tags = {(t.kind, t.tag) for t in namespace.cql.execute("SELECT kind, tag FROM image_tags WHERE image_id = %s",
+                                                             (concepts["rocket_launch_falcon9.jpg"]["image_id"],))}
+    assert ("concept", "rocket") in tags
+
+
+def test_one_word_queries_find_the_concept(namespace, concepts):
+    for word, name in (("rocket", "rocket_launch_falcon9.jpg"), ("camera", "cameraman_tripod.png"),
+                       ("espresso", "coffee_espresso.png")):
+        hits = search(namespace, "--user", "dora", "--text", word)
+        assert hits[0]["image_id"] == concepts[name]["image_id"], (word, hits)

@@ -287,3 +287,11 @@ def test_results_of_a_run_still_to_be_prepared_outlive_the_run_that_completes():
     rest, _ = feed(rest, "ImagePrepared", prepared_run("r2", 10))
     assert rest["run_id"] == "r2" and "metadata" in rest["results"] and decide(rest, T0).action == "complete"
     assert after_completion(rest, T0, TIMEOUT) is None  # nothing else held: the entry goes
+
+
+def test_confident_concepts_become_tags():
+    from lensflow.agents.join_projection import tags_of
+
+    scene = {"status": "ok", "environment": None, "places": [], "events": [],
+             "classes": [{"label": "tripod", "score": 0.94}, {"label": "missile", "score": 0.1}]}
+    assert [(t["kind"], t["tag"]) for t in tags_of({"scene": scene})] == [("concept", "camera"), ("concept", "tripod")]
