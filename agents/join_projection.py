@@ -71,6 +71,25 @@ def tags_of(results: dict[str, dict]) -> list[dict]:
     return [{"kind": k, "tag": t, "score": s} for (k, t), s in sorted(tags.items())]
 
 
+#: Characters of keyword text stored per image (caption, tags, OCR text, title, description, keywords, place).
+KEYWORD_CHARS = 4000
+
+
+def keywords_of(caption: str | None, tags: list[dict], results: dict[str, dict]) -> str:
+    """The words keyword search matches (Qdrant payload ``keywords``, lower case): the caption, the
+    tags, the OCR text and the metadata's title, description, keywords and place."""
+    parts = [caption or ""] + [t["tag"] for t in tags]
+    text = results.get("text")
+    if text and text.get("status") == Status.OK:
+        parts.append(text.get("text") or "")
+    md = results.get("metadata")
+    if md and md.get("status") == Status.OK:
+        parts += [md.get("title") or "", md.get("description") or "", *(md.get("keywords") or [])]
+        place = md.get("place") or {}
+        parts += [place.get(k) or "" for k in ("city", "region", "country")]
+    return " ".join(" ".join(p.split()) for p in parts if p).lower()[:KEYWORD_CHARS]
+
+
 @dataclass
 class Completed:
     image_id: str
@@ -170,7 +189,7 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
                "taken_at": md["taken_at"].isoformat() if md.get("taken_at") else None,
                "camera": camera_name(md.get("camera_make"), md.get("camera_model")),
                "geo": {"lat": gps["lat"], "lon": gps["lon"]} if gps else None, "analysis_version": version,
-               "nsfw_score": nsfw_score}
+               "nsfw_score": nsfw_score, "keywords": keywords_of(image_row["caption"], tags, results)}
     analyzed = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "analysis_version": version, "status": status,
                 "error": err, "stages": summaries, "uri": prepared.get("uri"), "caption": image_row["caption"],
                 "tags": tags, "taken_at": md.get("taken_at"), "uploaded_at": prepared["uploaded_at"],

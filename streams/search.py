@@ -5,8 +5,12 @@ Served by the worker that owns the stores (``GET /search``, ``POST /faces/enroll
 /faces/name``): qdrant-client's local mode locks its folder to one process, so the CLI goes
 through that worker; with a Qdrant server it is the same code path.
 
-* ``text``: all-MiniLM-L6-v2 of the query against the ``semantic`` named vector (caption, tags,
-  place, OCR text and people, written by the describe stage);
+* ``text``: two rankings fused by reciprocal rank (RRF, k = 60): all-MiniLM-L6-v2 of the query
+  against the ``semantic`` named vector (caption, tags, place, OCR text and people, written by the
+  describe stage), and keyword matches of the query's words in the image's ``keywords`` (caption,
+  tags, OCR text, title, description, keywords, place; whole words, ranked by how many of the query's
+  words they hold). A word printed in a photo, or a tag, finds it even when the sentence embedding
+  of a one-word query does not; each hit says its ``semantic_score`` and ``keyword_matches``;
 * ``like``: the ``visual`` vector of one of the user's images against everyone else's;
 * ``tag`` / ``person``: Cassandra ``user_images_by_tag`` (a person is found by name, and by the
   ids of every face cluster carrying that name);
@@ -19,7 +23,9 @@ through that worker; with a Qdrant server it is the same code path.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -81,6 +87,34 @@ class Query:
                    safe=safe in ("1", "true"))
 
 
+WORD = re.compile(r"\w+", re.UNICODE)
+#: Words too common to say anything about an image.
+STOPWORDS = frozenset("a an the of in on at to and or with for by from is are was photo picture image".split())
+#: Reciprocal rank fusion's constant (Cormack et al. 2009): a rank r counts 1 / (RRF_K + r).
+RRF_K = 60
+
+
+def query_words(text: str) -> list[str]:
+    return list(dict.fromkeys(w for w in WORD.findall(text.lower()) if len(w) >= 2 and w not in STOPWORDS))
+
+
+def fuse(semantic: list[dict], keyword: list[dict], limit: int) -> list[dict]:
+    """Reciprocal rank fusion of the semantic and keyword rankings (ties: more keyword matches, then
+    the higher semantic score)."""
+    fused: dict[str, dict] = {}
+    for rank, h in enumerate(semantic, start=1):
+        fused[h["image_id"]] = {**h, "semantic_score": h["score"], "keyword_matches": 0, "score": 1.0 / (RRF_K + rank)}
+    for rank, h in enumerate(keyword, start=1):
+        hit = fused.setdefault(h["image_id"], {"image_id": h["image_id"], "taken_at": h.get("taken_at"),
+                                               "tags": h.get("tags", []), "semantic_score": None, "score": 0.0})
+        hit["keyword_matches"] = h["matches"]
+        hit["score"] += 1.0 / (RRF_K + rank)
+    ranked = sorted(fused.values(), key=lambda h: (-h["score"], -h["keyword_matches"], -(h["semantic_score"] or 0.0)))
+    for h in ranked:
+        h["score"] = round(h["score"], 6)
+    return ranked[:limit]
+
+
 def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
@@ -130,10 +164,27 @@ class SearchService:
         return [{"image_id": h.payload["image_id"], "score": round(float(h.score), 4), "taken_at": h.payload.get("taken_at"),
                  "tags": h.payload.get("tags", [])} for h in hits]
 
+    def _text_search(self, q: Query) -> list[dict]:
+        """Semantic and keyword rankings of a text query, fused by reciprocal rank."""
+        pool = max(q.limit * 3, 30)
+        semantic = self._vector_search("semantic", self._embed(q.text), dataclasses.replace(q, limit=pool))
+        words = query_words(q.text)
+        keyword: list[dict] = []
+        if words:
+            points = self.stores.qdrant.keyword_matches(words, self._filter(q), 200)
+            for p in points:
+                held = set(WORD.findall((p.payload.get("keywords") or "").lower()))
+                n = sum(1 for w in words if w in held)
+                if n:
+                    keyword.append({"image_id": p.payload["image_id"], "matches": n, "taken_at": p.payload.get("taken_at"),
+                                    "tags": p.payload.get("tags", [])})
+            keyword.sort(key=lambda h: (-h["matches"], h["image_id"]))
+        return fuse(semantic, keyword, q.limit)
+
     # -- queries ---------------------------------------------------------------------------------
     def search(self, q: Query) -> list[dict]:
         if q.text:
-            hits = self._vector_search("semantic", self._embed(q.text), q)
+            hits = self._text_search(q)
         elif q.like:
             found = self.stores.qdrant.image_vector(q.like, "visual")
             if found is None or found[0].get("user_id") != q.user:

@@ -272,6 +272,8 @@ def ensure_collections(client) -> None:
         for collection, field in [("images", "user_id"), ("faces", "user_id"), ("faces", "image_id")]:
             client.create_payload_index(collection, field, m.PayloadSchemaType.KEYWORD)
         client.create_payload_index("images", "nsfw_score", m.PayloadSchemaType.FLOAT)  # search --safe
+        client.create_payload_index("images", "keywords", m.TextIndexParams(  # search --text, keyword half
+            type=m.TextIndexType.TEXT, tokenizer=m.TokenizerType.WORD, lowercase=True, min_token_len=2))
 
 
 class QdrantStore:
@@ -301,6 +303,15 @@ class QdrantStore:
     def nearest(self, vector_name: str, vector: list[float], query_filter, limit: int) -> list:
         return self.run(lambda c: c.query_points("images", query=vector, using=vector_name, query_filter=query_filter,
                                                  limit=limit, with_payload=True).points)
+
+    def keyword_matches(self, words: list[str], query_filter, limit: int) -> list:
+        """Points whose ``keywords`` hold any of ``words`` (Qdrant full-text match; the caller checks
+        whole words: local mode matches substrings)."""
+        from qdrant_client import models as m
+
+        flt = m.Filter(must=query_filter.must, must_not=query_filter.must_not,
+                       should=[m.FieldCondition(key="keywords", match=m.MatchText(text=w)) for w in words])
+        return self.run(lambda c: c.scroll("images", scroll_filter=flt, limit=limit, with_payload=True)[0])
 
     def run(self, fn, *args: Any):
         """Run a client call on the Qdrant thread, blocking (for code already off the event loop)."""

@@ -327,3 +327,9 @@ def test_one_word_queries_find_the_concept(namespace, concepts):
                        ("espresso", "coffee_espresso.png")):
         hits = search(namespace, "--user", "dora", "--text", word)
         assert hits[0]["image_id"] == concepts[name]["image_id"], (word, hits)
+
+
+def test_a_printed_word_finds_its_page(namespace, analyzed):
+    a, _ = analyzed
+    hits = search(namespace, "--user", "alice", "--text", "histogram")  # a word of the page's body text
+    assert hits[0]["image_id"] == a["printed_page_text.png"]["image_id"] and hits[0]["keyword_matches"] == 1

@@ -28,3 +28,53 @@ def test_filters():
 
 def test_haversine():
     assert _haversine_km(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(343.5, abs=1.0)  # Paris-London
+
+
+def test_query_words_drop_stopwords_and_repeats():
+    from lensflow.streams.search import query_words
+
+    assert query_words("A photo of the Rocket, rocket launch!") == ["rocket", "launch"]
+
+
+def test_rank_fusion_lets_an_exact_word_win():
+    from lensflow.streams.search import fuse
+
+    semantic = [{"image_id": i, "score": s, "taken_at": None, "tags": []} for i, s in [("a", 0.5), ("b", 0.4), ("c", 0.3)]]
+    keyword = [{"image_id": "c", "matches": 1}, {"image_id": "d", "matches": 1}]
+    ranked = fuse(semantic, keyword, 10)
+    assert [h["image_id"] for h in ranked] == ["c", "a", "d", "b"]  # in both lists beats first in one
+    assert ranked[0]["keyword_matches"] == 1 and ranked[0]["semantic_score"] == 0.3
+    assert ranked[2]["semantic_score"] is None
+    assert [h["image_id"] for h in fuse(semantic, [], 2)] == ["a", "b"]  # no keyword hit: the semantic order
+
+
+def test_text_search_finds_a_printed_word_on_a_real_qdrant(tmp_path):
+    """Keyword half against Qdrant's local mode (its MatchText is a substring test: whole words are
+    checked here, so "car" does not find "cardigan")."""
+    from qdrant_client import models as m
+
+    from lensflow.streams.search import SearchService
+    from lensflow.streams.store import IMAGE_VECTORS, QdrantStore
+
+    store = QdrantStore(None, tmp_path / "qdrant")
+    far = {name: [0.0, 1.0] + [0.0] * (dim - 2) for name, dim in IMAGE_VECTORS.items()}
+    near = {name: [1.0] + [0.0] * (dim - 1) for name, dim in IMAGE_VECTORS.items()}
+    points = [(1, "page", far, "region-based segmentation markers of the coins"), (2, "cat", near, "a cat indoors cat"),
+              (3, "knit", near, "a person in a cardigan"), (4, "other", near, "a dog"),
+              (5, "theirs", far, "region-based segmentation")]
+    store.run(lambda c: c.upsert("images", points=[
+        m.PointStruct(id=i, vector=v, payload={"user_id": "bob" if name == "theirs" else "u", "image_id": name, "keywords": kw})
+        for i, name, v, kw in points]))
+
+    class Stores:
+        qdrant = store
+
+    class Settings:
+        safety_threshold = 0.5
+
+    service = SearchService(Stores(), Settings(), embedder_factory=lambda: type("E", (), {"predict": lambda self, t: [near["semantic"]]})())
+    hits = service._text_search(Query.parse({"user": "u", "text": "segmentation"}))
+    assert hits[0]["image_id"] == "page" and hits[0]["keyword_matches"] == 1  # semantically far, found by its word
+    assert "theirs" not in [h["image_id"] for h in hits]  # never another user's
+    car = service._text_search(Query.parse({"user": "u", "text": "car"}))
+    assert all(h["keyword_matches"] == 0 for h in car)  # "cardigan" is not "car"
