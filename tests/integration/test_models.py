@@ -72,9 +72,10 @@ def test_metrics_show_cpu_per_stage_and_one_decode_per_image(namespace, analyzed
     assert counter("stage_cpu_seconds", "objects") > counter("stage_cpu_seconds", "describe")
     a, b = analyzed
     images = len(a) + len(b)
-    # 4 pixel agents read every image: one decodes it, three share it (enrolment decodes are not counted here)
+    # 5 pixel agents (objects, visual, text, faces, safety) read every image: one decodes it, four share it
+    # (enrolment decodes are not counted here)
     assert counter("decoded_cache", "miss") == images
-    assert counter("decoded_cache", "hit") == 3 * images
+    assert counter("decoded_cache", "hit") == 4 * images
 
 
 def test_objects_are_found_where_they_are(namespace, analyzed):
@@ -229,31 +230,6 @@ def test_reanalyze_one_stage_merges_without_touching_the_others(namespace, analy
     assert reasons.count("reanalyzed") == len(alice_ids)
 
 
-def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
-    import math
-
-    from qdrant_client import QdrantClient
-
-    from lensflow.streams.records import point_id
-
-    a, _ = analyzed
-    ids = [r["image_id"] for r in a.values()]
-    for image_id in ids:
-        row = namespace.cql.execute("SELECT visual FROM images WHERE image_id = %s", (image_id,)).one()
-        assert row.visual is not None and len(row.visual) == 1280
-        assert math.isclose(sum(x * x for x in row.visual), 1.0, rel_tol=1e-3)
-    namespace.stop_worker()
-    client = QdrantClient(path=str(namespace.data_dir / "qdrant"))
-    try:
-        points = client.retrieve("images", [point_id(i) for i in ids], with_vectors=True)
-        assert all(len(p.vector["visual"]) == 1280 for p in points)
-        # the two photos of the same car are nearer to each other than to the kitchen
-        faces_count = client.count("faces").count
-        assert faces_count == 5  # alice: portrait, biden, podium; bob: the enrolled reference + podium
-    finally:
-        client.close()
-
-
 def test_show_prints_the_whole_analysis_and_renders_its_boxes(namespace, analyzed, tmp_path):
     from PIL import Image, ImageChops
 
@@ -333,3 +309,32 @@ def test_a_printed_word_finds_its_page(namespace, analyzed):
     a, _ = analyzed
     hits = search(namespace, "--user", "alice", "--text", "histogram")  # a word of the page's body text
     assert hits[0]["image_id"] == a["printed_page_text.png"]["image_id"] and hits[0]["keyword_matches"] == 1
+
+
+# stops the worker: keep it last
+def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
+    import math
+
+    from qdrant_client import QdrantClient
+
+    from lensflow.streams.records import point_id
+
+    a, _ = analyzed
+    ids = [r["image_id"] for r in a.values()]
+    for image_id in ids:
+        row = namespace.cql.execute("SELECT visual FROM images WHERE image_id = %s", (image_id,)).one()
+        assert row.visual is not None and len(row.visual) == 1280
+        assert math.isclose(sum(x * x for x in row.visual), 1.0, rel_tol=1e-3)
+    namespace.stop_worker()
+    client = QdrantClient(path=str(namespace.data_dir / "qdrant"))
+    try:
+        points = client.retrieve("images", [point_id(i) for i in ids], with_vectors=True)
+        assert all(len(p.vector["visual"]) == 1280 for p in points)
+        # the two photos of the same car are nearer to each other than to the kitchen
+        from qdrant_client import models as m
+
+        theirs = m.Filter(should=[m.FieldCondition(key="user_id", match=m.MatchValue(value=u)) for u in ("alice", "bob")])
+        faces_count = client.count("faces", count_filter=theirs, exact=True).count
+        assert faces_count == 5  # alice: portrait, biden, podium; bob: the enrolled reference + podium
+    finally:
+        client.close()
