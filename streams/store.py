@@ -47,7 +47,8 @@ IMAGE_COLUMNS = [
     "original_width", "original_height", "orientation", "taken_at", "taken_at_local", "tz_offset", "camera_make",
     "camera_model", "lens_make", "lens_model", "exposure_time_s", "f_number", "iso", "focal_length_mm", "gps_lat",
     "gps_lon", "gps_alt_m", "caption", "scene", "visual", "status", "error_code", "error_message", "run_id",
-    "analysis_version", "uploaded_at", "last_analyzed", "nsfw_score",
+    "analysis_version", "uploaded_at", "last_analyzed", "nsfw_score", "place_city", "place_region", "place_country",
+    "place_country_code", "title", "description", "keywords", "rating", "creator",
 ]
 #: An image as the join finds it stored: enough to version the next write, refuse another user's id and
 #: know whether this run's ``images.analyzed`` event was already delivered.
