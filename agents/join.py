@@ -45,7 +45,7 @@ from lensflow.streams.runner import Item, Outcome, Output, Stage, run
 from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, PREPARED, RESULT_TOPIC,
                                        STAGES)
 
-from .join_projection import Completed, aggregated_record, assemble, failed_copy
+from .join_projection import Completed, aggregated_record, assemble, failed_copy, mark_duplicates
 from .join_state import (PREPROCESS, Decision, Entry, JoinAction, Progress, after_completion, aggregated, all_results, decide, merge,
                          place, run_order, stage_of)
 
@@ -353,6 +353,7 @@ class Join(Stage):
         if not finishes:
             return
         cassandra, qdrant = self.store.cassandra, self.store.qdrant
+        await asyncio.gather(*(self.find_duplicates(f.completed) for f in finishes))
         t0 = time.perf_counter()
         results = await asyncio.gather(*(cassandra.write(f.completed.image_row, f.completed.analysis_row,
                                                          f.completed.tags, f.completed.first_write) for f in finishes),
@@ -389,6 +390,24 @@ class Join(Stage):
                     f.write = False
         self.metrics.sink_seconds.labels("cassandra").observe(t1 - t0)
         self.metrics.sink_seconds.labels("qdrant").observe(time.perf_counter() - t1)
+
+    async def find_duplicates(self, c: Completed) -> None:
+        """Flag ``c`` when the user already has its original's bytes (exact) or a visually near-identical
+        image (``LENSFLOW_NEAR_DUPLICATE_THRESHOLD``, cosine of the visual vectors). A store outage
+        raises (the batch is retried); any other failure leaves the image unflagged and is logged."""
+        if c.status == ImageStatus.FAILED:
+            return
+        try:
+            sha, visual = c.image_row.get("sha256"), c.image_row.get("visual")
+            exact = await self.store.cassandra.same_bytes(c.user_id, sha) if sha else []
+            near = (await self.store.qdrant.near_duplicates(c.user_id, visual, self.settings.near_duplicate_threshold,
+                                                            c.image_id) if visual else [])
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            self.log.warning("duplicates_not_checked", image_id=c.image_id, reason=str(exc)[:200])
+            return
+        mark_duplicates(c, exact, near)
 
     def raise_transient(self, results: list) -> None:
         for r in results:

@@ -218,6 +218,28 @@ def aggregated_record(prepared: dict, results: dict[str, dict], stages: list[str
     return rec
 
 
+def mark_duplicates(c: Completed, exact: list[str], near: list[tuple[str, float]]) -> Completed:
+    """``c`` flagged as a duplicate: ``exact`` are the user's other images with the same original bytes,
+    ``near`` the others whose visual vector is nearly the same ((image id, similarity)). Stored in
+    ``images.duplicate_of`` / ``near_duplicates``, tagged ``duplicate`` / ``near-duplicate`` (kind
+    ``duplicate``; ``search --tag duplicate``), and in the Qdrant payload."""
+    exact = sorted(set(exact) - {c.image_id})
+    near_ids = [i for i, _ in near if i != c.image_id and i not in exact]
+    c.image_row["duplicate_of"] = exact or None
+    c.image_row["near_duplicates"] = near_ids or None
+    tags = [t for t in c.tags if t["kind"] != "duplicate"]
+    if exact:
+        tags.append({"kind": "duplicate", "tag": "duplicate", "score": 1.0})
+    if near_ids:
+        tags.append({"kind": "duplicate", "tag": "near-duplicate", "score": max(s for i, s in near if i in near_ids)})
+    c.tags = tags
+    if c.point is not None:
+        c.point["payload"]["duplicate_of"] = exact + near_ids
+        c.point["payload"]["tags"] = [t["tag"] for t in tags]
+    c.analyzed["tags"] = tags
+    return c
+
+
 def failed_copy(c: Completed, code: ErrorCode, message: str) -> Completed:
     """``c`` as a failed image: what the join stores and announces when a store refused the full
     write for good (no vectors, no tags: only the row saying why)."""

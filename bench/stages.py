@@ -6,8 +6,9 @@
    applied): p50 ms/image of ``predict`` at batch 1 and at the configured batch size, and the floor
    the stage is compared with, a bare loop on the same inputs: for objects and visual the same
    input preparation + one ``session.run``; for text only its ONNX Runtime calls (gate, detector,
-   recogniser per line) on the tensors ``predict`` fed them; for faces only its dlib calls (HOG
-   detection, landmarks and descriptor per face) on the inputs ``predict`` gave them.
+   recogniser per line) on the tensors ``predict`` fed them; for faces only its ONNX Runtime calls
+   (YuNet on its blob, SFace per aligned chip; with LENSFLOW_FACES_MODEL=dlib its dlib calls); for
+   safety its preprocessing + one ``session.run``.
 2. End to end with every stage on: the sample photos submitted ``--replicas`` times (as different
    users, so they are different images) through the running stack and one worker; images/s,
    p50/p95 latency, per-stage p50 as the stages report it, and the worker's RSS.
@@ -35,7 +36,7 @@ from PIL import Image  # noqa: E402
 from bench.spine import bench_env, bench_worker, cpu_seconds, rss_mib, run_pipeline, summarise  # noqa: E402
 
 PHOTOS = ROOT / "samples" / "photos"
-ALL = "objects,text,faces,scene,embedding,describe"
+ALL = "objects,text,faces,scene,embedding,safety,describe"
 
 
 def derivatives() -> list[Image.Image]:
@@ -158,6 +159,33 @@ def text_floor(model, images) -> Callable[[list], None]:
     return run
 
 
+def sface_floor(model, images) -> Callable[[list], None]:
+    """YuNet + SFace's bare floor: only its ONNX Runtime calls (the detector on the blob ``predict``
+    fed it, the encoder on each aligned 112x112 chip), on the inputs ``predict`` gave them."""
+    import cv2
+
+    from lensflow.agents import faces as F
+
+    inputs = {}
+    for im in images:
+        pixels = np.asarray(im.convert("RGB"))
+        blob, _ = model.detection_input(pixels)
+        chips = []
+        for _box, _score, points in model.detect(pixels):
+            matrix = F.similarity_transform(points, F.SFACE_TEMPLATE)
+            chip = cv2.warpAffine(pixels, matrix, (F.SFACE_SIZE, F.SFACE_SIZE), flags=cv2.INTER_LINEAR)
+            chips.append(chip.astype(np.float32).transpose(2, 0, 1)[None])
+        inputs[id(im)] = (blob, chips)
+
+    def run(imgs):
+        for im in imgs:
+            blob, chips = inputs[id(im)]
+            model._detector.run(model._outputs, {model._det_input: blob})
+            for chip in chips:
+                model._encoder.run(None, {model._enc_input: chip})
+    return run
+
+
 def faces_floor(model, images) -> Callable[[list], None]:
     """The faces model's bare floor: only its dlib calls (HOG detection on the prepared grayscale
     input, then landmarks and descriptor per face found), on the inputs ``predict`` gives them."""
@@ -178,7 +206,7 @@ def faces_floor(model, images) -> Callable[[list], None]:
 
 
 def models_report(batch: int) -> dict:
-    from lensflow.agents import objects, text, faces, textembed
+    from lensflow.agents import faces, objects, safety, text, textembed
     from lensflow.agents.backbones import efficientnet_lite0 as eff
     from lensflow.streams.models import ModelCache
     from lensflow.streams.settings import Settings
@@ -198,18 +226,23 @@ def models_report(batch: int) -> dict:
             x, _ = objects.preprocess(im)
             m.session.run(m._outputs, {m._input: x})
 
+    def floor_safety(imgs):
+        m = models["safety"]
+        for im in imgs:
+            m.session.run(None, {m.input_name: safety.preprocess(im)[None]})
+
     st = Settings()
     models = {"objects": objects.ObjectDetector(cache, threshold=st.objects_min_score, iou_threshold=st.objects_nms_iou),
               "visual": eff.EfficientNetLite0(cache), "text": text.OcrModel(cache, det_max_side=st.text_det_max_side),
-              "faces": faces.face_model(st, cache)}
-    floors = {"objects": floor_obj, "visual": floor_eff}
+              "faces": faces.face_model(st, cache), "safety": safety.SafetyModel(cache)}
+    floors = {"objects": floor_obj, "visual": floor_eff, "safety": floor_safety}
     for name, m in models.items():
         m.load()
         m.predict(images[:1])  # warm-up
         if name == "text":
             floors[name] = text_floor(m, images)
         elif name == "faces":
-            floors[name] = faces_floor(m, images)
+            floors[name] = sface_floor(m, images) if isinstance(m, faces.SFaceModel) else faces_floor(m, images)
         b1 = timed(m.predict, images, 1)
         bn = timed(m.predict, images, batch)
         # batch n is timed per batch (per image: the batch's mean), so batch 1's mean is given to compare
@@ -223,7 +256,7 @@ def models_report(batch: int) -> dict:
         figures[name] = row
         print(f"  {name:<8} batch 1 p50 {row['batch1_p50_ms']:7.1f} ms (mean {row['batch1_mean_ms']:5.1f})"
               f"   batch {batch} {row[f'batch{batch}_ms_per_image']:7.1f} ms/img (p50 of batch means)"
-              f"   bare {'dlib' if name == 'faces' else 'ORT '} {row['bare_floor_p50_ms']:6.1f} ms  ({row['vs_floor']:.2f}x)")
+              f"   bare {'dlib' if isinstance(m, faces.FaceModel) else 'ORT '} {row['bare_floor_p50_ms']:6.1f} ms  ({row['vs_floor']:.2f}x)")
     emb = textembed.TextEmbedder(cache).load()
     sentences = [f"A photo of {n} cars and a person in a street, outdoors" for n in range(64)]
     b1 = timed(emb.predict, sentences, 1)

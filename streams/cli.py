@@ -296,7 +296,7 @@ def ensure_models(s: Settings, stages: list[str] | None) -> list[str]:
         lines: list[str] = []
 
         def progress(message: str, n: str = name) -> None:
-            if not message.endswith(": up to date"):  # quiet when nothing is to do
+            if "up to date" not in message:  # quiet when nothing is to do
                 lines.append(message)
                 err.print(f"lensflow: preparing {n}: {message}", highlight=False)
 

@@ -48,7 +48,7 @@ IMAGE_COLUMNS = [
     "camera_model", "lens_make", "lens_model", "exposure_time_s", "f_number", "iso", "focal_length_mm", "gps_lat",
     "gps_lon", "gps_alt_m", "caption", "scene", "visual", "status", "error_code", "error_message", "run_id",
     "analysis_version", "uploaded_at", "last_analyzed", "nsfw_score", "place_city", "place_region", "place_country",
-    "place_country_code", "title", "description", "keywords", "rating", "creator",
+    "place_country_code", "title", "description", "keywords", "rating", "creator", "duplicate_of", "near_duplicates",
 ]
 #: An image as the join finds it stored: enough to version the next write, refuse another user's id and
 #: know whether this run's ``images.analyzed`` event was already delivered.
@@ -143,6 +143,8 @@ class CassandraStore:
         self.select_rows = p("SELECT image_id, user_id, caption, uri, gps_lat, gps_lon, taken_at, nsfw_score FROM {ks}.images WHERE image_id IN ?")
         self.select_by_user = p("SELECT image_id, run_id, analysis_version FROM {ks}.images_by_user WHERE user_id = ?")
         self.select_all = p("SELECT image_id, user_id, run_id, analysis_version FROM {ks}.images")
+        self.insert_by_sha = p("INSERT INTO {ks}.images_by_sha (user_id, sha256, image_id) VALUES (?, ?, ?)")
+        self.select_by_sha = p("SELECT image_id FROM {ks}.images_by_sha WHERE user_id = ? AND sha256 = ?")
         self.update_notified = p("UPDATE {ks}.images SET notified_run = ? WHERE image_id = ?")
 
     # --- the join ---------------------------------------------------------------------------------
@@ -172,6 +174,8 @@ class CassandraStore:
             ex(self.insert_analysis, [analysis_row.get(c) for c in ANALYSIS_COLUMNS]),
             ex(self.insert_by_user, (user_id, image_id, image_row.get("run_id"), image_row.get("analysis_version"))),
         ]
+        if image_row.get("sha256"):
+            futures.append(ex(self.insert_by_sha, (user_id, image_row["sha256"], image_id)))
         for kind, tag in old - set(new):
             futures.append(ex(self.delete_tag, (image_id, kind, tag)))
             futures.append(ex(self.delete_user_tag, (user_id, tag, image_id)))
@@ -179,6 +183,10 @@ class CassandraStore:
             futures.append(ex(self.insert_tag, (image_id, kind, tag, float(t.get("score", 1.0)))))
             futures.append(ex(self.insert_user_tag, (user_id, tag, image_id, kind, float(t.get("score", 1.0)), image_row.get("taken_at"))))
         await _gather_first_error(_aio(f) for f in futures)
+
+    async def same_bytes(self, user_id: str, sha256: str) -> list[str]:
+        """The user's images whose original has this SHA-256."""
+        return [r.image_id for r in await _aio(self.session.execute_async(self.select_by_sha, (user_id, sha256)))]
 
     async def mark_notified(self, image_id: str, run_id: str) -> None:
         """Record that ``run_id``'s images.analyzed event is on the broker (a redelivery then skips it)."""
@@ -293,6 +301,18 @@ class QdrantStore:
         structs = [m.PointStruct(id=p["id"], vector=p["vectors"], payload=p["payload"]) for p in points]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, lambda: self.client.upsert("images", points=structs, wait=True))
+
+    async def near_duplicates(self, user_id: str, visual: list[float], threshold: float, exclude: str,
+                              limit: int = 10) -> list[tuple[str, float]]:
+        """(image id, cosine similarity) of the user's other images whose visual vector is at least
+        ``threshold`` similar to ``visual``, most similar first."""
+        from qdrant_client import models as m
+
+        flt = m.Filter(must=[m.FieldCondition(key="user_id", match=m.MatchValue(value=user_id))],
+                       must_not=[m.HasIdCondition(has_id=[point_id(exclude)])])
+        hits = await self.call(lambda c: c.query_points("images", query=visual, using="visual", query_filter=flt,
+                                                        score_threshold=threshold, limit=limit, with_payload=["image_id"]).points)
+        return [(h.payload["image_id"], round(float(h.score), 4)) for h in hits]
 
     def image_vector(self, image_id: str, vector_name: str):
         """(payload, vector) of an image's point, or None."""

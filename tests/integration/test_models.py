@@ -311,6 +311,29 @@ def test_a_printed_word_finds_its_page(namespace, analyzed):
     assert hits[0]["image_id"] == a["printed_page_text.png"]["image_id"] and hits[0]["keyword_matches"] == 1
 
 
+
+def test_exact_and_near_duplicates_are_flagged_and_searchable(namespace, analyzed, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    area = namespace.data_dir / "storage" / "uploads" / "erin"
+    area.mkdir(parents=True, exist_ok=True)
+    for name in ("first.jpg", "second.jpg"):  # the same bytes under two URIs: two images, one original
+        shutil.copyfile(PHOTOS / "road_cars_canberra.jpg", area / name)
+    img = Image.open(PHOTOS / "road_cars_canberra.jpg")
+    img.resize((img.width * 3 // 5, img.height * 3 // 5)).save(area / "smaller.jpg", "JPEG", quality=70)
+    ids = {}
+    for name in ("first.jpg", "second.jpg", "smaller.jpg"):  # one after the other: each sees the ones before
+        proc = namespace.cli("submit", "--user", "erin", "--wait", "--json", "--stages", "embedding", f"file://{area / name}")
+        ids[name] = json.loads(proc.stdout.splitlines()[-1])["image_id"]
+    row = lambda n: namespace.cql.execute("SELECT duplicate_of, near_duplicates FROM images WHERE image_id = %s", (ids[n],)).one()  # noqa: E731
+    assert row("first.jpg").duplicate_of is None and row("first.jpg").near_duplicates is None
+    assert row("second.jpg").duplicate_of == [ids["first.jpg"]]
+    assert set(row("smaller.jpg").near_duplicates) == {ids["first.jpg"], ids["second.jpg"]}
+    assert [h["image_id"] for h in search(namespace, "--user", "erin", "--tag", "duplicate")] == [ids["second.jpg"]]
+    assert [h["image_id"] for h in search(namespace, "--user", "erin", "--tag", "near-duplicate")] == [ids["smaller.jpg"]]
+
 # stops the worker: keep it last
 def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
     import math

@@ -295,3 +295,15 @@ def test_confident_concepts_become_tags():
     scene = {"status": "ok", "environment": None, "places": [], "events": [],
              "classes": [{"label": "tripod", "score": 0.94}, {"label": "missile", "score": 0.1}]}
     assert [(t["kind"], t["tag"]) for t in tags_of({"scene": scene})] == [("concept", "camera"), ("concept", "tripod")]
+
+
+def test_duplicates_are_flagged_tagged_and_kept_in_the_payload():
+    from lensflow.agents.join_projection import mark_duplicates
+
+    c = assemble(prepared(expected=["metadata"]), {"metadata": md()}, {"metadata": b"x"}, ["metadata"], 1)
+    mark_duplicates(c, ["img", "other"], [("near1", 0.97), ("other", 0.99)])
+    assert c.image_row["duplicate_of"] == ["other"] and c.image_row["near_duplicates"] == ["near1"]
+    assert {(t["kind"], t["tag"]) for t in c.tags} >= {("duplicate", "duplicate"), ("duplicate", "near-duplicate")}
+    assert c.point["payload"]["duplicate_of"] == ["other", "near1"] and "near-duplicate" in c.point["payload"]["tags"]
+    mark_duplicates(c, [], [])  # analysed again after the others were deleted: no longer a duplicate
+    assert c.image_row["duplicate_of"] is None and not [t for t in c.tags if t["kind"] == "duplicate"]
