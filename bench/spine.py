@@ -140,23 +140,25 @@ def bench_env(prefix: str, port: int, work: Path, overrides: list[str] = ()) -> 
 
 
 @contextlib.contextmanager
-def bench_worker(env: dict, port: int, work: Path):
-    """A worker for one benchmark run (log in ``work/worker.log``), yielded once /readyz answers;
-    afterwards stopped, and the run's topics and keyspace removed. Exits with the log's path if the
-    worker dies or is not ready within 300 s."""
+def bench_worker(env: dict, port: int, work: Path, stages: str | None = None, cleanup: bool = True, log: str = "worker.log"):
+    """A worker for one benchmark run (log in ``work/<log>``; ``stages``: its ``--stages``), yielded once
+    /readyz answers; afterwards stopped, and (``cleanup``) the run's topics and keyspace removed. Exits
+    with the log's path if the worker dies or is not ready within 300 s."""
     from lensflow.streams.cli import poll_ready
 
-    worker = subprocess.Popen([sys.executable, "-m", "lensflow.streams.cli", "worker"], env=env,
-                              stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    env = {**env, "LENSFLOW_WEB_PORT": str(port)}
+    worker = subprocess.Popen([sys.executable, "-m", "lensflow.streams.cli", "worker"] + (["--stages", stages] if stages else []),
+                              env=env, stdout=open(work / log, "wb"), stderr=subprocess.STDOUT)
     try:
         outcome = poll_ready(f"http://127.0.0.1:{port}/readyz", 300, lambda: worker.poll() is not None)
         if outcome != "ready":
-            raise SystemExit(f"worker {'exited' if outcome == 'exited' else 'not ready'}; see {work / 'worker.log'}")
+            raise SystemExit(f"worker {'exited' if outcome == 'exited' else 'not ready'}; see {work / log}")
         yield worker
     finally:
         worker.terminate()
         worker.wait(60)
-        _cleanup(env)
+        if cleanup:
+            _cleanup(env)
 
 
 def rss_mib(pid: int) -> float | None:

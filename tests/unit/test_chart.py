@@ -61,11 +61,11 @@ def test_crd_schemas_are_the_generators_output():
 
 
 def test_values_schema_knows_the_models_and_the_secret_settings():
-    from lensflow.streams.cli import MODEL_MODULES
+    from lensflow.builders.registry import DEFAULT
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     group = schema["definitions"]["group"]["properties"]
-    assert set(group["models"]["items"]["enum"]) == set(MODEL_MODULES)
+    assert set(group["models"]["items"]["enum"]) == set(DEFAULT)
     chart_secrets = set(schema["properties"]["secretKeyRefs"]["properties"])
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     block = helpers.split('define "lensflow.secretSettings"')[1].split("{{- end -}}")[0]

@@ -23,7 +23,9 @@ from PIL import Image, ImageOps  # noqa: E402
 
 from lensflow.agents import embedding, scene  # noqa: E402
 from lensflow.agents.backbones import efficientnet_lite0 as enet  # noqa: E402
-from lensflow.streams.models import PREPARERS, ModelCache, ModelError  # noqa: E402
+from lensflow.builders import efficientnet_lite0 as build  # noqa: E402
+from lensflow.builders.registry import preparer  # noqa: E402
+from lensflow.streams.models import ModelCache, ModelError  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[2] / "samples" / "photos"
 IMAGE_SUFFIXES = {".jpg", ".png", ".webp", ".tif"}
@@ -40,13 +42,13 @@ def all_photo_names() -> list[str]:
 
 @pytest.fixture(scope="session")
 def state_dict():
-    return enet.read_legacy_pth(enet.weights_path())
+    return build.read_legacy_pth(build.weights_path())
 
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> ModelCache:
     cache = ModelCache(tmp_path_factory.mktemp("models"))
-    enet.prepare(cache)
+    build.prepare(cache)
     return cache
 
 
@@ -94,31 +96,31 @@ def test_reader_refuses_foreign_globals(tmp_path):
 
     bad = _legacy_file(tmp_path / "evil.pth", pickle.dumps({"x": Evil()}, protocol=2))
     with pytest.raises(ModelError, match="posix.system is not allowed|os.system is not allowed"):
-        enet.read_legacy_pth(bad)
+        build.read_legacy_pth(bad)
 
 
 def test_reader_refuses_zip_and_garbage(tmp_path):
     f = tmp_path / "garbage.pth"
     f.write_bytes(b"PK\x03\x04" + b"\0" * 64)
     with pytest.raises(ModelError, match="garbage.pth"):
-        enet.read_legacy_pth(f)
+        build.read_legacy_pth(f)
     f.write_bytes(pickle.dumps(12345) + b"rest")
     with pytest.raises(ModelError, match="magic"):
-        enet.read_legacy_pth(f)
+        build.read_legacy_pth(f)
 
 
 def test_reader_detects_truncation(tmp_path, state_dict):
-    src = enet.weights_path().read_bytes()
+    src = build.weights_path().read_bytes()
     cut = tmp_path / "cut.pth"
     cut.write_bytes(src[: len(src) - 1000])
     with pytest.raises(ModelError, match="truncated"):
-        enet.read_legacy_pth(cut)
+        build.read_legacy_pth(cut)
 
 
 # --- ONNX graph --------------------------------------------------------------------------------------
 
 def test_graph_shape(state_dict):
-    m = enet.build_onnx(state_dict)
+    m = build.build_onnx(state_dict)
     assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [17]
     ops = [n.op_type for n in m.graph.node]
     assert len(ops) == 94
@@ -134,23 +136,23 @@ def test_graph_shape(state_dict):
 # --- preparer --------------------------------------------------------------------------------------
 
 def test_preparer_registered():
-    assert PREPARERS["efficientnet-lite0"] is enet.prepare
+    assert preparer("efficientnet-lite0") is build.prepare
 
 
 def test_preparer_idempotent_and_checksummed(tmp_path):
     cache = ModelCache(tmp_path / "models")
     msgs: list[str] = []
-    path = enet.prepare(cache, msgs.append)
+    path = build.prepare(cache, msgs.append)
     entry = cache.manifest()[enet.ONNX_FILE]
-    assert entry["version"] == enet.VERSION and enet.SOURCE_PACKAGE in entry["source"]
+    assert entry["version"] == enet.VERSION and build.SOURCE_PACKAGE in entry["source"]
     assert cache.verified(enet.ONNX_FILE)[1] == entry["sha256"]
     mtime = path.stat().st_mtime_ns
 
     msgs.clear()
-    enet.prepare(cache, msgs.append)
+    build.prepare(cache, msgs.append)
     assert path.stat().st_mtime_ns == mtime and any("up to date" in m for m in msgs)
 
-    enet.prepare(cache, msgs.append, force=True)  # a forced rebuild is byte-identical
+    build.prepare(cache, msgs.append, force=True)  # a forced rebuild is byte-identical
     assert cache.manifest()[enet.ONNX_FILE]["sha256"] == entry["sha256"]
 
     with open(path, "r+b") as fh:  # corrupt one byte
@@ -163,7 +165,7 @@ def test_preparer_idempotent_and_checksummed(tmp_path):
     with pytest.raises(ModelError, match=enet.ONNX_FILE):
         enet.EfficientNetLite0(cache).load()
 
-    enet.prepare(cache)  # a corrupted file is rebuilt without force
+    build.prepare(cache)  # a corrupted file is rebuilt without force
     assert cache.verified(enet.ONNX_FILE)[1] == entry["sha256"]
 
 

