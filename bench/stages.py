@@ -7,7 +7,8 @@
    the stage is compared with, a bare loop on the same inputs: for objects and visual the same
    input preparation + one ``session.run``; for text only its ONNX Runtime calls (gate, detector,
    recogniser per line) on the tensors ``predict`` fed them; for faces only its ONNX Runtime calls
-   (YuNet on its blob, SFace per aligned chip; with LENSFLOW_FACES_MODEL=dlib its dlib calls); for
+   (YuNet on each blob, re-detections of tilted faces included, SFace per aligned chip; with
+   LENSFLOW_FACES_MODEL=dlib its dlib calls); for
    safety its preprocessing + one ``session.run``.
 2. End to end with every stage on: the sample photos submitted ``--replicas`` times (as different
    users, so they are different images) through the running stack and one worker; images/s,
@@ -159,30 +160,39 @@ def text_floor(model, images) -> Callable[[list], None]:
     return run
 
 
+class _SessionRecorder:
+    """An ONNX Runtime session stand-in that records every ``run`` (outputs, feed) and forwards it."""
+
+    def __init__(self, session, log: list):
+        self.session, self.log = session, log
+
+    def run(self, outputs, feed, *args, **kwargs):
+        self.log.append((self.session, outputs, feed))
+        return self.session.run(outputs, feed, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
 def sface_floor(model, images) -> Callable[[list], None]:
-    """YuNet + SFace's bare floor: only its ONNX Runtime calls (the detector on the blob ``predict``
-    fed it, the encoder on each aligned 112x112 chip), on the inputs ``predict`` gave them."""
-    import cv2
-
-    from lensflow.agents import faces as F
-
-    inputs = {}
-    for im in images:
-        pixels = np.asarray(im.convert("RGB"))
-        blob, _ = model.detection_input(pixels)
-        chips = []
-        for _box, _score, points in model.detect(pixels):
-            matrix = F.similarity_transform(points, F.SFACE_TEMPLATE)
-            chip = cv2.warpAffine(pixels, matrix, (F.SFACE_SIZE, F.SFACE_SIZE), flags=cv2.INTER_LINEAR)
-            chips.append(chip.astype(np.float32).transpose(2, 0, 1)[None])
-        inputs[id(im)] = (blob, chips)
+    """YuNet + SFace's bare floor: only its ONNX Runtime calls (YuNet on each blob ``predict`` fed it,
+    including the re-detections of tilted faces, SFace on each aligned chip), replayed on the tensors a
+    ``predict`` pass over ``images`` gave them, image by image."""
+    originals = (model._detector, model._encoder)
+    calls: dict[int, list] = {}
+    try:
+        for im in images:
+            log: list = []
+            model._detector, model._encoder = (_SessionRecorder(x, log) for x in originals)
+            model.predict([im])
+            calls[id(im)] = log
+    finally:
+        model._detector, model._encoder = originals
 
     def run(imgs):
         for im in imgs:
-            blob, chips = inputs[id(im)]
-            model._detector.run(model._outputs, {model._det_input: blob})
-            for chip in chips:
-                model._encoder.run(None, {model._enc_input: chip})
+            for session, outputs, feed in calls[id(im)]:
+                session.run(outputs, feed)
     return run
 
 

@@ -71,10 +71,11 @@ def test_the_worker_kept_going(namespace, results):
 
 
 def test_missing_model_weights_fail_that_stage_and_the_image_completes_partial(stack, tmp_path):
-    """A worker whose model cache is empty keeps going: the stage reports model_unavailable."""
+    """A worker whose model cache is empty, told not to prepare it, keeps going: the stage reports
+    model_unavailable."""
     from .conftest import Namespace
 
-    ns = Namespace(stack, tmp_path / "data", cache_dir=tmp_path / "empty-cache", join_timeout_s=30)
+    ns = Namespace(stack, tmp_path / "data", cache_dir=tmp_path / "empty-cache", join_timeout_s=30, prepare_models="false")
     try:
         ns.cli("init")
         ns.start_worker()
@@ -87,5 +88,24 @@ def test_missing_model_weights_fail_that_stage_and_the_image_completes_partial(s
         assert "model_unavailable" in shown["stages"]["scene"]["error"]
         assert "lensflow models prepare" in shown["stages"]["scene"]["error"]
         assert shown["stages"]["metadata"]["status"] == "ok" and shown["camera_make"] == "Canon"
+    finally:
+        ns.close()
+
+
+def test_a_worker_prepares_the_models_its_stages_need_on_first_start(stack, tmp_path):
+    """An empty model cache: the worker prepares what its stages load (here EfficientNet-Lite0 for
+    scene and embedding) before it starts, and the image completes."""
+    from .conftest import Namespace
+
+    ns = Namespace(stack, tmp_path / "data", cache_dir=tmp_path / "empty-cache", join_timeout_s=30)
+    try:
+        ns.cli("init")
+        ns.start_worker(stages="preprocess,scene,embedding,join")
+        proc = ns.cli("submit", "--user", "u1", "--wait", "--json", "--stages", "scene,embedding",
+                      str(PHOTOS / "road_cars_canberra.jpg"))
+        assert json.loads(proc.stdout.splitlines()[-1])["status"] == "complete"
+        log = ns.log_path.read_text(errors="replace")
+        assert "preparing efficientnet-lite0" in log and "efficientnet-lite0: ready" in log
+        assert (tmp_path / "empty-cache" / "models" / "efficientnet-lite0.onnx").exists()
     finally:
         ns.close()
