@@ -977,7 +977,7 @@ def demo(
     if needed:
         models_prepare(names=needed, force=False)
     stack_up()
-    worker(stages=None, background=True, stop=False, ready_timeout=240.0)
+    worker(stages=None, background=True, stop=False, ready_timeout=240.0, group=None)
     err.print(f"lensflow: submitting {len(files)} photos as user {user!r} through stages {', '.join(stages)}")
     code = 0
     try:
