@@ -1004,7 +1004,7 @@ def demo(
     out.print(table)
     out.print(f"show one: lensflow show {image_id_for(user, hashlib.sha256(files[0].read_bytes()).hexdigest())}")
     if not keep_worker:
-        worker(stages=None, background=False, stop=True, ready_timeout=0)
+        worker(stages=None, background=False, stop=True, ready_timeout=0, group=None)
     else:
         out.print(f"the worker keeps running (try `lensflow search --user {user} --text \"a cat\"`); "
                   "stop: `lensflow worker --stop`, then `lensflow stack down`")

@@ -1,0 +1,29 @@
+"""Typer commands called as plain functions inside the CLI (``demo`` calls ``worker``, ``submit``,
+``stack_up``, ``models_prepare``) must pass every parameter: an omitted one is Typer's ``OptionInfo``
+object, not its default (``make demo`` once failed with "expected str … not OptionInfo")."""
+
+import ast
+import inspect
+
+import typer
+
+from lensflow.streams import cli
+from tests.conftest import ROOT
+
+
+def test_every_direct_call_of_a_command_passes_every_option():
+    commands = {name: fn for name, fn in vars(cli).items()
+                if callable(fn) and any(isinstance(p.default, (typer.models.OptionInfo, typer.models.ArgumentInfo))
+                                        for p in inspect.signature(fn).parameters.values())}
+    assert {"worker", "submit", "demo"} <= set(commands)
+    tree = ast.parse((ROOT / "streams" / "cli.py").read_text())
+    checked = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in commands:
+            params = inspect.signature(commands[node.func.id]).parameters
+            given = {k.arg for k in node.keywords} | set(list(params)[:len(node.args)])
+            missing = [n for n, p in params.items()
+                       if isinstance(p.default, (typer.models.OptionInfo, typer.models.ArgumentInfo)) and n not in given]
+            assert not missing, f"streams/cli.py:{node.lineno}: {node.func.id}() called without {missing}"
+            checked += 1
+    assert checked >= 3
