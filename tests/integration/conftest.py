@@ -87,6 +87,7 @@ class Namespace:
         self.keyspace = self.env["LENSFLOW_CASSANDRA_KEYSPACE"]
         self.prefix = self.env["LENSFLOW_TOPIC_PREFIX"]
         self.worker: subprocess.Popen | None = None
+        self.started: list[subprocess.Popen] = []  # every worker started, for close()
         self.log_path = data_dir / "worker.log"
         self._session = None
 
@@ -99,7 +100,10 @@ class Namespace:
     # workers ----------------------------------------------------------------------------------
     def start_worker(self, timeout: float = 180.0, stages: str | None = None, address_space: int | None = None) -> None:
         """Start a worker and wait until it is ready. ``address_space``: a hard RLIMIT_AS in bytes (with
-        glibc's malloc arenas capped, so the limit bounds memory actually used, not reserved)."""
+        glibc's malloc arenas capped, so the limit bounds memory actually used, not reserved). A worker
+        this namespace already runs is stopped first (one worker per namespace: a second would be
+        orphaned, still consuming, when the first handle is overwritten)."""
+        self.stop_worker()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env, preexec = self.env, None
@@ -112,6 +116,7 @@ class Namespace:
                 resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
         self.worker = subprocess.Popen(LENSFLOW + ["worker"] + (["--stages", stages] if stages else []), env=env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
+        self.started.append(self.worker)
         url = f"http://127.0.0.1:{self.env['LENSFLOW_WEB_PORT']}/readyz"
         outcome = poll_ready(url, timeout, lambda: self.worker.poll() is not None)
         if outcome == "exited":
@@ -153,6 +158,10 @@ class Namespace:
 
     def close(self) -> None:
         self.stop_worker()
+        for proc in self.started:  # any worker a test started beside the namespace's own: none outlives it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
         if self._session is not None:
             try:
                 self._session.execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}", timeout=60)
