@@ -127,7 +127,7 @@ def test_each_group_is_its_own_consumer_group(rendered):
         for so in (d for d in docs if d["kind"] == "ScaledObject"):
             target = so["spec"]["scaleTargetRef"]["name"]
             assert {t["metadata"]["consumerGroup"] for t in so["spec"]["triggers"]} == {groups[target]}
-    assert worker_consumer_group(rendered["defaults"], workloads(rendered["defaults"])["ci-lensflow-join"]) == "lensflow-join"
+    assert worker_consumer_group(rendered["defaults"], workloads(rendered["defaults"])["ci-lensflow-sink"]) == "lensflow-sink"
 
 
 def test_keda_topics_come_from_the_topology(rendered):
