@@ -673,7 +673,7 @@ def _print_image(image_id: str, image: dict) -> None:
         who = f.get("person_name") or f"unnamed person {(f.get('person_id') or '?')[:8]}"
         table.add_row("face", f"{who} {f['confidence']:.2f} {box(f['box'])}")
     text = a.get("text")
-    if text:
+    if text and text.get("lines"):
         table.add_row("text language", str(text.get("language") or "-"))
         for ln in text["lines"]:
             table.add_row("text", f"{ln['text']}  [{ln['confidence']:.2f} {box(ln['box'])}]")
