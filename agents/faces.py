@@ -556,9 +556,12 @@ class FaceGallery:
                                         score_threshold=threshold, with_payload=True).points
 
     # API ----------------------------------------------------------------------------------------
-    def enroll(self, user_id: str, name: str, encoding: Sequence[float], image_id: str | None = None) -> str:
+    def enroll(self, user_id: str, name: str, encoding: Sequence[float], image_id: str | None = None,
+               threshold: float | None = None) -> str:
         """Add a named reference face; returns the person id (an existing person of that name for this
-        user, else a new one). Enrolling the same descriptor again is a no-op."""
+        user, else a new one). Enrolling the same descriptor again is a no-op. The user's unnamed
+        people with a face within ``threshold`` (default: the model's) of the reference are given the
+        name too: photos analysed before the enrolment are found by ``search --person NAME``."""
         from qdrant_client import models as m
 
         if not name:
@@ -574,6 +577,9 @@ class FaceGallery:
         self.client.upsert(self.collection, wait=True, points=[m.PointStruct(id=point_id, vector=vector, payload={
             "user_id": user_id, "image_id": image_id, "face_index": None, "box": None, "person_id": person_id,
             "person_name": name, "enrolled": True, "match_distance": None, "model": self.model})])
+        for hit in self._nearest(vector, self._filter(user_id, named=False), self._threshold(threshold), self.CANDIDATES):
+            if hit.payload.get("person_id") and hit.payload["person_id"] != person_id:
+                self.rename(user_id, hit.payload["person_id"], name)
         return person_id
 
     def _threshold(self, threshold: float | None) -> float:

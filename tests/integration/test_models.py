@@ -334,6 +334,13 @@ def test_exact_and_near_duplicates_are_flagged_and_searchable(namespace, analyze
     assert [h["image_id"] for h in search(namespace, "--user", "erin", "--tag", "duplicate")] == [ids["second.jpg"]]
     assert [h["image_id"] for h in search(namespace, "--user", "erin", "--tag", "near-duplicate")] == [ids["smaller.jpg"]]
 
+
+def test_enrolling_after_the_photos_makes_them_searchable_by_name(namespace, analyzed):
+    earlier = submit(namespace, "fay", "obama_portrait.jpg", "biden_blue_room.jpg")
+    namespace.cli("faces", "enroll", "--user", "fay", "--name", "Barack Obama", str(PHOTOS / "obama_podium.jpg"))
+    hits = search(namespace, "--user", "fay", "--person", "Barack Obama")
+    assert [h["image_id"] for h in hits] == [earlier["obama_portrait.jpg"]["image_id"]]
+
 # stops the worker: keep it last
 def test_visual_vector_in_cassandra_and_qdrant(namespace, analyzed):
     import math

@@ -438,7 +438,9 @@ def test_gallery_never_compares_faces_of_two_models(gallery, sgallery, detected,
     # enrolling the name again under SFace joins the same person (a name is the user's), in SFace's space
     assert sgallery.enroll("A", "Obama", sdetected["obama_portrait.jpg"][0]["encoding"]) == obama
     hit = sgallery.match("A", sdetected["obama_podium.jpg"][0]["encoding"])
-    assert hit is not None and hit[0] == obama and hit[2] < F.SFACE_MATCH_THRESHOLD
+    # the podium's SFace cluster, within the threshold of the new reference, was given the name too
+    assert hit is not None and hit[1] == "Obama" and hit[2] < F.SFACE_MATCH_THRESHOLD
+    assert sgallery.people("A")[s["person_id"]]["name"] == "Obama"
     assert set(gallery.people("A")) == {obama} and len(sgallery.people("A")) == 2
 
 
@@ -473,3 +475,15 @@ def test_a_gallery_without_a_model_only_renames(client, detected):
             call()
     (f,) = F.FaceGallery(client, model=F.FaceModel.name).assign("A", "i", detected["obama_portrait.jpg"])
     assert bare.rename("A", f["person_id"], "Barack") == 1
+
+
+def test_enrolling_names_the_earlier_unnamed_photos_of_that_person(gallery, detected):
+    (portrait,) = gallery.assign("A", "i1", detected["obama_portrait.jpg"])
+    (biden,) = gallery.assign("A", "i2", detected["biden_blue_room.jpg"])
+    (theirs,) = gallery.assign("B", "i3", detected["obama_portrait.jpg"])
+    assert portrait["person_name"] is None
+    gallery.enroll("A", "Obama", enc(detected, "obama_podium.jpg"))
+    people = gallery.people("A")
+    assert people[portrait["person_id"]]["name"] == "Obama"  # the cluster keeps its id, gets the name
+    assert people[biden["person_id"]]["name"] is None  # another person is left alone
+    assert gallery.people("B")[theirs["person_id"]]["name"] is None  # and so is another user's
