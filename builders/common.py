@@ -49,3 +49,11 @@ def copy_pinned(cache: ModelCache, src: Path, name: str, expected: str, version:
     tmp.replace(dst)
     cache.record(name, version, source)
     progress(f"{name}: copied ({dst.stat().st_size / 1e6:.1f} MB)")
+
+
+def copy_all_pinned(cache: ModelCache, src_dir: Path, pins: dict[str, str], version: str, source_prefix: str,
+                    progress: Callable[[str], None], force: bool = False) -> None:
+    """``copy_pinned`` for every ``name -> SHA-256`` of ``pins``, each file named the same in the
+    package folder ``src_dir`` and in the cache; its recorded source is ``source_prefix + name``."""
+    for name, expected in pins.items():
+        copy_pinned(cache, src_dir / name, name, expected, version, source_prefix + name, progress, force)

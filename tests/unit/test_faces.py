@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-pytest.importorskip("dlib")
-pytest.importorskip("qdrant_client")
+# declared dependencies, installed by the Makefile: a missing one is a failure, not a skip
+import dlib  # noqa: F401
+import qdrant_client  # noqa: F401
 
 from lensflow.agents import faces as F  # noqa: E402
 from lensflow.builders import faces as build  # noqa: E402
@@ -95,14 +96,19 @@ def test_preparer_records_checksums_and_is_idempotent(cache):
     assert all("up to date" in m for m in messages)
 
 
-def test_load_refuses_a_tampered_file(cache, tmp_path):
+def tampered(cache, model_class, broken: str, tmp_path) -> ModelCache:
+    """A copy of ``model_class``'s files with ``broken`` overwritten after its checksum was recorded."""
     bad = ModelCache(tmp_path)
-    for name in F.FaceModel.files:
+    for name in model_class.files:
         (tmp_path / name).write_bytes((cache.root / name).read_bytes())
         bad.record(name, "x", "test")
-    (tmp_path / F.LANDMARKS_FILE).write_bytes(b"not the model")
+    (tmp_path / broken).write_bytes(b"not the model")
+    return bad
+
+
+def test_load_refuses_a_tampered_file(cache, tmp_path):
     with pytest.raises(ModelError, match="checksum mismatch"):
-        F.FaceModel(bad).load()
+        F.FaceModel(tampered(cache, F.FaceModel, F.LANDMARKS_FILE, tmp_path)).load()
 
 
 def test_one_face_per_portrait_with_landmarks_and_encoding(detected):
@@ -281,13 +287,8 @@ def test_sface_preparer_refuses_a_file_with_another_checksum(cache, tmp_path, mo
 
 
 def test_sface_load_refuses_a_tampered_file(cache, tmp_path):
-    bad = ModelCache(tmp_path)
-    for name in F.SFaceModel.files:
-        (tmp_path / name).write_bytes((cache.root / name).read_bytes())
-        bad.record(name, "x", "test")
-    (tmp_path / F.YUNET_FILE).write_bytes(b"not the model")
     with pytest.raises(ModelError, match="checksum mismatch"):
-        F.SFaceModel(bad).load()
+        F.SFaceModel(tampered(cache, F.SFaceModel, F.YUNET_FILE, tmp_path)).load()
 
 
 def test_dequantized_graphs_take_only_the_image(sface):
