@@ -6,9 +6,10 @@
    applied): p50 ms/image of ``predict`` at batch 1 and at the configured batch size, and the floor
    the stage is compared with, a bare loop on the same inputs: for objects and visual the same
    input preparation + one ``session.run``; for text only its ONNX Runtime calls (gate, detector,
-   recogniser per line) on the tensors ``predict`` fed them; for faces only its ONNX Runtime calls
-   (YuNet on each blob, re-detections of tilted faces included, SFace per aligned chip; with
-   LENSFLOW_FACES_MODEL=dlib its dlib calls); for
+   recogniser per line) on the tensors ``predict`` fed them; for faces its input blob (the image
+   scaled to YuNet's 640x640, as for objects) and its ONNX Runtime calls (YuNet on each blob,
+   re-detections of tilted faces included, SFace per aligned chip; with LENSFLOW_FACES_MODEL=dlib
+   its dlib calls); for
    safety its preprocessing + one ``session.run``.
 2. End to end with every stage on: the sample photos submitted ``--replicas`` times (as different
    users, so they are different images) through the running stack and one worker; images/s,
@@ -175,9 +176,11 @@ class _SessionRecorder:
 
 
 def sface_floor(model, images) -> Callable[[list], None]:
-    """YuNet + SFace's bare floor: only its ONNX Runtime calls (YuNet on each blob ``predict`` fed it,
-    including the re-detections of tilted faces, SFace on each aligned chip), replayed on the tensors a
-    ``predict`` pass over ``images`` gave them, image by image."""
+    """YuNet + SFace's bare floor: the same input preparation as objects' and safety's floors (the
+    image scaled into YuNet's 640x640 blob, ``detection_input``) and its ONNX Runtime calls (YuNet on
+    each blob ``predict`` fed it, including the re-detections of tilted faces, SFace on each aligned
+    chip), replayed on the tensors a ``predict`` pass over ``images`` gave them, image by image. What
+    it leaves out is the stage's own work around the model: decoding, alignment, refinement."""
     originals = (model._detector, model._encoder)
     calls: dict[int, list] = {}
     try:
@@ -191,6 +194,7 @@ def sface_floor(model, images) -> Callable[[list], None]:
 
     def run(imgs):
         for im in imgs:
+            model.detection_input(im)
             for session, outputs, feed in calls[id(im)]:
                 session.run(outputs, feed)
     return run
@@ -274,6 +278,13 @@ def models_report(batch: int) -> dict:
     figures["minilm"] = {"batch1_p50_ms": statistics.median(b1), "batch32_ms_per_text": statistics.median(bn)}
     print(f"  minilm   batch 1 p50 {figures['minilm']['batch1_p50_ms']:7.1f} ms   batch 32 {figures['minilm']['batch32_ms_per_text']:7.1f} ms/text")
     return figures
+
+
+def text_threads(env: dict) -> int:
+    """The text stage's ONNX Runtime threads in the benchmark worker (its setting, else the default)."""
+    from lensflow.streams.settings import Settings
+
+    return int(env.get("LENSFLOW_TEXT_THREADS", Settings.model_fields["text_threads"].default))
 
 
 def main() -> None:
@@ -366,8 +377,9 @@ def main() -> None:
         for topic, times in sorted(timeline.items(), key=lambda kv: statistics.median(kv[1])):
             print(f"    {topic:<24} {len(times):4d}  {times[0]:6.1f} {statistics.median(times):6.1f} {times[-1]:6.1f}")
         print("  CPU per image by stage, in its own thread: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(
-            stage_cpu.items(), key=lambda kv: -kv[1])) + f"; the rest (event loop: Kafka, Avro, join, stores) "
-              f"{e['worker_cpu_ms_per_image'] - sum(stage_cpu.values()):.0f} ms")
+            stage_cpu.items(), key=lambda kv: -kv[1])) + f"; the rest (event loop: Kafka, Avro, join, stores"
+              + (", and the text stage's extra ONNX Runtime threads" if text_threads(env) > 1 else "")
+              + f") {e['worker_cpu_ms_per_image'] - sum(stage_cpu.values()):.0f} ms")
         from bench.capacity import capacity
 
         print("  capacity per stage group (bench/capacity.py; pods of 2 cores for 50 uploads/s):")
