@@ -7,6 +7,16 @@
 #   docker run --rm lensflow:0.1.0 config                  # effective settings
 #   docker build --build-arg VARIANT=cuda -t lensflow-cuda:0.1.0 .        # CUDA: onnxruntime-gpu + NVIDIA's
 #                                                                         # CUDA 13 / cuDNN 9 wheels (run with a GPU)
+#   docker build --build-arg MODELS=none -t lensflow-nomodels .             # no model files in the image (the
+#                                                                         # chart then prepares them: models.fromImage=false)
+#
+# Models: every model file is built at image build time, in the `models` stage (Node.js + npm for the
+# TF.js detector, the tf2onnx toolchain venv, Debian's tesseract-ocr-rus): `lensflow models prepare`,
+# exactly as on a workstation, into /opt/lensflow-models/models, which the runtime image carries
+# (LENSFLOW_MODELS_DIR) with its SHA-256 manifest. The toolchains and downloads stay in that stage. At
+# start a worker finds every file up to date (LENSFLOW_PREPARE_MODELS checks without writing) and each
+# model verifies its files against the manifest when it loads. MODELS names the models to build
+# (`lensflow models list` names them; default: every model the default stages use).
 #
 # The entry point is the `lensflow` CLI; the default command runs a worker with every runnable stage.
 # The Helm chart (deploy/helm/lensflow) runs `worker --stages …` and `init` with a read-only root
@@ -50,6 +60,19 @@ RUN /opt/lensflow/bin/pip install --no-deps . \
  && /opt/lensflow/bin/lensflow --help >/dev/null \
  && /opt/lensflow/bin/python -c "import cv2, lensflow.streams.app, lensflow.agents.text, lensflow.agents.faces"
 
+# --- models: every model file, built once at image build time -----------------------------------
+FROM build AS models
+ARG MODELS=""
+ENV LENSFLOW_CACHE_DIR=/opt/lensflow-models \
+    LENSFLOW_MODELS_DIR=/opt/lensflow-models/models
+RUN mkdir -p /opt/lensflow-models/models \
+ && if [ "${MODELS}" != none ]; then \
+      apt-get update && apt-get install -y --no-install-recommends nodejs npm ca-certificates \
+      && rm -rf /var/lib/apt/lists/* \
+      && /opt/lensflow/bin/lensflow models prepare ${MODELS} \
+      && /opt/lensflow/bin/lensflow models list; \
+    fi
+
 # --- runtime ------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 ARG UID=10001
@@ -63,7 +86,9 @@ RUN groupadd --system --gid "${GID}" lensflow \
  && mkdir -p /var/lib/lensflow /var/cache/lensflow /app \
  && chown "${UID}:${GID}" /var/lib/lensflow /var/cache/lensflow
 COPY --from=build /opt/lensflow /opt/lensflow
+COPY --from=models /opt/lensflow-models/models /opt/lensflow-models/models
 ENV PATH="/opt/lensflow/bin:${PATH}" \
+    LENSFLOW_MODELS_DIR=/opt/lensflow-models/models \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     LENSFLOW_DATA_DIR=/var/lib/lensflow \

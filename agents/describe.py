@@ -223,7 +223,7 @@ class Describe(Stage):
         settings = ctx.settings
         directory = check_captioner(settings.captioner)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="describe")
-        self.embedder = TextEmbedder(ModelCache(settings.cache_path / "models"), threads=settings.model_threads)
+        self.embedder = TextEmbedder(ModelCache(settings.models_path), threads=settings.model_threads)
         self.captioner = None
         if directory is not None:
             from .captioner import OnnxCaptioner

@@ -707,7 +707,7 @@ def register(ctx, stages: list[str] | None = None) -> None:
     from lensflow.streams.pixel import pixel_stage, scale_box
 
     ctx.stores.want("qdrant")
-    cache = ModelCache(ctx.settings.cache_path / "models")
+    cache = ModelCache(ctx.settings.models_path)
     model = face_model(ctx.settings, cache)  # not loaded here: the stage loads its own (factory below)
     threshold = match_threshold(ctx.settings, model)
 

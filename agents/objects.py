@@ -276,7 +276,7 @@ def register(ctx, stages: list[str] | None = None) -> None:
     """The objects agent: one predict per batch on the derivatives, boxes mapped to original pixels."""
     from lensflow.streams.pixel import pixel_stage, scale_box
 
-    cache = ModelCache(ctx.settings.cache_path / "models")
+    cache = ModelCache(ctx.settings.models_path)
 
     def fields(detections: list[dict], info: dict) -> dict:
         return {"detections": [{"label": d["label"], "class_id": int(d["class_id"]), "confidence": float(d["confidence"]),

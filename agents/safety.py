@@ -77,7 +77,7 @@ def fields(score: float, threshold: float) -> dict:
 def register(ctx, stages: list[str] | None = None) -> None:
     from lensflow.streams.pixel import pixel_stage
 
-    cache = ModelCache(ctx.settings.cache_path / "models")
+    cache = ModelCache(ctx.settings.models_path)
     threshold = ctx.settings.safety_threshold
 
     def result_fields(score: float, info: dict) -> dict:

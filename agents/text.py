@@ -516,7 +516,7 @@ def register(ctx, stages: list[str] | None = None) -> None:
     """The text agent: OCR on the derivatives (gate first), line boxes mapped to original pixels."""
     from lensflow.streams.pixel import pixel_stage, scale_box
 
-    cache = ModelCache(ctx.settings.cache_path / "models")
+    cache = ModelCache(ctx.settings.models_path)
 
     def fields(read: dict, info: dict) -> dict:
         return {"text": read["text"], "language": read["language"], "script": read["script"],

@@ -32,7 +32,7 @@ def embedding_fields(pred, info: dict) -> dict:
 def register(ctx, stages: list[str] | None = None) -> None:
     stages = stages or ["scene", "embedding"]
     outputs = {"scene": scene_fields, "embedding": embedding_fields}
-    cache = ModelCache(ctx.settings.cache_path / "models")
+    cache = ModelCache(ctx.settings.models_path)
     pixel_stage(ctx, "visual", lambda: EfficientNetLite0(cache, threads=ctx.settings.model_threads,
                                                           allow_gpu=ctx.settings.model_gpu),
                 {s: outputs[s] for s in stages})

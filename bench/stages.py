@@ -225,7 +225,7 @@ def models_report(batch: int) -> dict:
     from lensflow.streams.models import ModelCache
     from lensflow.streams.settings import Settings
 
-    cache = ModelCache(Settings().cache_path / "models")
+    cache = ModelCache(Settings().models_path)
     images = derivatives()
     figures = {}
 

@@ -480,7 +480,7 @@ def _store_views(app: faust.App, ctx: Context) -> None:
 
         img = open_checked(data, ctx.settings.max_bytes, ctx.settings.max_pixels)  # header only so far
         if "model" not in face_model:  # the faces stage's model (LENSFLOW_FACES_MODEL): one encoding space
-            face_model["model"] = make_face_model(ctx.settings, ModelCache(ctx.settings.cache_path / "models")).load()
+            face_model["model"] = make_face_model(ctx.settings, ModelCache(ctx.settings.models_path)).load()
         img = ImageOps.exif_transpose(img).convert("RGB")
         return face_model["model"].predict([img])[0]
 

@@ -290,7 +290,7 @@ def ensure_models(s: Settings, stages: list[str] | None) -> list[str]:
         return []
     from .models import ModelCache, ModelError
 
-    cache = ModelCache(s.cache_path / "models")
+    cache = ModelCache(s.models_path)
     failed = []
     for name, fn in _preparers(models_for(s, stages)).items():
         t0 = time.monotonic()
@@ -720,7 +720,7 @@ def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Model
     from .models import ModelCache
 
     s = settings()
-    cache = ModelCache(s.cache_path / "models")
+    cache = ModelCache(s.models_path)
     preparers = _preparers(list(names or DEFAULT))
     for name in preparers:
         fn = preparers[name]
@@ -737,7 +737,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     from .models import ModelCache, sha256_file
 
     s = settings()
-    cache = ModelCache(s.cache_path / "models")
+    cache = ModelCache(s.models_path)
     rows = []
     for name, entry in sorted(cache.manifest().items()):
         path = cache.root / name

@@ -139,7 +139,7 @@ class SearchService:
 
                     from .models import ModelCache
 
-                    self._embedder = TextEmbedder(ModelCache(self.settings.cache_path / "models")).load()
+                    self._embedder = TextEmbedder(ModelCache(self.settings.models_path)).load()
                 else:
                     self._embedder = self._embedder_factory()
             return self._embedder.predict([text])[0]

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Field(Path(".lensflow"), description="Local state: stack data and logs, uploads, Faust tables, Qdrant local storage. Relative paths resolve against the working directory.")
     cache_dir: Path = Field(Path("~/.cache/lensflow"), description="Downloads kept between runs (Kafka and Cassandra jars, converted models).")
+    models_dir: Path | None = Field(None, description="Model files (and their SHA-256 manifest). Unset: `<cache_dir>/models`. The container image sets it to the files it built at image build time (`/opt/lensflow/models`), so a worker needs no preparation, no npm and no network at start; its manifest is still verified when a model loads.")
     storage_url: str | None = Field(None, description="fsspec URL where `submit` stores originals and preprocess writes derivatives. Default: file://DATA_DIR/storage.")
     storage_roots: CsvList = Field(default_factory=list, description="URL prefixes an upload may reference; anything else is refused. Default: [storage_url].")
 
@@ -158,6 +159,11 @@ class Settings(BaseSettings):
     @property
     def cache_path(self) -> Path:
         return Path(os.path.expanduser(self.cache_dir)).resolve()
+
+    @property
+    def models_path(self) -> Path:
+        """Where the model files are: ``models_dir``, else ``<cache_dir>/models``."""
+        return Path(os.path.expanduser(self.models_dir)).resolve() if self.models_dir else self.cache_path / "models"
 
     @property
     def storage(self) -> str:

@@ -136,6 +136,7 @@ stageGroups:
 YAML
 expect_fail "inline stage is not runnable" 'unknown stage "metadata"' -f "$tmp/inline.yaml"
 cat >"$tmp/no-models.yaml" <<'YAML'
+models: {fromImage: false}
 stageGroups:
   - {name: vision, stages: [objects, scene]}
 YAML

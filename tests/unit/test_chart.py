@@ -191,6 +191,9 @@ def test_static_membership_models_digest_and_affinity(rendered):
     assert init["command"][-3:] == ["lensflow", "models", "prepare"] and init["args"] == ["coco-detector", "efficientnet-lite0"]
     cache = next(v for v in vision["volumes"] if v["name"] == "cache")
     assert cache["persistentVolumeClaim"]["claimName"] == "ci-lensflow-models"
+    # prepared models replace the image's own: the init container and the worker both use the claim's
+    prepared_dir = {"name": "LENSFLOW_MODELS_DIR", "value": "/var/cache/lensflow/models"}
+    assert prepared_dir in init["env"] and prepared_dir in vision["containers"][0]["env"]
     assert vision["containers"][0]["image"].startswith("registry.example/lensflow-cuda@sha256:")
     pre = w["ci-lensflow-preprocess"]["spec"]["template"]["spec"]
     assert pre["containers"][0]["image"] == "registry.example/lensflow@sha256:" + "0123456789abcdef" * 4
@@ -240,3 +243,17 @@ def test_dashboard_and_alerts_query_exported_metrics(rendered):
     exprs += [r["expr"] for r in rule["spec"]["groups"][0]["rules"]]
     used = {m for e in exprs for m in re.findall(r"\blensflow_[a-z_]+\b", e)} - {"lensflow_io_stage_group"}  # a label
     assert used and not used - exported, f"queried but not exported: {sorted(used - exported)}"
+
+
+def test_by_default_the_models_come_from_the_image(rendered):
+    """The default image carries its model files (Dockerfile ``models`` stage, LENSFLOW_MODELS_DIR set in
+    the image): the default groups run model stages with no init container and without overriding it."""
+    w = workloads(rendered["defaults"])
+    vision = w["ci-lensflow-vision"]["spec"]["template"]["spec"]
+    assert "initContainers" not in vision
+    assert "LENSFLOW_MODELS_DIR" not in env_of(w["ci-lensflow-vision"])
+    config = next(d for d in rendered["defaults"] if d["kind"] == "ConfigMap")["data"]
+    assert "LENSFLOW_MODELS_DIR" not in config
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "LENSFLOW_MODELS_DIR=/opt/lensflow-models/models" in dockerfile
+    assert "lensflow models prepare" in dockerfile

