@@ -15,7 +15,8 @@ Needs matplotlib only (not a project dependency; use a separate venv)::
     python3 -m venv /tmp/render-venv && /tmp/render-venv/bin/pip install matplotlib
     /tmp/render-venv/bin/python deploy/grafana/render.py --prometheus http://127.0.0.1:9090 \\
         --start 2026-11-25T10:00:00Z --end 2026-11-25T10:02:30Z --step 2s --rate-interval 20s \\
-        --out docs/images/dashboard.png --title "lensflow — bench/stages.py --replicas 12"
+        --out docs/images/dashboard.png --title "lensflow — bench/stages.py --replicas 12" \
+        --caption "where the metrics came from"
 
 ``--start`` / ``--end`` take ISO 8601 (naive = UTC) or Unix seconds. The summary of what each panel
 returned is printed on stdout.
@@ -63,7 +64,7 @@ UNITS = {
     "none": (None, None),
 }
 
-# (H)H px of the figure per gridPos height unit, and the width in inches at 100 dpi
+# inches per gridPos height unit, the figure's width in inches (1600 px at 100 dpi)
 UNIT_IN, FIG_W_IN, DPI = 0.42, 16.0, 100
 PAD_L, PAD_R, PAD_T, PAD_X = 0.75, 0.2, 0.42, 0.38   # inches around each plot: left ticks, right, title, x ticks
 LEGEND_ROW_IN, LEGEND_COLS = 0.19, 4
@@ -113,8 +114,10 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?::[\w-]+)?\}|\$(\w+)|\[\[(\w+)\]\]", repl, expr)
 
 
-def query_range(base: str, expr: str, start: float, end: float, step: str, timeout: float = 30) -> list[dict]:
-    """The ``result`` of a range query (a matrix); raises RuntimeError with Prometheus' error text."""
+def query_range(base: str, expr: str, start: float, end: float, step: str,
+                timeout: float = 30) -> tuple[list[dict], list[str]]:
+    """The ``result`` of a range query (a matrix) and the warnings/infos Prometheus attached to it; raises
+    RuntimeError with Prometheus' error text when it rejects the query."""
     body = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step}).encode()
     req = urllib.request.Request(base.rstrip("/") + "/api/v1/query_range", data=body,
                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -128,7 +131,7 @@ def query_range(base: str, expr: str, start: float, end: float, step: str, timeo
             raise RuntimeError(f"HTTP {e.code}: {e.reason}") from None
     if doc.get("status") != "success":
         raise RuntimeError(f"{doc.get('errorType', 'error')}: {doc.get('error', doc)}")
-    return doc["data"]["result"]
+    return doc["data"]["result"], doc.get("warnings", []) + doc.get("infos", [])
 
 
 def legend(fmt: str | None, labels: dict[str, str]) -> str:
@@ -144,32 +147,40 @@ def legend(fmt: str | None, labels: dict[str, str]) -> str:
 
 
 def fetch(panels, args, values, start, end):
-    """Per panel: list of (legend, times, values) and list of (refId, error)."""
+    """Per panel: (section, panel, series, errors); a series is (legend, times, values, label set, target
+    index), sorted by labels within its target; an error is (refId, message)."""
     out = []
     for section, p in panels:
         series, errors = [], []
-        for t in p.get("targets", []):
-            if t.get("hide") or not t.get("expr"):
-                continue
+        if p.get("type") == "row":
+            out.append((section, p, series, errors))
+            continue
+        for i, t in enumerate(x for x in p.get("targets", []) if x.get("expr") and not x.get("hide")):
             expr = substitute(t["expr"], values)
             try:
-                result = query_range(args.prometheus, expr, start, end, args.step)
+                result, notes = query_range(args.prometheus, expr, start, end, args.step)
             except (RuntimeError, OSError) as e:
                 errors.append((t.get("refId", "?"), str(e)))
                 print(f"error: panel {p.get('title')!r} target {t.get('refId', '?')}: {e}\n  query: {expr}", file=sys.stderr)
                 continue
-            for s in result:
+            for note in notes:
+                print(f"note: panel {p.get('title')!r} target {t.get('refId', '?')}: {note}", file=sys.stderr)
+            for s in sorted(result, key=lambda s: sorted(s["metric"].items())):
                 xs = [datetime.fromtimestamp(float(ts), timezone.utc) for ts, _ in s["values"]]
                 ys = [float(v) for _, v in s["values"]]   # "NaN", "+Inf" parse as floats
-                series.append((legend(t.get("legendFormat"), s["metric"]), xs, ys))
+                key = tuple(sorted(s["metric"].items()))
+                series.append((legend(t.get("legendFormat"), s["metric"]), xs, ys, key, i))
         out.append((section, p, series, errors))
     return out
 
 
 def draw(fetched, args, start, end) -> list[tuple[str, str]]:
-    """Lay the panels out on their gridPos (24 columns) and save the figure; returns (title, outcome)."""
-    # gridPos y -> vertical inches; a panel's height grows with its legend, which shifts what follows
-    layout, y_in, row_bottom, summary = [], 1.0 if args.caption else 0.75, {}, []
+    """Lay the panels out on their gridPos (24 columns) and save the figure; returns (title, outcome).
+
+    Panels that share a gridPos ``y`` form a line of the layout (as every line of lensflow.json does); a
+    line is as tall as its tallest panel, which grows with its legend (one legend row per 4 series)."""
+    layout, summary = [], []
+    y_in = 1.0 + (0.3 if args.caption else 0)
     rows: dict[int, list] = {}
     for item in fetched:
         rows.setdefault(item[1].get("gridPos", {}).get("y", 0), []).append(item)
@@ -195,14 +206,13 @@ def draw(fetched, args, start, end) -> list[tuple[str, str]]:
     fx = lambda inch: inch / FIG_W_IN           # noqa: E731
     fy = lambda inch: 1 - inch / fig_h           # noqa: E731 (top-down inches -> figure fraction)
     title = args.title or "lensflow"
-    fig.text(fx(0.25), fy(0.32), title, fontsize=17, weight="bold", color=TEXT, va="center")
+    fig.text(fx(0.25), fy(0.34), title, fontsize=17, weight="bold", color=TEXT, va="center")
     span = (f"{datetime.fromtimestamp(start, timezone.utc):%Y-%m-%d %H:%M:%S} – "
             f"{datetime.fromtimestamp(end, timezone.utc):%H:%M:%S} UTC · step {args.step} · "
             f"$__rate_interval={args.rate_interval} · " + ", ".join(f"${k}={v}" for k, v in args.shown_vars.items()))
-    fig.text(fx(FIG_W_IN - 0.25), fy(0.32), span, fontsize=9.5, color=MUTED, ha="right", va="center")
+    fig.text(fx(0.25), fy(0.72), span + f" · {args.prometheus}", fontsize=10, color=MUTED, va="center")
     if args.caption:
-        fig.text(fx(0.25), fy(0.72), args.caption, fontsize=9.5, color=MUTED, va="center")
-    color_of: dict[str, str] = {}
+        fig.text(fx(0.25), fy(1.0), args.caption, fontsize=10, color=MUTED, va="center")
     for top, h, (section, p, series, errors) in layout:
         gp = p.get("gridPos", {"x": 0, "w": 24})
         x0, w = gp.get("x", 0) * FIG_W_IN / 24, gp.get("w", 24) * FIG_W_IN / 24
@@ -233,15 +243,15 @@ def draw(fetched, args, start, end) -> list[tuple[str, str]]:
         if label:
             ax.set_ylabel(label, fontsize=8.5)
         ax.yaxis.set_major_formatter(formatter or FuncFormatter(short))
-        for name, xs, ys in finite:
-            c = color_of.setdefault(name, PALETTE[len(color_of) % len(PALETTE)]) if args.stable_colors else \
-                PALETTE[finite.index((name, xs, ys)) % len(PALETTE)]
-            ax.plot(xs, ys, color=c, lw=1.4, label=name)
+        # one colour per label set, so "objects p50" and "objects p95" match; the 2nd, 3rd.. target is dashed, dotted
+        color_of: dict[tuple, str] = {}
+        for name, xs, ys, key, i in finite:
+            c = color_of.setdefault(key, PALETTE[len(color_of) % len(PALETTE)])
+            ax.plot(xs, ys, color=c, lw=1.4, ls=["-", "--", ":", "-."][i % 4], label=name)
         if finite:
             ax.set_ylim(bottom=min(0, min(min(v for v in s[2] if math.isfinite(v)) for s in finite)))
-            ax.legend(loc="upper left", bbox_to_anchor=(-0.02, -0.1 if PAD_X else 0), ncol=LEGEND_COLS, fontsize=8.5,
-                      frameon=False, handlelength=1.4, columnspacing=1.2, borderaxespad=0, labelcolor=TEXT,
-                      mode=None)
+            ax.legend(loc="upper left", bbox_to_anchor=(-0.02, -0.1), ncol=LEGEND_COLS, fontsize=8.5, frameon=False,
+                      handlelength=1.4, columnspacing=1.2, borderaxespad=0, labelcolor=TEXT)
             summary.append((p.get("title", ""), f"{len(finite)} series" + (f" ({len(series) - len(finite)} all-NaN)"
                                                                           if len(series) > len(finite) else "")))
         else:
@@ -283,7 +293,6 @@ def main() -> None:
     ap.add_argument("--out", default="docs/images/dashboard.png")
     ap.add_argument("--title", help="heading of the image (default: the dashboard's title)")
     ap.add_argument("--caption", help="a line under the heading, e.g. where the metrics came from")
-    ap.add_argument("--stable-colors", action="store_true", help="one colour per legend text across all panels")
     args = ap.parse_args()
 
     start, end = parse_time(args.start), parse_time(args.end)
