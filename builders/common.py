@@ -30,13 +30,20 @@ def package_dir(dist: str, version: str, import_name: str, subdir: str = "", ins
     return Path(locations[0]) / subdir
 
 
+def pinned_copy_present(cache: ModelCache, name: str, expected: str) -> bool:
+    """``name`` is in the cache with the pinned SHA-256, in the manifest and on disk (read only: a
+    prepared, read-only model directory, as in the container image, is checked without writing)."""
+    dst = cache.root / name
+    entry = cache.manifest().get(name)
+    return bool(entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected)
+
+
 def copy_pinned(cache: ModelCache, src: Path, name: str, expected: str, version: str, source: str,
                 progress: Callable[[str], None], force: bool = False) -> None:
     """Copy a file shipped by a package into the cache when its SHA-256 is the pinned one (idempotent:
     a copy already there with that checksum is left alone unless ``force``)."""
     dst = cache.root / name
-    entry = cache.manifest().get(name)
-    if not force and entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected:
+    if not force and pinned_copy_present(cache, name, expected):
         progress(f"{name}: up to date")
         return
     if not src.exists():

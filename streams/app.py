@@ -150,6 +150,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         stream_buffer_maxsize=max(4 * batch, 64),
         broker_max_poll_records=max(2 * batch, 32),
         producer_acks=-1,  # acks=all: aiokafka refuses idempotence with anything else (see _idempotent_transport)
+        producer_linger=settings.producer_linger_ms / 1000,
         web_enabled=True,
         # aiohttp's Application defaults to client_max_size=1 MiB (a 3.9 MB photo got 413 from /faces/enroll);
         # faust's aiohttp driver passes these kwargs straight to Application(...) (faust/web/drivers/aiohttp.py, Web.__init__)

@@ -44,3 +44,29 @@ def test_it_can_be_turned_off(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LENSFLOW_PREPARE_MODELS", "false")
     assert cli.ensure_models(Settings(), ["safety"]) == []
     assert not (tmp_path / "cache" / "models" / "open-nsfw.onnx").exists()
+
+
+def test_a_prepared_read_only_models_dir_is_checked_without_sources_or_writes(tmp_path, monkeypatch, capsys):
+    """The container image carries prepared files in LENSFLOW_MODELS_DIR, read-only, without the .deb or
+    downloads they came from: the start-up check must find them up to date without looking for a
+    source, downloading or writing (it once tried to fetch Tesseract's .deb into a read-only dir)."""
+    import shutil
+    import stat
+
+    from lensflow.builders import ocr
+    from lensflow.agents.text import TESS_RUS_FILE
+
+    home = ModelCache(Settings().models_path)  # this machine's prepared cache
+    home.verified(TESS_RUS_FILE)
+    baked = tmp_path / "image" / "models"
+    baked.mkdir(parents=True)
+    for name in (TESS_RUS_FILE, "manifest.json"):
+        shutil.copy(home.root / name, baked / name)
+    for p in (baked / TESS_RUS_FILE, baked / "manifest.json", baked):
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    monkeypatch.setattr(ocr, "tesseract_rus_sources", lambda cache: [tmp_path / "no-such.traineddata"])
+    monkeypatch.setattr(ocr, "fetch_tesseract_rus", lambda *a: pytest.fail("tried to download a prepared file"))
+    messages = []
+    ocr.prepare_tesseract_rus(ModelCache(baked), messages.append)
+    assert messages == [f"{TESS_RUS_FILE}: up to date"]
+    assert sorted(p.name for p in baked.iterdir()) == sorted([TESS_RUS_FILE, "manifest.json"])
