@@ -340,22 +340,18 @@ class SFaceModel(Model):
         ~5 ms, and photos without a face then never need the full-size array at all (``_faces``)."""
         import cv2
 
-        if not isinstance(pixels, np.ndarray) and max(pixels.size) <= YUNET_SIZE:
-            pixels = np.asarray(pixels)  # upscaled (or kept): OpenCV's bilinear is the faster here
-        if isinstance(pixels, np.ndarray):
-            h, w = pixels.shape[:2]
-        else:
-            w, h = pixels.size
+        w, h = (pixels.shape[1], pixels.shape[0]) if isinstance(pixels, np.ndarray) else pixels.size
         scale = YUNET_SIZE / max(h, w)
         nw, nh = min(YUNET_SIZE, max(1, round(w * scale))), min(YUNET_SIZE, max(1, round(h * scale)))
-        if isinstance(pixels, np.ndarray):
-            small = pixels if (nw, nh) == (w, h) else cv2.resize(
-                pixels, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        else:
+        if not isinstance(pixels, np.ndarray) and scale < 1:
             from PIL import Image
 
             # no reducing_gap: its 2x pre-reduction saves ~2 ms but lost small text in the OCR gate
             small = np.asarray(pixels.resize((nw, nh), Image.Resampling.BOX))
+        else:  # an array, or a PIL image upscaled (or kept): OpenCV's bilinear is the faster there
+            pixels = np.asarray(pixels)
+            small = pixels if (nw, nh) == (w, h) else cv2.resize(
+                pixels, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         blob = np.zeros((1, 3, YUNET_SIZE, YUNET_SIZE), np.float32)
         blob[0, :, :nh, :nw] = small[:, :, ::-1].transpose(2, 0, 1)
         return blob, scale

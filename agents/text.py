@@ -142,13 +142,18 @@ class _CappedResize(DetPreProcess):
 
     def resize(self, img: np.ndarray) -> np.ndarray | None:
         h, w = img.shape[:2]
-        ratio = detection_side(max(h, w), self.limit_side_len) / max(h, w)
-        rh = max(32, int(round(h * ratio / 32)) * 32)
-        rw = max(32, int(round(w * ratio / 32)) * 32)
+        rw, rh = stride_size(w, h, detection_side(max(h, w), self.limit_side_len))
         if (rh, rw) == (h, w):
             return img
         shrink = rh * rw < h * w
         return cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def stride_size(w: int, h: int, side: int) -> tuple[int, int]:
+    """(width, height) of a w x h image scaled so its long side is ``side``, each rounded to a multiple of
+    32, the detector's stride (at least 32)."""
+    ratio = side / max(w, h)
+    return max(32, int(round(w * ratio / 32)) * 32), max(32, int(round(h * ratio / 32)) * 32)
 
 
 def detection_side(long_side: int, cap: int) -> int:
@@ -344,10 +349,7 @@ def gate_copy(image: Image.Image) -> Image.Image:
     """``image`` shrunk to the gate's input size (long side ``GATE_MAX_SIDE``, sides rounded to the
     detector's stride of 32, as ``_CappedResize`` would) by Pillow's box filter, an area average like
     OpenCV's INTER_AREA that the gate used on the full-size array."""
-    w, h = image.size
-    ratio = GATE_MAX_SIDE / max(w, h)
-    size = (max(32, int(round(w * ratio / 32)) * 32), max(32, int(round(h * ratio / 32)) * 32))
-    return image.resize(size, Image.Resampling.BOX)  # no reducing_gap: its 2x pre-reduction lost 16-20 px lines
+    return image.resize(stride_size(*image.size, GATE_MAX_SIDE), Image.Resampling.BOX)  # no reducing_gap: its 2x pre-reduction lost 16-20 px lines
 
 
 def _bgr(img: Image.Image) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Confluent framing against a real schema registry, no mocks: Apicurio Registry's Confluent-compatible
+"""Confluent framing against a real schema registry server: Apicurio Registry's Confluent-compatible
 API (started by deploy/local/registry/start.sh, fetched from Maven Central on first use). lensflow's
 codec registers under ``<topic>-value``, frames ``00`` + 4-byte big-endian id + Avro body, and a fresh
 codec (new registry client) reads the bytes back, also after the subject gained a newer version."""
@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import uuid
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ from fastavro.utils import generate_many
 from lensflow.streams.codec import Codec, default_schemas, write_body
 from lensflow.streams.evolution import TOPIC_RECORDS
 from lensflow.streams.topology import TOPICS
+from tests.avro_wire import normalise
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +33,6 @@ PORT = 18081
 URL = f"http://127.0.0.1:{PORT}/apis/ccompat/v7"
 SR_JSON = "application/vnd.schemaregistry.v1+json"
 RECORD_TOPIC = {f"lensflow.v1.{t.record}": t.name for t in TOPICS.values()}
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def normalise(value):
-    """Compare at wire precision: timestamp-millis decode to datetimes (ms), 'float' fields are 32-bit."""
-    if isinstance(value, dict):
-        return {k: normalise(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    if isinstance(value, float):
-        return struct.unpack("<f", struct.pack("<f", value))[0]
-    if isinstance(value, datetime):
-        return (value - EPOCH) // timedelta(milliseconds=1)
-    return value
 
 
 def registry_log_tail(n: int = 40) -> str:

@@ -4,7 +4,6 @@
 import io
 import json
 import struct
-from datetime import datetime, timedelta, timezone
 
 import fastavro
 import pytest
@@ -16,26 +15,13 @@ from fastavro.utils import generate_many
 from lensflow.streams.codec import Codec, CodecError, SchemaSet, default_schemas
 from lensflow.streams.evolution import TOPIC_RECORDS
 from lensflow.streams.topology import TOPICS
+from tests.avro_wire import normalise
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 RECORD_TOPIC = {f"lensflow.v1.{t.record}": t.name for t in TOPICS.values()}
 
 
 def samples(name, n=5):
     return list(generate_many(default_schemas().get(name).parsed, n))
-
-
-def normalise(value):
-    """Compare at wire precision: timestamp-millis decode to datetimes (ms), 'float' fields are 32-bit."""
-    if isinstance(value, dict):
-        return {k: normalise(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    if isinstance(value, float):
-        return struct.unpack("<f", struct.pack("<f", value))[0]
-    if isinstance(value, datetime):
-        return (value - EPOCH) // timedelta(milliseconds=1)
-    return value
 
 
 def test_crc64_avro_fingerprint_matches_the_spec_test_vector():
