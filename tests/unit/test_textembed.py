@@ -201,3 +201,23 @@ def test_batch_equals_singles_and_truncation(model):
     assert len(model.tokenizer.encode("word " * 1000).ids) == te.MAX_SEQ_LENGTH
     # truncation: what lies beyond 256 tokens does not change the vector
     assert np.abs(np.asarray(model.predict(["word " * 300 + "zebra"])[0]) - batched[2]).max() < 1e-6
+
+
+def test_length_groups_keep_padding_small():
+    # sorted by length; a long text never joins short ones; every index exactly once
+    lengths = [12, 150, 10, 14, 148, 11, 40]
+    groups = te.length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        longest, real = max(lengths[i] for i in g), sum(lengths[i] for i in g)
+        assert longest * len(g) <= te.PAD_WASTE * real + te.PAD_SLACK * len(g)
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[10, 11, 12, 14], [40], [148, 150]]
+    assert te.length_groups([]) == []
+    assert [len(g) for g in te.length_groups([5] * 100, most=64)] == [64, 36]
+
+
+def test_grouped_batch_equals_texts_alone(model):
+    texts = ["A cat.", "A man is eating food. " * 20, "Two cars on a road.", "", "word " * 120, "Espresso indoors."]
+    together = np.array(model.predict(texts))
+    alone = np.array([model.predict([t])[0] for t in texts])
+    assert np.abs(together - alone).max() < 1e-5
