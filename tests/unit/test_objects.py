@@ -61,14 +61,23 @@ def test_nms_is_per_class_and_best_first():
 
 
 def test_decode_centernet_threshold_and_scale():
-    det = np.zeros((1, 100, 6), np.float32)
-    det[0, 0] = [100, 50, 300, 250, 0.9, 15]
-    det[0, 1] = [10, 10, 20, 20, 0.31, 2]
-    det[0, 2] = [10, 10, 20, 20, 0.29, 0]  # below the threshold
-    boxes, scores, classes = O.decode_centernet(det, scale=0.5, threshold=0.3)
-    np.testing.assert_allclose(boxes, [[200, 100, 600, 500], [20, 20, 40, 40]])
+    # a 384x512 input: grid 96x128; class 15 peaks at (row 10, col 20), class 2 at (0, 0) (edge), a
+    # non-peak beside the first, and one under the threshold
+    heat = np.zeros((1, 96, 128, 80), np.float32)
+    wh = np.zeros((1, 96, 128, 4), np.float32)
+    heat[0, 10, 20, 15], wh[0, 10, 20] = 0.9, [30, 20, 50, 10]
+    heat[0, 10, 21, 15] = 0.5  # beside a higher score: not a peak
+    heat[0, 0, 0, 2], wh[0, 0, 0] = 0.31, [1, 2, 3, 4]
+    heat[0, 50, 50, 0] = 0.29  # below the threshold
+    boxes, scores, classes = O.decode_centernet(wh, heat, scale=0.5, threshold=0.3)
+    np.testing.assert_allclose(boxes, [[(80 - 30) * 2, (40 - 20) * 2, (80 + 50) * 2, (40 + 10) * 2], [-2, -4, 6, 8]])
     np.testing.assert_allclose(scores, [0.9, 0.31])
     assert classes.tolist() == [15, 2] and classes.dtype == np.int64
+    heat[0, 10, 21, 15] = 0.9  # a tie with its neighbour: both are peaks (the graph's Equal test)
+    assert O.decode_centernet(wh, heat, threshold=0.3)[2].tolist() == [15, 15, 2]
+    assert len(O.decode_centernet(wh, heat, threshold=0.3, top_k=1)[1]) == 1
+    empty = O.decode_centernet(wh, np.zeros_like(heat))
+    assert empty[0].shape == (0, 4) and len(empty[1]) == 0
 
 
 def _nanodet_outputs(hit_stride=16, row=3, col=5, cls=2, sides=(2, 1, 3, 4)):
@@ -111,10 +120,12 @@ def test_to_detections_clips_filters_and_formats():
 
 def test_letterbox_preprocess():
     img = Image.new("RGB", (200, 100), (255, 128, 0))
-    x, scale = O.preprocess(img, "centernet")
-    assert x.shape == (1, 512, 512, 3) and x.dtype == np.float32 and scale == pytest.approx(2.56)
+    x, scale = O.preprocess(Image.new("RGB", (200, 90), (255, 128, 0)), "centernet")
+    # long side 512, the other side (230.4 -> 230) rounded up to a multiple of 32
+    assert x.shape == (1, 256, 512, 3) and x.dtype == np.float32 and scale == pytest.approx(2.56)
     np.testing.assert_allclose(x[0, 100, 100], [255, 128, 0])  # RGB, 0..255, unscaled
-    assert not x[0, 300:].any()  # padding below the image is black
+    assert not x[0, 231:].any()  # padding below the image is black
+    assert O.preprocess(Image.new("RGB", (300, 400)), "centernet")[0].shape == (1, 512, 384, 3)
     y, scale = O.preprocess(img.convert("L"), "nanodet")
     assert y.shape == (1, 3, 416, 416) and scale == pytest.approx(2.08)
     np.testing.assert_allclose(y[0, :, 0, 0], (np.full(3, 150.0) - O.NANODET_MEAN_BGR) / O.NANODET_STD_BGR,
