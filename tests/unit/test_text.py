@@ -363,3 +363,33 @@ def test_guess_language(model):
     assert T.guess_language("RADEBERGER", model.identifier) is None  # one word: unsure
     assert T.guess_language("EXIT", model.identifier) is None       # too short
     assert T.guess_language("Please keep the door closed", None) is None
+
+
+def test_text_regions_widen_merge_and_clip():
+    quad = lambda x1, y1, x2, y2: np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
+    # one 10 px high box in a 2x-scaled gate copy: 20 px high in the image, widened 2x its height + pad
+    (r,) = T.text_regions([quad(100, 100, 150, 110)], 2.0, 2.0, 1000, 800)
+    mx, my = T.ROI_MARGIN_X * 20 + T.ROI_PAD, T.ROI_MARGIN_Y * 20 + T.ROI_PAD
+    assert r == (int(200 - mx), int(200 - my), int(np.ceil(300 + mx)), int(np.ceil(220 + my)))
+    # near the edge: clipped; two boxes whose regions overlap: one region around both
+    regions = T.text_regions([quad(0, 0, 20, 10), quad(30, 0, 60, 10), quad(300, 300, 320, 310)], 1.0, 1.0, 400, 400)
+    assert len(regions) == 2 and regions[0][:2] == (0, 0) and regions[0][2] >= 60 + T.ROI_PAD
+    assert all(0 <= x1 < x2 <= 400 and 0 <= y1 < y2 <= 400 for x1, y1, x2, y2 in regions)
+    # a minimum side: a small box's region grows around it to min_side
+    (r,) = T.text_regions([quad(500, 500, 510, 504)], 1.0, 1.0, 2000, 2000, min_side=400)
+    assert r[2] - r[0] >= 399 and r[3] - r[1] >= 399 and r[0] < 500 < 510 < r[2]
+    assert T.text_regions([], 1.0, 1.0, 100, 100) == []
+
+
+def test_detection_runs_only_around_the_gate_boxes(model):
+    # a 1600x1200 photo with one sign: the detector sees a region of it, and the sign is read
+    img = Image.new("RGB", (1600, 1200), (90, 120, 90))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((1100, 900, 1500, 980), fill=(240, 240, 235))
+    draw.text((1120, 915), "Bahnhof Nord", fill=(20, 20, 20), font=_font(48))
+    before = model.stats["regions"]
+    result = model.read(img)
+    assert model.stats["regions"] == before + 1
+    assert "Bahnhof Nord" in result["text"]
+    (line,) = result["lines"]
+    assert 1100 <= line["box"]["x1"] < line["box"]["x2"] <= 1500 and 900 <= line["box"]["y1"] < line["box"]["y2"] <= 980
