@@ -75,7 +75,7 @@ class Settings(BaseSettings):
 
     # --- models ----------------------------------------------------------------------------------
     model_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model (1: two single-threaded workers beat one two-threaded one on small machines).")
-    text_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads of the text stage alone: OCR is the slowest model stage (about a third of a worker's CPU per image), and with one thread it falls behind the others and finishes a burst alone; 2 gave 4.01 against 3.90 images/s on 2 cores (bench/RESULTS.md).")
+    text_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads of the text stage alone (the other models take `model_threads`). Since OCR detects only around its gate's boxes, a second thread costs more CPU than it saves time on 2 cores: 1 thread 5.27/5.46 images/s, 2 threads 5.25/4.92 (bench/RESULTS.md); 2 can help a node with spare cores.")
     model_gpu: bool = Field(True, description="Use the CUDA execution provider when ONNX Runtime has it.")
     model_batch_size: int = Field(8, ge=1, description="Max images per model-stage batch: each holds its decoded images in memory (the models gain nothing from bigger batches on CPU).")
     text_det_max_side: int = Field(736, ge=320, description="OCR detection input, long side in pixels (960 reads smaller text, at ~1.7x the cost).")
