@@ -605,4 +605,4 @@ def register(ctx, stages: list[str] | None = None) -> None:
 
     pixel_stage(ctx, "text", lambda: OcrModel(cache, threads=ctx.settings.text_threads, allow_gpu=ctx.settings.model_gpu,
                                               det_max_side=ctx.settings.text_det_max_side, languages=ctx.settings.ocr_languages),
-                {"text": fields}, warmup=warmup_image)
+                {"text": fields}, warmup=warmup_image, instances=ctx.settings.text_instances)

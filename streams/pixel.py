@@ -44,6 +44,13 @@ def scale_box(box, scale: tuple[float, float]) -> dict:
     return {"x1": float(x1) * sx, "y1": float(y1) * sy, "x2": float(x2) * sx, "y2": float(y2) * sy}
 
 
+def split(items: list, n: int) -> list[list]:
+    """``items`` in at most ``n`` contiguous, non-empty parts of near-equal length, in order."""
+    n = max(1, min(n, len(items)))
+    bounds = [len(items) * i // n for i in range(n + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def decode_derivative(storage, uri: str, max_bytes: int) -> Image.Image:
     """The derivative at ``uri``, decoded, in RGB."""
     data = storage.read(uri, max_bytes)
@@ -193,13 +200,15 @@ class PixelStage(Stage):
     expects = "ImagePrepared"
 
     def __init__(self, ctx, name: str, model: Callable[[], Any], outputs: dict[str, Callable[[Any, dict], Any]],
-                 warmup: Callable[[], Image.Image] | None = None):
+                 warmup: Callable[[], Image.Image] | None = None, instances: int = 1):
         self.name = name
         super().__init__(ctx)
         self.make_model, self.outputs, self.warmup = model, outputs, warmup
+        self.instances = max(1, instances)
         self.io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-io")
-        self.infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-infer")
+        self.infer_pool = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"{name}-infer")
         self.model: Any = None
+        self.models: list[Any] = []  # ``instances`` loaded models (the first is ``model``): one predict at a time each
         self.error: StageFailure | None = None
         self.cache = decoded_cache(ctx)
         self.cache.register(name, outputs)
@@ -211,10 +220,13 @@ class PixelStage(Stage):
         return self.settings.model_batch_size
 
     def load(self) -> None:
-        m = self.make_model()
-        m.load()
-        m.warmup(self.warmup() if self.warmup else Image.new("RGB", (320, 240), (127, 127, 127)))
-        self.model = m
+        models = []
+        for _ in range(self.instances):
+            m = self.make_model()
+            m.load()
+            m.warmup(self.warmup() if self.warmup else Image.new("RGB", (320, 240), (127, 127, 127)))
+            models.append(m)
+        self.model, self.models = models[0], models
 
     async def start(self) -> None:
         try:
@@ -286,9 +298,15 @@ class PixelStage(Stage):
         # the stage's own load time: reading and decoding, not waiting for slower agents
         load_ms = sum(x[1] for x in loads if not isinstance(x, BaseException)) * 1000 / len(todo)
         t1 = time.perf_counter()
+        images = [img for _, _, img in ready]
         try:
-            predictions = await loop.run_in_executor(self.infer_pool, self.ctx.metrics.cpu_timed, self.name,
-                                                     self.model.predict, [img for _, _, img in ready])
+            if len(self.models) > 1 and len(images) > 1:  # each instance's part in its own inference thread
+                parts = [loop.run_in_executor(self.infer_pool, self.ctx.metrics.cpu_timed, self.name, m.predict, part)
+                         for m, part in zip(self.models, split(images, len(self.models)))]
+                predictions = [p for part in await asyncio.gather(*parts) for p in part]
+            else:
+                predictions = await loop.run_in_executor(self.infer_pool, self.ctx.metrics.cpu_timed, self.name,
+                                                         self.model.predict, images)
         except Exception as exc:
             for i, item, _ in ready:
                 outcomes[i] = self.failure(item, exc)
@@ -316,8 +334,9 @@ class PixelStage(Stage):
 
 
 def pixel_stage(ctx, name: str, model: Callable[[], Any], outputs: dict[str, Callable[[Any, dict], Any]],
-                warmup: Callable[[], Image.Image] | None = None) -> PixelStage:
-    """Register the pixel agent ``name`` (see ``PixelStage``) on the runner."""
-    stage = PixelStage(ctx, name, model, outputs, warmup)
+                warmup: Callable[[], Image.Image] | None = None, instances: int = 1) -> PixelStage:
+    """Register the pixel agent ``name`` (see ``PixelStage``) on the runner; ``instances`` model instances
+    share each batch (each in its own inference thread)."""
+    stage = PixelStage(ctx, name, model, outputs, warmup, instances)
     run(ctx, stage)
     return stage

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     # --- models ----------------------------------------------------------------------------------
     model_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model (1: two single-threaded workers beat one two-threaded one on small machines).")
     text_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads of the text stage alone (the other models take `model_threads`). Since OCR detects only around its gate's boxes, a second thread costs more CPU than it saves time on 2 cores: 1 thread 5.27/5.46 images/s, 2 threads 5.25/4.92 (bench/RESULTS.md); 2 can help a node with spare cores.")
+    text_instances: int = Field(2, ge=1, description="OCR model instances in a worker, each in its own thread, splitting each batch of the text stage: OCR is the slowest model and finished each burst alone on one core; two let it use both. Paired runs on 2 cores: 4.99/5.26/5.59/5.42 images/s against 4.59/4.98/5.21/5.17 with one, for ~230 MB more RSS (bench/RESULTS.md).")
     model_gpu: bool = Field(True, description="Use the CUDA execution provider when ONNX Runtime has it.")
     model_batch_size: int = Field(8, ge=1, description="Max images per model-stage batch: each holds its decoded images in memory (the models gain nothing from bigger batches on CPU).")
     text_det_max_side: int = Field(736, ge=320, description="OCR detection input, long side in pixels (960 reads smaller text, at ~1.7x the cost).")

@@ -134,3 +134,13 @@ def test_clear_forgets_entries_owed_to_agents():
     assert len(cache) == 0
     cache.get(storage, "c", 1 << 20, "objects", readers)  # no wait for faces
     assert storage.reads == ["a", "b", "c"]
+
+
+def test_split_keeps_order_and_balances_the_parts():
+    from lensflow.streams.pixel import split
+
+    assert split(list(range(8)), 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert split(list(range(7)), 2) == [[0, 1, 2], [3, 4, 5, 6]]
+    assert split([1], 3) == [[1]] and split([1, 2], 3) == [[1], [2]]
+    assert split(list(range(5)), 1) == [[0, 1, 2, 3, 4]]
+    assert [x for part in split(list(range(23)), 4) for x in part] == list(range(23))
