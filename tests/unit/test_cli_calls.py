@@ -1,6 +1,7 @@
 """Typer commands called as plain functions inside the CLI (``demo`` calls ``worker``, ``submit``,
 ``stack_up``, ``models_prepare``) must pass every parameter: an omitted one is Typer's ``OptionInfo``
-object, not its default (``make demo`` once failed with "expected str … not OptionInfo")."""
+object, not its default (``make demo`` once failed with "expected str … not OptionInfo"). Also the
+worker's process set-up: its malloc arena cap."""
 
 import ast
 import inspect
@@ -27,3 +28,15 @@ def test_every_direct_call_of_a_command_passes_every_option():
             assert not missing, f"streams/cli.py:{node.lineno}: {node.func.id}() called without {missing}"
             checked += 1
     assert checked >= 3
+
+
+def test_malloc_arenas_are_capped_on_glibc_unless_told_otherwise(monkeypatch):
+    import platform
+
+    from lensflow.streams.cli import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas(0) is False
+    assert limit_malloc_arenas(2) is (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's own setting wins
+    assert limit_malloc_arenas(2) is False
