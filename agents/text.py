@@ -224,8 +224,9 @@ class RegionTextDetector(CappedTextDetector):
 def text_regions(quads, sx: float, sy: float, width: int, height: int, min_side: int = 0) -> list[tuple[int, int, int, int]]:
     """Where to look again, at the detector's scale: each gate box (``quads`` [N, 4, 2] in the gate
     copy's pixels; ``sx``, ``sy``: image pixels per gate pixel) widened by ``ROI_MARGIN_X`` of its height
-    left and right, ``ROI_MARGIN_Y`` above and below and ``ROI_PAD`` px, clipped to the image; regions
-    that overlap merge into their bounding rectangle, until none overlap."""
+    left and right, ``ROI_MARGIN_Y`` above and below and ``ROI_PAD`` px, and to at least ``min_side`` px
+    a side (around its centre), clipped to the image; regions that overlap merge into their bounding
+    rectangle, until none overlap."""
     rects = []
     for q in quads:
         x1, y1 = float(q[:, 0].min()) * sx, float(q[:, 1].min()) * sy
