@@ -91,7 +91,9 @@ ROI_MIN_SIDE = 192        # ... and each region is at least this many detector p
 #: expected languages (ISO 639-1) when none are configured: the ones the stage was measured on (bench/ocr_languages.py)
 DEFAULT_LANGUAGES = ("en", "fr", "de", "es", "pt", "it", "pl", "cs", "ru", "zh", "ja")
 LANGUAGES = list(DEFAULT_LANGUAGES)
-MIN_CONFIDENCE = 0.6      # lines recognised below this are dropped
+MIN_CONFIDENCE = 0.6      # lines recognised below this are dropped ...
+LONE_CHAR_MIN_CONFIDENCE = 0.8  # ... and lines of one readable character below this (texture read as a
+                          # letter: a "C" at 0.61 beside a number plate; real lone signs read at 0.9+)
 SMALL_LINE_PX = 48        # lines lower than this (the recogniser's input height) are upscaled 2x ...
 TINY_LINE_PX = 16         # ... unless lower than this (no gain there, and blurry tiny text got worse)
 MAX_LINES = 64            # most boxes recognised per image (largest first); bounds the cost of a page
@@ -337,7 +339,8 @@ def clean_text(lines: list[dict], languages: Iterable[str] = ("en",),
                min_confidence: float = MIN_CONFIDENCE) -> tuple[str, list[dict]]:
     """Recognised lines ({text, confidence, box{x1,y1,x2,y2}}) -> (full text, kept lines in reading order).
 
-    Drops lines below ``min_confidence`` and lines with nothing readable; removes CJK characters when no
+    Drops lines below ``min_confidence``, lines with nothing readable and lines of one readable character
+    below ``LONE_CHAR_MIN_CONFIDENCE``; removes CJK characters when no
     configured language is Chinese/Japanese/Korean (the recogniser turns texture into stray CJK);
     normalises whitespace. Lines of one row are joined by a space, rows by a newline.
     """
@@ -347,7 +350,7 @@ def clean_text(lines: list[dict], languages: Iterable[str] = ("en",),
         if float(line["confidence"]) < min_confidence:
             continue
         text = clean_line(line["text"], keep_cjk)
-        if text:
+        if text and (_readable(text) > 1 or float(line["confidence"]) >= max(min_confidence, LONE_CHAR_MIN_CONFIDENCE)):
             kept.append({**line, "text": text})
     rows = _reading_order(kept)
     text = "\n".join(" ".join(ln["text"] for ln in row) for row in rows)

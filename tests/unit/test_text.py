@@ -342,6 +342,10 @@ def test_clean_text_drops_low_confidence_and_junk():
     text, kept = T.clean_text(lines)
     assert text == "EXIT\n6"
     assert T.clean_text(lines, min_confidence=0.5)[0] == "EXIT\nRADEBERGER\n6"
+    # one readable character needs more confidence than a line (texture read as a letter)
+    lone = [L("C", 0, 0, 20, 20, 0.61), L("0 1 2 3 4", 0, 30, 100, 50, 0.69), L("P", 0, 60, 20, 80, 0.93),
+            L("ao", 0, 90, 20, 110, 0.62), L("(7)", 0, 120, 20, 140, 0.79)]
+    assert T.clean_text(lone)[0] == "0 1 2 3 4\nP\nao"
 
 
 def test_clean_text_cjk():
