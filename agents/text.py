@@ -148,11 +148,7 @@ class _CappedResize(DetPreProcess):
 
     def __call__(self, img: np.ndarray) -> np.ndarray | None:
         resized = self.resize(img)
-        if resized is None:
-            return None
-        # (x / 255 - mean) / std == (x - 255 mean) / (255 std); one std for the three channels (PP-OCR: 0.5)
-        return cv2.dnn.blobFromImage(resized, scalefactor=1 / (255 * float(self.std[0])),
-                                     mean=tuple(255 * float(m) for m in self.mean))
+        return None if resized is None else detector_blob(resized, self.mean, self.std)
 
     def resize(self, img: np.ndarray) -> np.ndarray | None:
         h, w = img.shape[:2]
@@ -161,6 +157,12 @@ class _CappedResize(DetPreProcess):
             return img
         shrink = rh * rw < h * w
         return cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def detector_blob(img: np.ndarray, mean, std) -> np.ndarray:
+    """The detector's NCHW input from a BGR image, normalised by OpenCV in one pass:
+    (x / 255 - mean) / std == (x - 255 mean) / (255 std); one std for the three channels (PP-OCR: 0.5)."""
+    return cv2.dnn.blobFromImage(img, scalefactor=1 / (255 * float(std[0])), mean=tuple(255 * float(m) for m in mean))
 
 
 def stride_size(w: int, h: int, side: int) -> tuple[int, int]:
@@ -205,7 +207,6 @@ class RegionTextDetector(CappedTextDetector):
 
     def detect(self, img: np.ndarray, regions: list[tuple[int, int, int, int]], factor: float) -> np.ndarray:
         found = []
-        prep = _CappedResize(self.limit_side_len, self.limit_type, self.mean, self.std)
         for x1, y1, x2, y2 in regions:
             crop = img[y1:y2, x1:x2]
             h, w = crop.shape[:2]
@@ -213,9 +214,7 @@ class RegionTextDetector(CappedTextDetector):
             small = cv2.resize(crop, (rw, rh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
             pw, ph = -(-rw // 32) * 32, -(-rh // 32) * 32
             small = cv2.copyMakeBorder(small, 0, ph - rh, 0, pw - rw, cv2.BORDER_REPLICATE)
-            blob = cv2.dnn.blobFromImage(small, scalefactor=1 / (255 * float(prep.std[0])),
-                                         mean=tuple(255 * float(m) for m in prep.mean))
-            preds = self.infer(blob)[0]
+            preds = self.infer(detector_blob(small, self.mean, self.std))[0]
             boxes, _ = self.postprocess_op(preds, (ph / factor, pw / factor))  # the padded part, in image pixels
             boxes = self.filter_tag_det_res(boxes, (h, w))  # clipped to the part
             if boxes is not None and len(boxes):
@@ -239,20 +238,13 @@ def text_regions(quads, sx: float, sy: float, width: int, height: int, min_side:
         my = max(my, (min_side - hgt) / 2)
         rects.append([max(0, int(x1 - mx)), max(0, int(y1 - my)), min(width, int(np.ceil(x2 + mx))),
                       min(height, int(np.ceil(y2 + my)))])
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(rects)):
-            for j in range(i + 1, len(rects)):
-                a, b = rects[i], rects[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    rects[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
-                    del rects[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return [tuple(r) for r in rects if r[2] > r[0] and r[3] > r[1]]
+    merged: list[list[int]] = []  # no two overlap
+    for r in rects:  # each absorbs the merged regions it overlaps, and then those its union overlaps
+        while (hit := next((m for m in merged if m[0] < r[2] and r[0] < m[2] and m[1] < r[3] and r[1] < m[3]), None)):
+            merged.remove(hit)
+            r = [min(hit[0], r[0]), min(hit[1], r[1]), max(hit[2], r[2]), max(hit[3], r[3])]
+        merged.append(r)
+    return [tuple(r) for r in merged if r[2] > r[0] and r[3] > r[1]]
 
 
 class LineRecognizer(TextRecognizer):
@@ -550,7 +542,8 @@ class OcrModel(Model):
         if redetect:
             # the gate only decides (its boxes are found again at the detector's size): it sees a copy
             # shrunk by Pillow, so a photo without text never becomes a full-size array (~12 ms at 1600 px)
-            boxes = self.has_text(_bgr(gate_copy(image)))
+            gate = gate_copy(image)
+            boxes = self.has_text(_bgr(gate))
         else:
             img = _bgr(image)
             boxes = self.has_text(img)
@@ -560,7 +553,7 @@ class OcrModel(Model):
         self.stats["read"] += 1
         if redetect:
             img = _bgr(image)
-            gw, gh = stride_size(*image.size, GATE_MAX_SIDE)
+            gw, gh = gate.size
             factor = detection_side(long_side, self.det_max_side) / long_side
             regions = text_regions(boxes, image.width / gw, image.height / gh, *image.size, min_side=int(ROI_MIN_SIDE / factor))
             if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions) > ROI_MAX_SHARE * image.width * image.height:

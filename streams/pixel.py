@@ -300,13 +300,10 @@ class PixelStage(Stage):
         t1 = time.perf_counter()
         images = [img for _, _, img in ready]
         try:
-            if len(self.models) > 1 and len(images) > 1:  # each instance's part in its own inference thread
-                parts = [loop.run_in_executor(self.infer_pool, self.ctx.metrics.cpu_timed, self.name, m.predict, part)
-                         for m, part in zip(self.models, split(images, len(self.models)))]
-                predictions = [p for part in await asyncio.gather(*parts) for p in part]
-            else:
-                predictions = await loop.run_in_executor(self.infer_pool, self.ctx.metrics.cpu_timed, self.name,
-                                                         self.model.predict, images)
+            # each model instance's part of the batch in its own inference thread (one part with one instance)
+            parts = [loop.run_in_executor(self.infer_pool, self.ctx.metrics.cpu_timed, self.name, m.predict, part)
+                     for m, part in zip(self.models, split(images, len(self.models)))]
+            predictions = [p for part in await asyncio.gather(*parts) for p in part]
         except Exception as exc:
             for i, item, _ in ready:
                 outcomes[i] = self.failure(item, exc)
