@@ -68,8 +68,17 @@ def test_metrics_show_cpu_per_stage_and_one_decode_per_image(namespace, analyzed
 
     for stage in ("preprocess", "objects", "visual", "text", "faces", "describe"):
         assert counter("stage_cpu_seconds", stage) > 0, stage
-    # the models cost more CPU than the describe stage's text embedding
-    assert counter("stage_cpu_seconds", "objects") > counter("stage_cpu_seconds", "describe")
+    # the pixel models together cost more CPU than the describe stage's text embedding (one model
+    # alone is not a safe bet: on 8 images describe's first-run cost of each new text length can
+    # outweigh the objects stage, 0.39 s against 0.34 s in one CI run)
+    models = sum(counter("stage_cpu_seconds", s) for s in ("objects", "visual", "text", "faces", "safety"))
+    assert models > counter("stage_cpu_seconds", "describe")
+    # each stage's CPU is read in its own thread, so together they are never more than the process's
+    from prometheus_client.parser import text_string_to_metric_families
+    process = next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "process_cpu_seconds_total")
+    stages = counter_values(text, "lensflow_stage_cpu_seconds")
+    assert 0 < sum(stages.values()) <= process, (stages, process)
     a, b = analyzed
     images = len(a) + len(b)
     # 5 pixel agents (objects, visual, text, faces, safety) read every image: one decodes it, four share it
