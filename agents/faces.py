@@ -74,7 +74,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lensflow.streams.models import Model, ModelCache, preview
+from lensflow.streams.models import Model, ModelCache, ort_session, preview
 from lensflow.streams.records import LENSFLOW_NS
 from lensflow.streams.store import FACE_DIM
 
@@ -267,22 +267,6 @@ def dequantized_onnx(data: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def _session(data: bytes, threads: int, allow_gpu: bool):
-    """``models.ort_session`` for an in-memory model, with ONNX Runtime's warnings about these files'
-    unused initialisers silenced."""
-    import onnxruntime as ort
-
-    from lensflow.streams.models import providers
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=opts, providers=providers(allow_gpu))
-
-
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 2x3 similarity (rotation, uniform scale, translation) taking points ``src`` onto ``dst`` in
     the least-squares sense (Umeyama), as OpenCV's ``FaceRecognizerSF.alignCrop`` computes it."""
@@ -324,10 +308,12 @@ class SFaceModel(Model):
         self.nms_iou = nms_iou
 
     def _load(self, paths: dict[str, Path]) -> None:
-        self._detector = _session(dequantized_onnx(paths[YUNET_FILE].read_bytes()), self.threads, self.allow_gpu)
+        self._detector = ort_session(dequantized_onnx(paths[YUNET_FILE].read_bytes()), self.threads, self.allow_gpu,
+                                     quiet=True)
         self._outputs = [o.name for o in self._detector.get_outputs()]
         self._det_input = self._detector.get_inputs()[0].name
-        self._encoder = _session(dequantized_onnx(paths[SFACE_FILE].read_bytes()), self.threads, self.allow_gpu)
+        self._encoder = ort_session(dequantized_onnx(paths[SFACE_FILE].read_bytes()), self.threads, self.allow_gpu,
+                                    quiet=True)
         self._enc_input = self._encoder.get_inputs()[0].name
 
     def detection_input(self, pixels) -> tuple[np.ndarray, float]:

@@ -57,7 +57,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lensflow.streams.models import Model, ModelCache, ort_session, preview
+from lensflow.streams.models import Model, ModelCache, ort_session, preview, round_up
 
 STAGE = "objects"
 
@@ -249,7 +249,7 @@ def letterbox(image, size: int, fill: int = LETTERBOX_FILL, stride: int = 0):
 
     scale = size / max(image.size)
     w, h = max(1, min(size, round(image.width * scale))), max(1, min(size, round(image.height * scale)))
-    canvas_size = (-(-w // stride) * stride, -(-h // stride) * stride) if stride else (size, size)
+    canvas_size = (round_up(w, stride), round_up(h, stride)) if stride else (size, size)
     canvas = Image.new("RGB", canvas_size, (fill, fill, fill))
     canvas.paste(preview(image).resize((w, h), Image.Resampling.BILINEAR), (0, 0))
     return canvas, scale

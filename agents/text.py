@@ -70,7 +70,7 @@ from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
 import structlog
 
-from lensflow.streams.models import Model, ModelCache, ModelError, ort_session
+from lensflow.streams.models import Model, ModelCache, ModelError, ort_session, round_up
 
 log = structlog.get_logger("lensflow.text")
 
@@ -212,7 +212,7 @@ class RegionTextDetector(CappedTextDetector):
             h, w = crop.shape[:2]
             rw, rh = max(1, int(round(w * factor))), max(1, int(round(h * factor)))
             small = cv2.resize(crop, (rw, rh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
-            pw, ph = -(-rw // 32) * 32, -(-rh // 32) * 32
+            pw, ph = round_up(rw, 32), round_up(rh, 32)
             small = cv2.copyMakeBorder(small, 0, ph - rh, 0, pw - rw, cv2.BORDER_REPLICATE)
             preds = self.infer(detector_blob(small, self.mean, self.std))[0]
             boxes, _ = self.postprocess_op(preds, (ph / factor, pw / factor))  # the padded part, in image pixels

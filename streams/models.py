@@ -151,7 +151,9 @@ def preview(image):
     return small
 
 
-def ort_session(path: Path, threads: int = 1, allow_gpu: bool = True):
+def ort_session(model: Path | bytes, threads: int = 1, allow_gpu: bool = True, quiet: bool = False):
+    """An ONNX Runtime session for a model file or an in-memory model (bytes). ``quiet`` silences ONNX
+    Runtime's warnings (e.g. about unused initialisers, which some shipped files carry)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -160,7 +162,15 @@ def ort_session(path: Path, threads: int = 1, allow_gpu: bool = True):
     # no busy-waiting between parallel sections: the worker's cores are shared by several stages
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers(allow_gpu))
+    if quiet:
+        opts.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=providers(allow_gpu))
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (a network's stride)."""
+    return -(-n // multiple) * multiple
 
 
 class Model:
