@@ -50,6 +50,18 @@ IMAGE_COLUMNS = [
     "analysis_version", "uploaded_at", "last_analyzed", "nsfw_score", "place_city", "place_region", "place_country",
     "place_country_code", "title", "description", "keywords", "rating", "creator", "duplicate_of", "near_duplicates",
 ]
+def bind_values(row: dict, columns: list[str], first_write: bool) -> list:
+    """The values of an INSERT of ``columns``. A null binds a tombstone (it must clear the value an
+    earlier run stored), but on an image's first write there is nothing to clear: nulls are left
+    *unset* (native protocol v4+), which writes nothing. With ~26 of the images row's columns null
+    for a photo without EXIF, every first write left ~26 tombstones, which every scan of the table
+    then reads past (Cassandra warns at 1,000 per query and fails it at 100,000)."""
+    from cassandra.query import UNSET_VALUE
+
+    values = [row.get(c) for c in columns]
+    return [UNSET_VALUE if v is None else v for v in values] if first_write else values
+
+
 #: An image as the join finds it stored: enough to version the next write, refuse another user's id and
 #: know whether this run's ``images.analyzed`` event was already delivered.
 class StoredImage(NamedTuple):
@@ -170,8 +182,8 @@ class CassandraStore:
         new = {(t["kind"], t["tag"]): t for t in tags}
         ex = self.session.execute_async
         futures = [
-            ex(self.insert_image, [image_row.get(c) for c in IMAGE_COLUMNS]),
-            ex(self.insert_analysis, [analysis_row.get(c) for c in ANALYSIS_COLUMNS]),
+            ex(self.insert_image, bind_values(image_row, IMAGE_COLUMNS, first_write)),
+            ex(self.insert_analysis, bind_values(analysis_row, ANALYSIS_COLUMNS, first_write)),
             ex(self.insert_by_user, (user_id, image_id, image_row.get("run_id"), image_row.get("analysis_version"))),
         ]
         if image_row.get("sha256"):
