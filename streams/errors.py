@@ -296,7 +296,10 @@ class RetryPolicy:
 
 def fatal(message: str, exc: BaseException | None = None, code: int = EXIT_BUG) -> None:
     """Exit the process at once, without acknowledging the batch in hand (no offset is committed past it)."""
-    log.critical("worker_exit", reason=message, error=repr(exc) if exc else None, exit_code=code)
+    import traceback
+
+    trace = "".join(traceback.format_exception(exc))[-6000:] if exc is not None and exc.__traceback__ else None
+    log.critical("worker_exit", reason=message, error=repr(exc) if exc else None, exit_code=code, traceback=trace)
     sys.stderr.flush()
     os._exit(code)
 
