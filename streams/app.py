@@ -14,6 +14,8 @@ Choices, read from faust-streaming 0.15.3's source:
 * ``stream_buffer_maxsize`` and ``broker_max_poll_records`` are a few batches, not 4096 records;
 * agent ``concurrency=1`` (Faust can commit past in-flight messages otherwise: faust-streaming issue
   606); stages parallelise inside a batch instead;
+* the consumer commits a partition's offsets only up to its first un-acknowledged one (faust's own
+  rule can skip it: ``streams/offsets.py``);
 * ``web_tables_enabled`` is off (it would serve table contents over HTTP);
 * tables use ``rocksdb://`` so a restart does not replay whole changelogs, and their changelog
   partition is chosen by key (``use_partitioner``) because take() batches span partitions.
@@ -185,7 +187,8 @@ def web_client_max_size(settings: Settings) -> int:
 
 
 def _idempotent_transport(app: faust.App):
-    """Faust's aiokafka transport for ``app``, whose producer is idempotent (``enable_idempotence=True``,
+    """Faust's aiokafka transport for ``app``, whose consumer commits only offsets every agent acknowledged
+    (``streams/offsets.py``) and whose producer is idempotent (``enable_idempotence=True``,
     ``acks="all"``: aiokafka raises ValueError for idempotence with acks 0 or 1).
 
     faust-streaming 0.15.3 has no setting for it: the aiokafka driver's ``Producer._settings_extra``
@@ -206,8 +209,11 @@ def _idempotent_transport(app: faust.App):
 
     IdempotentProducer.logger = driver.Producer.logger  # mode names a subclass's logger after its module
 
+    from .offsets import consumer_class
+
     class IdempotentTransport(driver.Transport):
         Producer = IdempotentProducer
+        Consumer = consumer_class(driver.Consumer)  # commits never skip an un-acknowledged offset (streams/offsets.py)
 
     return IdempotentTransport(app.conf.broker_consumer, app)
 
