@@ -166,6 +166,11 @@ def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, t
             entry["superseded"] = [s for s in superseded if s["run_id"] != run_id]
         if entry["run_id"] not in (None, run_id):  # a new run of this image starts its own clock
             entry.update(first_seen=now, deadline=now + timeout_ms, aggregated=False)
+        elif offset is not None and entry.get("offset") is not None:
+            # a second images.prepared of this run (preprocess redone after a crash): the stages may
+            # still be answering from the first copy, so the image's place is its earliest (a later
+            # one would move a stage's watermark past images it has not read yet: see ``Progress``)
+            offset = min(offset, entry["offset"])
         entry.update(prepared=b64, prepared_at=at, run_id=run_id, offset=offset, since=None, expected=list(record.get("expected_stages") or []),
                      derived=list(record.get("derived_stages") or []), prepared_failed=record["status"] == Status.FAILED,
                      uploaded_at=run_order(record)[0])

@@ -227,6 +227,22 @@ def test_places_are_offsets_not_production_times():
     assert decide(e, T0 + TIMEOUT, progress).action == "wait"
 
 
+def test_a_second_prepared_copy_of_the_run_keeps_the_image_s_earliest_place():
+    """preprocess redone after a crash writes the image's images.prepared again, later in the partition.
+    The stages may answer from the first copy; taking the later offset as the image's place would move
+    their watermark past images they have not read yet and expire those images early (the chaos test
+    saw such images stored as partial)."""
+    e = waiting_for_objects(produced=0, offset=100)
+    again = prepared(expected=["metadata", "objects"], produced=1_000)
+    e, changed = merge(e, "preprocess", codec.encode("ImagePrepared", again), again, T0 + 1_000, TIMEOUT, 0, 160)
+    assert changed and e["offset"] == 100
+    # a result answered from the first copy says the stage has read up to offset 100, not 160
+    other = waiting_for_objects(produced=0, offset=130)
+    progress = Progress(started=T0, timeout_ms=TIMEOUT)
+    progress.saw("objects", 0, e["offset"], T0 + TIMEOUT)
+    assert decide(other, T0 + TIMEOUT, progress).action == "wait"
+
+
 # --- two runs of one image in flight at once (the same photo submitted twice) ----------------------------
 
 def prepared_run(run, uploaded_ms, produced=0):
