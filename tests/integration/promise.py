@@ -101,8 +101,19 @@ def service_pid(env: dict, name: str) -> int:
 
 
 def stored(ns) -> dict[str, tuple[str, str]]:
-    """image_id -> (status, run_id) of every stored image."""
-    return {r.image_id: (r.status, r.run_id) for r in ns.cql.execute("SELECT image_id, status, run_id FROM images")}
+    """image_id -> (status, run_id) of every stored image. A read that times out is tried again (the
+    tests poll this while a worker writes, and Cassandra on 2 shared cores can pause past the
+    driver's 10 s default)."""
+    from cassandra import OperationTimedOut, ReadTimeout
+
+    for attempt in range(3):
+        try:
+            return {r.image_id: (r.status, r.run_id)
+                    for r in ns.cql.execute("SELECT image_id, status, run_id FROM images", timeout=30)}
+        except (OperationTimedOut, ReadTimeout):
+            if attempt == 2:
+                raise
+            time.sleep(1)
 
 
 def wait_stored(ns, ids, timeout: float, status: str | None = "complete") -> dict:
@@ -148,3 +159,52 @@ def report(name: str, **figures) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fh.write(json.dumps({"test": name, "at": time.time(), **figures}, default=str) + "\n")
+
+
+def trace(ns, image_ids, stages=("objects", "text", "faces", "scene", "embedding")) -> str:
+    """Where ``image_ids`` got to, for a failure message: each one's images.prepared records
+    (partition, offset, run) against the worker group's committed offset on that partition, and the
+    result records each stage published for it. Tells a lost input (committed past, no result) from a
+    lost result (published, not joined)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from .helpers import decode_single_object
+
+    wanted = set(image_ids)
+
+    def records(topic):
+        consumer = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": f"test-trace-{time.time()}",
+                             "enable.auto.commit": False})
+        try:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+            out, last = [], time.monotonic()
+            while time.monotonic() - last < 3:
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                last = time.monotonic()
+                key = (msg.key() or b"").decode()
+                if key in wanted:
+                    out.append((key, msg.partition(), msg.offset(), decode_single_object(msg.value())))
+            return out
+        finally:
+            consumer.close()
+
+    prepared_topic = ns.topic("images.prepared")
+    group = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": ns.env["LENSFLOW_APP_ID"],
+                      "enable.auto.commit": False})
+    try:
+        meta = group.list_topics(prepared_topic, timeout=10).topics[prepared_topic]
+        committed = {tp.partition: tp.offset for tp in
+                     group.committed([TopicPartition(prepared_topic, p) for p in meta.partitions], timeout=10)}
+    finally:
+        group.close()
+    lines = [f"committed offsets of {prepared_topic}: {committed}"]
+    prepared = records(prepared_topic)
+    results = {s: records(ns.topic(f"analysis.{s}")) for s in stages}
+    for image_id in sorted(wanted):
+        p = [(part, off, rec["run_id"][-8:]) for k, part, off, rec in prepared if k == image_id]
+        r = {s: [(rec["run_id"][-8:], rec["status"]) for k, _, _, rec in results[s] if k == image_id] for s in stages}
+        lines.append(f"{image_id}: prepared {p}; results {r}")
+    return "\n".join(lines)

@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import Namespace
 from .helpers import wait_for
-from .promise import EVERY_STAGE, analyzed_events, invalidated, log_has, photos, report, service_pid, stored, submit
+from .promise import EVERY_STAGE, analyzed_events, invalidated, log_has, photos, report, service_pid, stored, submit, trace
 
 pytestmark = pytest.mark.integration
 N = 150
@@ -60,9 +60,14 @@ def test_kill_9_at_random_points_with_every_stage_on(ns, models, tmp_path):
     finally:
         os.kill(pid, signal.SIGCONT)
     ns.start_worker()
-    rows = wait_for(lambda: (lambda r: r if set(r) >= set(submitted) and all(
-        r[i][0] == "complete" for i in submitted) else None)(stored(ns)), 600, interval=1,
-        message=f"all {N} images complete after {len(kills)} kills")
+    try:
+        wait_for(lambda: (lambda r: r if set(r) >= set(submitted) and all(
+            r[i][0] == "complete" for i in submitted) else None)(stored(ns)), 600, interval=1,
+            message=f"all {N} images complete after {len(kills)} kills")
+    except AssertionError as exc:
+        rows = stored(ns)
+        behind = [i for i in submitted if rows.get(i, ("",))[0] != "complete"]
+        raise AssertionError(f"{exc}; kills {kills}; not complete: {len(behind)}\n{trace(ns, behind)}") from None
     time.sleep(3)  # let redelivered duplicates, if any, land
     rows = stored(ns)
     events = analyzed_events(ns)
