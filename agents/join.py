@@ -106,7 +106,17 @@ class Join(Stage):
         return max(self.settings.batch_size * 4, 32)
 
     async def start(self) -> None:
-        pass
+        """Wait until the producer knows the table's changelog partitions. Faust picks a table key's
+        changelog partition (``use_partitioner``) through aiokafka's ``AIOKafkaProducer._partition``,
+        which reads the producer's metadata without waiting for it (``list(partitions_for_topic(...))``):
+        right after the worker created the changelog topic, the join's first table write raised
+        ``TypeError: 'NoneType' object is not iterable`` and the worker exited (once in ~20 chaos runs
+        on a fresh namespace). ``partitions_for`` is aiokafka's public call that waits for them."""
+        topic = self.table.changelog_topic.get_topic_name()
+        try:
+            await self.ctx.app.producer._ensure_producer().partitions_for(topic)
+        except Exception as exc:  # the first table write may then still fail: the worker exits un-acked
+            self.log.warning("changelog_metadata_unavailable", topic=topic, error=f"{type(exc).__name__}: {exc}")
 
     @property
     def store(self):
