@@ -57,37 +57,33 @@ def committable(acked: list[int], head: int | None) -> tuple[int | None, int]:
 class StrictOffsets:
     """Mixin for faust's consumer (see the module docstring): ``_new_offset`` never skips an offset."""
 
-    def _strict_state(self) -> tuple[dict, dict, dict]:
-        if not hasattr(self, "_lf_start"):
-            self._lf_start: dict[Any, int] = {}  # tp -> earliest offset at the last seek
-            self._lf_handed: dict[Any, int] = {}  # tp -> one past the last run handed out for commit
-            self._lf_stuck: dict[Any, tuple[int, float, float]] = {}  # tp -> (head, since, last logged)
-        return self._lf_start, self._lf_handed, self._lf_stuck
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lf_start: dict[Any, int] = {}  # tp -> earliest offset at the last seek
+        self._lf_handed: dict[Any, int] = {}  # tp -> one past the last run handed out for commit
+        self._lf_stuck: dict[Any, tuple[int, float, float]] = {}  # tp -> (head, since, last logged)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        start, handed, stuck = self._strict_state()
-        start.clear()
-        handed.clear()
-        stuck.clear()
+        for state in (self._lf_start, self._lf_handed, self._lf_stuck):
+            state.clear()
         tps = [tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)]
         if tps:
             try:
-                start.update({tp: off for tp, off in (await self.earliest_offsets(*tps)).items() if off is not None})
-            except Exception as exc:  # no earliest offsets: a partition without a committed offset falls back to faust's rule
+                earliest = await self.earliest_offsets(*tps)
+                self._lf_start.update({tp: off for tp, off in earliest.items() if off is not None})
+            except Exception as exc:  # without them, a partition with no committed offset falls back to faust's rule
                 log.warning("earliest_offsets_unavailable", error=f"{type(exc).__name__}: {exc}")
 
     async def on_partitions_revoked(self, revoked) -> None:
-        start, handed, stuck = self._strict_state()
         for tp in revoked:
-            start.pop(tp, None)
-            handed.pop(tp, None)
-            stuck.pop(tp, None)
+            for state in (self._lf_start, self._lf_handed, self._lf_stuck):
+                state.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     def _head(self, tp) -> int | None:
-        start, handed, _ = self._strict_state()
-        known = [x for x in (self._committed_offset.get(tp), start.get(tp), handed.get(tp)) if x is not None]
+        known = [x for x in (self._committed_offset.get(tp), self._lf_start.get(tp), self._lf_handed.get(tp))
+                 if x is not None]
         return max(known) if known else None
 
     def _new_offset(self, tp) -> int | None:
@@ -110,18 +106,17 @@ class StrictOffsets:
         if consumed:
             self._acked_index[tp].difference_update(acked[:consumed])
             del acked[:consumed]
-        _, handed, stuck = self._strict_state()
         if offset is None:
             if acked:
-                self._report_stuck(tp, head, stuck)
+                self._report_stuck(tp, head)
             return None
-        handed[tp] = offset
-        stuck.pop(tp, None)
+        self._lf_handed[tp] = offset
+        self._lf_stuck.pop(tp, None)
         return offset
 
-    def _report_stuck(self, tp, head: int, stuck: dict) -> None:
+    def _report_stuck(self, tp, head: int) -> None:
         now = time.monotonic()
-        was, since, logged = stuck.get(tp, (None, now, 0.0))
+        was, since, logged = self._lf_stuck.get(tp, (None, now, 0.0))
         if was != head:
             since, logged = now, 0.0
         if now - since >= STUCK_LOG_S and now - logged >= STUCK_LOG_S:
@@ -129,7 +124,7 @@ class StrictOffsets:
                         seconds=round(now - since), acknowledged_after=len(self._acked[tp]),
                         reason="commits of this partition wait for it; a restart redelivers from it")
             logged = now
-        stuck[tp] = (head, since, logged)
+        self._lf_stuck[tp] = (head, since, logged)
 
 
 def consumer_class(base: type) -> type:

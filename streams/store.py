@@ -50,6 +50,8 @@ IMAGE_COLUMNS = [
     "analysis_version", "uploaded_at", "last_analyzed", "nsfw_score", "place_city", "place_region", "place_country",
     "place_country_code", "title", "description", "keywords", "rating", "creator", "duplicate_of", "near_duplicates",
 ]
+
+
 def bind_values(row: dict, columns: list[str], first_write: bool) -> list:
     """The values of an INSERT of ``columns``. A null binds a tombstone (it must clear the value an
     earlier run stored), but on an image's first write there is nothing to clear: nulls are left

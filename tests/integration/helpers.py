@@ -34,8 +34,9 @@ def decode_single_object(data: bytes) -> dict:
     return fastavro.schemaless_reader(io.BytesIO(data[10:]), WRITERS[data[2:10]])
 
 
-def read_topic(topic: str, idle_s: float = 3.0, max_s: float = 60.0) -> list[tuple[bytes, dict]]:
-    """Every record on a topic from the beginning, until nothing new arrives for idle_s."""
+def topic_messages(topic: str, idle_s: float = 3.0, max_s: float = 60.0) -> list:
+    """Every message on a topic from the beginning (confluent-kafka ``Message``s: key, value,
+    partition, offset), until nothing new arrives for idle_s."""
     consumer = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": f"test-reader-{time.time()}",
                          "enable.auto.commit": False})
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
@@ -46,11 +47,16 @@ def read_topic(topic: str, idle_s: float = 3.0, max_s: float = 60.0) -> list[tup
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            out.append((msg.key(), decode_single_object(msg.value())))
+            out.append(msg)
             last = time.monotonic()
     finally:
         consumer.close()
     return out
+
+
+def read_topic(topic: str, idle_s: float = 3.0, max_s: float = 60.0) -> list[tuple[bytes, dict]]:
+    """Every record on a topic from the beginning, until nothing new arrives for idle_s."""
+    return [(msg.key(), decode_single_object(msg.value())) for msg in topic_messages(topic, idle_s, max_s)]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, message: str = "condition"):

@@ -168,28 +168,13 @@ def trace(ns, image_ids, stages=("objects", "text", "faces", "scene", "embedding
     lost result (published, not joined)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from .helpers import decode_single_object
+    from .helpers import decode_single_object, topic_messages
 
     wanted = set(image_ids)
 
     def records(topic):
-        consumer = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": f"test-trace-{time.time()}",
-                             "enable.auto.commit": False})
-        try:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-            out, last = [], time.monotonic()
-            while time.monotonic() - last < 3:
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                last = time.monotonic()
-                key = (msg.key() or b"").decode()
-                if key in wanted:
-                    out.append((key, msg.partition(), msg.offset(), decode_single_object(msg.value())))
-            return out
-        finally:
-            consumer.close()
+        return [(k, msg.partition(), msg.offset(), decode_single_object(msg.value()))
+                for msg in topic_messages(topic, max_s=120) if (k := (msg.key() or b"").decode()) in wanted]
 
     prepared_topic = ns.topic("images.prepared")
     group = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": ns.env["LENSFLOW_APP_ID"],

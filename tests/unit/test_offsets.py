@@ -29,7 +29,8 @@ class Fake(StrictOffsets):
         self._acked = defaultdict(list, {TP0: list(acked)})
         self._acked_index = defaultdict(set, {TP0: set(acked)})
         self._gap = defaultdict(IntervalTree)
-        self._strict_state()[0].update({} if start is None else {TP0: start})
+        self._lf_start = {} if start is None else {TP0: start}
+        self._lf_handed, self._lf_stuck = {}, {}
 
 
 def faust_rule(committed, acked):
