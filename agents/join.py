@@ -350,8 +350,14 @@ class Join(Stage):
             b = base64.b64decode(r["b64"])
             if raw.get(stage) != b:
                 raw[stage], changed = b, True
-        if not changed or PREPROCESS not in raw:
+        if PREPROCESS not in raw:
             return Finish(key, None, write=False, notify=False)
+        if not changed:
+            # the stored run has these results already: stored before a crash that came before their
+            # cache invalidation was delivered (or a duplicate result). Rewritten at the same version
+            # (idempotent) so that the invalidation goes out again: at least once, never lost
+            self.log.info("late_results_already_stored", image_id=image_id, version=stored.version)
+            return Finish(key, self.reassemble(raw, stored.version), notify=False)
         self.log.info("late_results_merged", image_id=image_id, stages=sorted({s for s, r in held if r["run_id"] == stored.run_id}),
                       version=stored.version + 1)
         return Finish(key, self.reassemble(raw, stored.version + 1), notify=False)
@@ -425,15 +431,26 @@ class Join(Stage):
                 raise r
 
     async def delivered(self, items: list[Item], outcomes: list[Outcome]) -> None:
-        """Every event of the batch is on the broker: record the notifications, then update the table."""
+        """Every event of the batch is on the broker: record the notifications, then update the table.
+
+        Safe to retry: the runner retries this step when it raises (a notified-run UPDATE timing out), so
+        the batch's state is let go only once the notifications are written. It used to be emptied before
+        them, and the retry then found nothing to do: the batch was acked with its results never written
+        to the table (images ended ``partial`` for stages that had succeeded) and its finished images kept
+        in the table, announced a second time later."""
         from lensflow.streams.app import use_event
 
-        p, self.pending = self.pending, {}
+        p = self.pending
         if not p:
             return
         notified = [f.completed for f in p["finishes"] if f.notify and f.completed is not None and f.write]
         if notified:
-            await asyncio.gather(*(self.store.cassandra.mark_notified(c.image_id, c.run_id) for c in notified))
+            results = await asyncio.gather(*(self.store.cassandra.mark_notified(c.image_id, c.run_id) for c in notified),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]  # every UPDATE has finished; a retry writes them all again (idempotent)
+        self.pending = {}
         finished = {f.key for f in p["finishes"]}
         for c in (f.completed for f in p["finishes"] if f.completed is not None and f.write):
             self.metrics.images_total.labels(STAGE, c.status).inc()

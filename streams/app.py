@@ -24,7 +24,9 @@ Choices, read from faust-streaming 0.15.3's source:
 from __future__ import annotations
 
 import importlib
+import re
 import weakref
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -131,15 +133,17 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
     if unknown:
         raise ValueError(f"cannot run stage(s) {unknown}; runnable: {list(RUNNABLE)}")
     batch = settings.batch_size
-    (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     problem = split_problem(stages, settings.qdrant_url)
     if problem:
         raise ValueError(problem)
+    group = consumer_group(settings.app_id, stages, settings.group)
+    datadir = faust_datadir(settings, group)
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
-        consumer_group(settings.app_id, stages, settings.group),
+        group,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         store="rocksdb://",
-        datadir=str(settings.data_path / "faust"),
+        datadir=str(datadir),
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -178,6 +182,17 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
         _open_stores(app, ctx)
     _web(app, ctx, stages)
     return app, ctx
+
+
+def faust_datadir(settings: Settings, group: str) -> "Path":
+    """Where a worker of consumer group ``group`` keeps its local state (Faust's tables in RocksDB, with
+    the changelog offsets they were restored to): ``DATA_DIR/faust/<group>``. One folder per group, so
+    any mix of stage groups can run on one machine in any order: with one folder for every group, a
+    join started as its own group after an all-in-one worker reopened that worker's RocksDB and Faust
+    stopped it with ``ConsistencyError`` (persisted offset 257 > highwater -1 of its own, empty changelog)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", group) or group in (".", ".."):
+        raise ValueError(f"consumer group {group!r} cannot name a folder (letters, digits, '.', '_', '-')")
+    return settings.data_path / "faust" / group
 
 
 def web_client_max_size(settings: Settings) -> int:

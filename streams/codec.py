@@ -143,6 +143,7 @@ class Codec:
         self._registry = registry
         self._ids: dict[tuple[str, str], int] = {}  # (subject, name) -> schema id
         self._writers: dict[int, tuple[str, Any]] = {}  # schema id -> (full name, parsed writer)
+        self._unknown: set[int] = set()  # schema ids the registry answered 404 for
 
     @property
     def registry(self):
@@ -202,9 +203,34 @@ class Codec:
         except Exception as exc:  # fastavro raises many types on corrupt input
             raise CodecError(f"corrupt {name} body: {exc}") from exc
 
+    def prefetch(self, values) -> None:
+        """Fetch the writer schemas of the Confluent-framed ``values`` not cached yet (call it off the event
+        loop: each unknown id is one registry request). Raises what ``_writer_for_id`` raises for a registry
+        that is down (transient); an id the registry does not know is remembered and left to ``decode``."""
+        ids = {struct.unpack(">I", v[1:5])[0] for v in values
+               if v is not None and len(v) >= 5 and v[0] == CONFLUENT_MAGIC}
+        for schema_id in ids - self._writers.keys() - self._unknown:
+            try:
+                self._writer_for_id(schema_id)
+            except CodecError:
+                pass  # poison: decode reports it per record
+
     def _writer_for_id(self, schema_id: int) -> tuple[str, Any]:
+        """The writer schema of a Confluent schema id. An id the registry answers 404 for is cached as
+        unknown (``CodecError``: the record is poison, and the registry is not asked again for it); a
+        registry that cannot be reached, answers 5xx/429 or refuses our credentials raises its own
+        exception (httpx's, or ``SchemaRegistryError``), which the error policy treats as an outage."""
+        if schema_id in self._unknown:
+            raise CodecError(f"schema id {schema_id} is not in the schema registry")
         if schema_id not in self._writers:
-            schema = json.loads(self.registry.get_schema(schema_id).schema_str)
+            try:
+                found = self.registry.get_schema(schema_id)
+            except Exception as exc:
+                if getattr(exc, "http_status_code", None) == 404:
+                    self._unknown.add(schema_id)
+                    raise CodecError(f"schema id {schema_id} is not in the schema registry") from None
+                raise
+            schema = json.loads(found.schema_str)
             name = fullname(schema["name"]) if "namespace" not in schema else f"{schema['namespace']}.{schema['name'].split('.')[-1]}"
             self._writers[schema_id] = (name, fastavro.parse_schema(schema, _write_hint=False))
         return self._writers[schema_id]

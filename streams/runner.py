@@ -13,8 +13,10 @@ A stage declares what it reads and three steps; the runner does the rest:
 The contract the runner owns:
 
 * **Decode** every record with lensflow's codec inside try/except: garbage bytes, an unknown schema
-  fingerprint or a key that does not match the record's image id is a *poison* record: it goes to
-  ``images.deadletter`` (code ``poison``) and the batch goes on.
+  fingerprint or id, or a key that does not match the record's image id is a *poison* record: it goes
+  to ``images.deadletter`` (code ``poison``) and the batch goes on. A schema registry that cannot be
+  reached (or refuses our credentials) is an outage, not poison: the batch is retried un-acked. The
+  registry is asked off the event loop, once per unknown schema id per batch.
 * **Process** the batch once. A *transient* fault escaping ``process`` (a store or the broker down)
   retries the whole batch under the ``RetryPolicy`` (capped exponential backoff with jitter, bounded
   by ``retry_deadline_s``; past it the worker waits un-acked and reports not ready, or exits 75).
@@ -24,7 +26,8 @@ The contract the runner owns:
   produced and its *delivery report awaited* before the batch body returns, because Faust's
   ``take()`` acks a batch as soon as its body returns (or raises), and commits acked offsets.
   Only then does ``delivered`` run (the join deletes its table state there). A failed delivery is
-  transient: the batch's outputs are produced again (consumers dedupe by image, run and stage).
+  transient: the outputs not yet acknowledged are produced again (only those: one failed record
+  does not repeat the batch's other events). ``delivered`` is retried too, so it must be idempotent.
 * **Stopping mid-batch.** When Faust cancels the agent (shutdown), ``take()`` would ack the batch
   in hand: the runner finishes the batch first (``STOP_GRACE_S``), and if it cannot, exits the
   process before the ack can be committed (the batch is redelivered to the next owner).
@@ -39,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from .errors import EXIT_BUG, ErrorCode, RetryPolicy, StageFailure, Verdict, classify, fatal
+from .errors import EXIT_BUG, ErrorCode, RetryPolicy, StageFailure, Verdict, classify, fatal, is_transient
 from .records import DeadLetter, now
 from .topology import DEADLETTER, TOPICS
 
@@ -180,13 +183,21 @@ class Runner:
         try:
             name, rec = self.ctx.codec.decode(msg.value or b"", expect=self.stage.expects)
         except Exception as exc:
+            if is_transient(exc):
+                raise  # the schema registry is down or refuses us: an outage, not a poison record
             raise StageFailure(ErrorCode.POISON, f"undecodable record: {type(exc).__name__}: {exc}") from None
         key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
         if "image_id" in rec and key != rec["image_id"]:
             raise StageFailure(ErrorCode.POISON, f"record key {key!r} does not match image_id {rec['image_id']!r}")
         return Item(event, name.rsplit(".", 1)[-1], rec)
 
-    async def run_batch(self, events: list) -> None:
+    async def _decode_all(self, events: list) -> tuple[list[Item], list[Output]]:
+        """The batch's records decoded, and a dead letter for each poison record. The writer schemas of
+        Confluent-framed records are fetched from the registry first, off the event loop; a registry
+        that is down raises (transient: the caller retries the batch, un-acked) instead of turning
+        every record whose schema id is not cached yet into poison."""
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.ctx.codec.prefetch, [e.message.value for e in events])
         items: list[Item] = []
         poison: list[Output] = []
         for event in events:
@@ -194,6 +205,11 @@ class Runner:
                 items.append(self.decode(event))
             except StageFailure as exc:
                 poison.append(self.dead_letter(event, classify(exc)))
+        return items, poison
+
+    async def run_batch(self, events: list) -> None:
+        items, poison = await self.policy.call(self._decode_all, events, what=f"{self.stage.name} decode",
+                                               on_wait=self._on_outage)
         outcomes = await self.policy.call(self._process, items, what=f"{self.stage.name} batch",
                                           on_wait=self._on_outage) if items else []
         outputs = poison + [o for oc in outcomes for o in oc.outputs]
@@ -201,6 +217,8 @@ class Runner:
             if oc.dead_letter is not None:
                 outputs.append(self.dead_letter(item.event, oc.dead_letter, oc.attempts, item, oc.first_failed_at, oc.inputs))
         if outputs:
+            # publish() drops what the broker acknowledged from ``outputs``: a retry sends only the rest, so
+            # one failed delivery does not repeat the batch's other events (images.analyzed among them)
             await self.policy.call(self.publish, outputs, what=f"{self.stage.name} delivery", on_wait=self._on_outage)
         if items:
             await self.policy.call(self.stage.delivered, items, outcomes, what=f"{self.stage.name} after delivery",
@@ -229,10 +247,20 @@ class Runner:
         self.log.error("outage" if waiting else "outage_over")
 
     async def publish(self, outputs: list[Output]) -> None:
-        """Produce every output and wait for the broker to acknowledge each one."""
-        futures = [await self.ctx.produce(o.topic, o.image_id, o.record_name, o.record) for o in outputs]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        """Produce every output and wait for the broker to acknowledge each one. Outputs the broker
+        acknowledged are removed from ``outputs`` (in place), so that when this raises, a retry with
+        the same list sends only the ones still undelivered."""
+        futures: list[Any] = []
+        for o in outputs:
+            try:  # encoding can fail alone (the registry down while a schema is registered): keep going
+                futures.append(await self.ctx.produce(o.topic, o.image_id, o.record_name, o.record))
+            except Exception as exc:
+                futures.append(exc)
+        results = await asyncio.gather(*(f for f in futures if not isinstance(f, BaseException)), return_exceptions=True)
+        it = iter(results)
+        results = [f if isinstance(f, BaseException) else next(it) for f in futures]
         errors = [r for r in results if isinstance(r, BaseException)]
+        outputs[:] = [o for o, r in zip(outputs, results) if isinstance(r, BaseException)]
         if errors:
             self.metrics.delivery_failures.labels(self.stage.name).inc(len(errors))
             raise errors[0]

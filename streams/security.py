@@ -86,8 +86,15 @@ def cassandra_options(settings) -> dict[str, Any]:
     return options
 
 
+#: Seconds one schema registry request may take. confluent-kafka's client passes ``timeout=None`` to
+#: httpx (no limit) unless told: a registry frozen mid-answer then held the decode thread for ever.
+REGISTRY_TIMEOUT_S = 10.0
+
+
 def registry_conf(settings) -> dict[str, Any]:
-    """Extra properties of the schema registry client (basic auth)."""
-    if not settings.schema_registry_username:
-        return {}
-    return {"basic.auth.user.info": f"{settings.schema_registry_username}:{_secret(settings.schema_registry_password) or ''}"}
+    """Extra properties of the schema registry client: a request timeout, one in-client retry (the
+    runner's error policy retries an unreachable registry under ``retry_deadline_s``), basic auth."""
+    conf: dict[str, Any] = {"timeout": REGISTRY_TIMEOUT_S, "max.retries": 1}
+    if settings.schema_registry_username:
+        conf["basic.auth.user.info"] = f"{settings.schema_registry_username}:{_secret(settings.schema_registry_password) or ''}"
+    return conf

@@ -61,9 +61,16 @@ def test_cassandra_auth_and_tls():
 def test_schema_registry_basic_auth():
     from lensflow.streams.codec import Codec
 
-    assert security.registry_conf(settings()) == {}
+    assert "basic.auth.user.info" not in security.registry_conf(settings())
     s = settings(schema_registry_url="mock://x", schema_registry_username="ru", schema_registry_password="rp")
-    assert Codec.for_settings(s).registry_conf == {"basic.auth.user.info": "ru:rp"}
+    assert Codec.for_settings(s).registry_conf["basic.auth.user.info"] == "ru:rp"
+
+
+def test_schema_registry_requests_have_a_timeout():
+    """confluent-kafka's client has no request timeout unless told (httpx timeout=None): a frozen
+    registry would hold the decode for ever instead of raising an outage the runner retries."""
+    conf = security.registry_conf(settings())
+    assert 0 < conf["timeout"] <= 30
 
 
 def test_keyspace_replication_strategy():
