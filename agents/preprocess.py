@@ -542,7 +542,7 @@ def _work(storage, source: str, limits: Limits, fetch_attempts: int, budget: Mem
         if outcome.derivative is None:
             outcome.fields["uri"] = source
         else:
-            outcome.fields["uri"] = storage.write(derivative_url(source), outcome.derivative)
+            outcome.fields["uri"] = storage.write(derivative_url(source, storage), outcome.derivative)
             outcome.derivative = None
     outcome.attempts = attempts
     outcome.work_ms = (time.perf_counter() - t0) * 1000

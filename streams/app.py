@@ -393,20 +393,57 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def api_refusal(settings: Settings, authorization: str | None) -> tuple[int, str] | None:
+def _host_name(host: str | None) -> str | None:
+    """The name in a Host header ("name", "name:port", "[v6]", "[v6]:port"); None when absent or malformed."""
+    host = (host or "").strip()
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return None
+        return name or None
+    name, colon, port = host.partition(":")
+    if colon and not port.isdigit():
+        return None
+    return name or None
+
+
+def _loopback_origin(origin: str) -> bool:
+    """Whether an Origin header names an http(s) page served from a loopback address ("null" does not)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip())
+        parts.port  # noqa: B018  (ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and is_loopback(parts.hostname)
+
+
+def api_refusal(settings: Settings, authorization: str | None, host: str | None = None,
+                origin: str | None = None) -> tuple[int, str] | None:
     """Who may use the worker's API (/search, /faces/*): None when the request may proceed, else the
     (HTTP status, one-line error) to answer. With ``settings.api_token`` set, the request must carry
     ``Authorization: Bearer <token>`` (compared in constant time), 401 otherwise. Without a token, the API
-    answers only on a loopback bind address (127.0.0.0/8, ::1, localhost), 403 otherwise. The token is
-    never part of a message."""
+    answers only on a loopback bind address (127.0.0.0/8, ::1, localhost), 403 otherwise, and only requests
+    whose ``host`` (the Host header) names a loopback address and whose ``origin`` (the Origin header), if
+    any, is a page served from one, 403 otherwise: a web page open on the same machine must not reach it,
+    neither under its own name resolved to 127.0.0.1 (DNS rebinding) nor by posting to 127.0.0.1. The token
+    is never part of a message."""
     import hmac
 
-    token = settings.api_token.get_secret_value() if settings.api_token is not None else ""
+    token = settings.api_token.get_secret_value().strip() if settings.api_token is not None else ""
     if not token:
-        if is_loopback(settings.web_host):
-            return None
-        return 403, (f"the worker's API is off: it listens on {settings.web_host} (not loopback) and has no "
-                     "token; set LENSFLOW_API_TOKEN on the worker and for the CLI")
+        if not is_loopback(settings.web_host):
+            return 403, (f"the worker's API is off: it listens on {settings.web_host} (not loopback) and has no "
+                         "token; set LENSFLOW_API_TOKEN on the worker and for the CLI")
+        name = _host_name(host)
+        if name is None or not is_loopback(name):
+            return 403, ("the worker's API (no LENSFLOW_API_TOKEN) answers only requests whose Host is a loopback "
+                         "address (127.0.0.1, [::1] or localhost)")
+        if origin is not None and not _loopback_origin(origin):
+            return 403, ("the worker's API (no LENSFLOW_API_TOKEN) refuses requests from web pages of another "
+                         "Origin; set LENSFLOW_API_TOKEN to serve other clients")
+        return None
     scheme, _, given = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return 401, "missing API token: send Authorization: Bearer <LENSFLOW_API_TOKEN>"
@@ -447,116 +484,294 @@ def open_checked(data: bytes, max_bytes: int, max_pixels: int):
     return img
 
 
+#: seconds an API request waits for the stores (a free store thread, then the call) before answering 503:
+#: the Cassandra driver's own request timeout (streams/store.py connect_cassandra)
+API_STORE_TIMEOUT_S = 10.0
+#: seconds an API request waits for the models (a free model thread, then a decode or an inference),
+#: loading a model the first time included, before answering 503
+API_MODEL_TIMEOUT_S = 60.0
+#: threads of the API's store calls: at most this many requests wait on a frozen store at once
+API_STORE_THREADS = 4
+#: threads of the API's decodes and inferences (each decode is admitted against the decode budget too)
+API_MODEL_THREADS = 1
+#: what a 503 of the API suggests (Retry-After, seconds)
+API_RETRY_AFTER_S = 5
+
+
+class Unavailable(Exception):
+    """The API gave up waiting for the stores or the models: answered 503 with this message."""
+
+
+class Offload:
+    """Runs the API's blocking calls (store queries, decodes, inference) off the event loop of the web
+    thread, which also answers /healthz and Faust's thread keepalive, on ``threads`` threads of its own.
+
+    At most ``threads`` calls run at once: a call first waits for a free thread, then for its result,
+    ``timeout_s()`` seconds in all (a callable, read at each call), else raises ``Unavailable`` naming
+    ``what``. A call given up on is not stopped (Python cannot stop a thread): it keeps its thread until
+    it returns, and only then is the thread free again, so a frozen store holds ``threads`` threads and
+    every later request answers 503 once its own deadline passes, never queueing without end."""
+
+    def __init__(self, name: str, threads: int, timeout_s, what: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self.what = what
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"api-{name}")
+        self._free = None  # asyncio.Semaphore of the web thread's loop, made there on first use
+
+    async def __call__(self, fn, *args):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.threads)
+        timeout = self.timeout_s()
+        deadline = loop.time() + timeout
+        try:
+            await asyncio.wait_for(self._free.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"{self.what} did not answer within {timeout:g} s (every thread of the API waits "
+                              "on earlier requests)") from None
+        try:
+            future = loop.run_in_executor(self.pool, fn, *args)
+        except BaseException:
+            self._free.release()
+            raise
+        future.add_done_callback(self._done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise Unavailable(f"{self.what} did not answer within {timeout:g} s") from None
+
+    def _done(self, future) -> None:
+        self._free.release()
+        if not future.cancelled():
+            future.exception()  # retrieved: a call given up on must not log "exception was never retrieved"
+
+
+def _store_of(exc: BaseException) -> str:
+    module = type(exc).__module__ or ""
+    if module.startswith("cassandra"):
+        return "Cassandra"
+    if module.startswith(("qdrant_client", "grpc", "httpx", "httpcore")):
+        return "Qdrant"
+    return "a store"
+
+
 def _store_views(app: faust.App, ctx: Context) -> None:
     """Search and the face gallery, served by the worker that owns the stores (Qdrant local mode
-    admits one process). Views run in Faust's web thread; store calls go to the stores' own threads.
+    admits one process). Views run in Faust's web thread, whose event loop also answers /healthz and
+    Faust's thread keepalive, so nothing there blocks: store calls run on the API's store threads,
+    decodes and inference on its model thread (``Offload``), each with a deadline. A store that does not
+    answer in time, or fails with an outage (``errors.is_transient``), is answered 503 with a JSON error
+    and ``Retry-After``; any other failure 500 with a JSON error (logged with its traceback).
 
-    Every view first passes ``denied`` (``api_refusal``: bearer token, or loopback only when no token)."""
+    Every view first passes ``denied`` (``api_refusal``: bearer token, or loopback Host and Origin when no
+    token; and a POST body must be sent as ``application/json``, which a web page cannot do without a
+    CORS preflight the worker never answers)."""
     import base64
+    import threading
 
     from aiohttp.web import HTTPRequestEntityTooLarge
     from faust.web import Request, Response, View
 
+    from .errors import StageFailure, is_transient
+    from .records import check_user_id
     from .search import Query, SearchError, SearchService
 
     service = SearchService(ctx.stores, ctx.settings)
+    stores = Offload("stores", API_STORE_THREADS, lambda: API_STORE_TIMEOUT_S, "Cassandra or Qdrant")
+    models = Offload("models", API_MODEL_THREADS, lambda: API_MODEL_TIMEOUT_S, "the models")
     face_model: dict[str, Any] = {}
+    model_lock = threading.Lock()
     if ctx.settings.api_token is None or not ctx.settings.api_token.get_secret_value():
         if not is_loopback(ctx.settings.web_host):
             log.warning("api_off", web_host=ctx.settings.web_host,
                         reason="LENSFLOW_API_TOKEN is not set and the worker does not listen on loopback: "
                                "/search and /faces/* answer 403 until it is set")
 
-    def denied(view: View, request: Request) -> Response | None:
+    def denied(view: View, request: Request, json_body: bool = False) -> Response | None:
         """The one access check of the API views: None when ``request`` may proceed, else the answer."""
-        refusal = api_refusal(ctx.settings, request.headers.get("Authorization"))
-        if refusal is None:
-            return None
-        status, message = refusal
-        return view.json({"error": message}, status=status,
-                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        refusal = api_refusal(ctx.settings, request.headers.get("Authorization"), host=request.headers.get("Host"),
+                              origin=request.headers.get("Origin"))
+        if refusal is not None:
+            status, message = refusal
+            return view.json({"error": message}, status=status,
+                             headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        if json_body and request.content_type != "application/json":
+            return view.json({"error": "send the body as JSON, with Content-Type: application/json"}, status=415)
+        if not ctx.stores.ready.is_set():
+            return unavailable(view, "stores are not open yet")
+        return None
 
-    def not_ready() -> str | None:
-        return None if ctx.stores.ready.is_set() else "stores are not open yet"
+    def unavailable(view: View, message: str) -> Response:
+        return view.json({"error": message}, status=503, headers={"Retry-After": str(API_RETRY_AFTER_S)})
+
+    async def answer(view: View, request: Request, work) -> Response:
+        """``await work()``, or the JSON error it came to: 400 for a bad query, the status of a refused
+        image, 503 when the stores or the models are down or busy, 500 for anything else."""
+        try:
+            return await work()
+        except SearchError as exc:
+            return view.json({"error": str(exc)}, status=400)
+        except ImageRejected as exc:
+            return view.json({"error": str(exc)}, status=exc.status)
+        except Unavailable as exc:
+            log.warning("api_unavailable", path=request.path, reason=str(exc))
+            return unavailable(view, str(exc))
+        except Exception as exc:
+            if is_transient(exc):
+                reason = (str(exc).strip().splitlines() or [""])[0][:200]
+                log.warning("api_unavailable", path=request.path, error=repr(exc)[:500])
+                return unavailable(view, f"{_store_of(exc)} is unavailable ({type(exc).__name__}: {reason})")
+            log.exception("api_failed", path=request.path, error=repr(exc)[:500])
+            return view.json({"error": f"internal error ({type(exc).__name__}); see the worker's log"}, status=500)
+
+    async def json_object(view: View, request: Request) -> tuple[dict | None, Response | None]:
+        """The request's JSON object body, or the 4xx answer (413 too large, 400 not a JSON object)."""
+        try:
+            body = await request.json()
+        except HTTPRequestEntityTooLarge:  # over web_client_max_size (aiohttp's client_max_size)
+            return None, view.json({"error": f"request body over the worker's limit of {request.client_max_size / 1e6:.1f} MB: "
+                                             "send fewer photos per request (each at most LENSFLOW_MAX_BYTES)"}, status=413)
+        except ValueError:
+            return None, view.json({"error": "the request body is not JSON"}, status=400)
+        if not isinstance(body, dict):
+            return None, view.json({"error": "the request body is not a JSON object"}, status=400)
+        return body, None
+
+    def bad_user(view: View, user: str) -> Response | None:
+        try:
+            check_user_id(user)
+        except StageFailure as exc:
+            return view.json({"error": f"user: {exc.message}"}, status=400)
+        return None
 
     @app.page("/search")
     class Search(View):
         async def get(self, request: Request) -> Response:
             if (refused := denied(self, request)) is not None:
                 return refused
-            if not_ready():
-                return self.json({"error": not_ready()}, status=503)
-            try:
+
+            async def work() -> Response:
                 q = Query.parse(dict(request.query))
-                return self.json({"results": service.search(q)})
-            except SearchError as exc:
-                return self.json({"error": str(exc)}, status=400)
+                vector = await models(service.embed, q.text) if q.text else None
+                return self.json({"results": await stores(service.search, q, vector)})
 
-    def faces_in(data: bytes) -> list[dict]:
-        """The faces found in one uploaded image; ImageRejected (size, pixels) before it is decoded."""
-        from PIL import ImageOps
+            return await answer(self, request, work)
 
+    def loaded_face_model():
+        """(model thread) The faces stage's model (LENSFLOW_FACES_MODEL): enrolments and the stage share one
+        encoding space."""
         from lensflow.agents.faces import face_model as make_face_model
 
         from .models import ModelCache
 
-        img = open_checked(data, ctx.settings.max_bytes, ctx.settings.max_pixels)  # header only so far
-        if "model" not in face_model:  # the faces stage's model (LENSFLOW_FACES_MODEL): one encoding space
-            face_model["model"] = make_face_model(ctx.settings, ModelCache(ctx.settings.models_path)).load()
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        return face_model["model"].predict([img])[0]
+        with model_lock:
+            if "model" not in face_model:
+                face_model["model"] = make_face_model(ctx.settings, ModelCache(ctx.settings.models_path)).load()
+            return face_model["model"]
+
+    def faces_in(b64: str, number: int) -> list[dict]:
+        """(model thread) The faces found in one uploaded image (base64). Its header is checked first
+        (ImageRejected: bytes, pixels); then it is normalised as an upload is (``prepare``: oriented, RGB,
+        long side at most LENSFLOW_MAX_SIDE) under the worker's decode budget and decode timeout, and the
+        model runs on that derivative, as the faces stage does, its decode admitted against the budget too."""
+        import io
+
+        from PIL import Image
+
+        from lensflow.agents.preprocess import Limits, decode_cost, prepare
+
+        from .budget import decode_budget
+
+        try:
+            data = base64.b64decode(b64)
+        except (ValueError, TypeError):  # binascii.Error is a ValueError
+            raise ImageRejected(400, f"image {number} is not base64") from None
+        try:
+            open_checked(data, ctx.settings.max_bytes, ctx.settings.max_pixels).close()  # header only
+            budget = decode_budget(ctx)
+            outcome = prepare(data, Limits.from_settings(ctx.settings), budget)
+            if outcome.error is not None:
+                code = str(outcome.error.code)
+                if code == "decode_timeout":
+                    raise Unavailable(f"image {number}: {outcome.error.message}")
+                raise ImageRejected(413 if code in ("too_large", "over_memory_budget") else 400, outcome.error.message)
+            img = Image.open(io.BytesIO(outcome.derivative if outcome.derivative is not None else data))
+            model = loaded_face_model()
+            with budget.reserve(decode_cost(img, "JPEG", img.size, reuse=True), what="enrolment photo"):
+                return model.predict([img.convert("RGB")])[0]
+        except ImageRejected as exc:
+            raise ImageRejected(exc.status, f"image {number}: {exc}") from None
+        except StageFailure as exc:  # the budget: over_memory_budget
+            raise ImageRejected(413, f"image {number}: {exc.message}") from None
+
+    def enroll(user: str, name: str, encodings: list, model_name: str) -> list[str]:
+        """(store thread) Enrol each encoding as a reference face of ``name``."""
+        from lensflow.agents.faces import FaceGallery
+
+        return [ctx.stores.qdrant.run(lambda c, e=e: FaceGallery(c, model=model_name).enroll(user, name, e))
+                for e in encodings]
+
+    def rename(user: str, person: str, name: str) -> int:
+        """(store thread) Name a clustered person; the number of faces renamed."""
+        from lensflow.agents.faces import FaceGallery
+
+        return ctx.stores.qdrant.run(lambda c: FaceGallery(c).rename(user, person, name))
+
+    def area(face: dict) -> float:
+        box = face["box"]
+        return (box["x2"] - box["x1"]) * (box["y2"] - box["y1"])
 
     @app.page("/faces/enroll")
     class Enroll(View):
         async def post(self, request: Request) -> Response:
-            from lensflow.agents.faces import FaceGallery
-
-            if (refused := denied(self, request)) is not None:
+            if (refused := denied(self, request, json_body=True)) is not None:
                 return refused
-            if not_ready():
-                return self.json({"error": not_ready()}, status=503)
-            try:
-                body = await request.json()
-            except HTTPRequestEntityTooLarge:  # over web_client_max_size (aiohttp's client_max_size)
-                return self.json({"error": f"request body over the worker's limit of {request.client_max_size / 1e6:.1f} MB: "
-                                           "send fewer photos per request (each at most LENSFLOW_MAX_BYTES)"}, status=413)
-            except ValueError:
-                return self.json({"error": "the request body is not JSON"}, status=400)
-            user, name = body.get("user"), body.get("name")
-            if not user or not name or not body.get("images"):
-                return self.json({"error": "user, name and images are required"}, status=400)
-            largest_faces = []  # every image is checked before anything is enrolled
-            for i, b64 in enumerate(body["images"]):
-                try:
-                    data = base64.b64decode(b64)
-                except (ValueError, TypeError):  # binascii.Error is a ValueError
-                    return self.json({"error": f"image {i + 1} is not base64"}, status=400)
-                try:
-                    faces = faces_in(data)
-                except ImageRejected as exc:
-                    return self.json({"error": f"image {i + 1}: {exc}"}, status=exc.status)
-                if not faces:
-                    return self.json({"error": f"no face found in image {i + 1}"}, status=400)
-                largest_faces.append(max(faces, key=lambda f: (f["box"]["x2"] - f["box"]["x1"]) * (f["box"]["y2"] - f["box"]["y1"])))
-            model_name = face_model["model"].name
-            enrolled = [ctx.stores.qdrant.run(lambda c, f=f: FaceGallery(c, model=model_name).enroll(user, name, f["encoding"]))
-                        for f in largest_faces]
-            return self.json({"person_id": enrolled[0], "faces": len(enrolled)})
+            body, refused = await json_object(self, request)
+            if refused is not None:
+                return refused
+            user, name, images = body.get("user"), body.get("name"), body.get("images")
+            if not (isinstance(user, str) and isinstance(name, str) and name.strip() and isinstance(images, list)
+                    and images and all(isinstance(i, str) for i in images)):
+                return self.json({"error": "user, name and images (a list of base64 strings) are required"}, status=400)
+            if (refused := bad_user(self, user)) is not None:
+                return refused
+
+            async def work() -> Response:
+                largest = []  # every image is checked before anything is enrolled
+                for i, b64 in enumerate(images, start=1):
+                    faces = await models(faces_in, b64, i)
+                    if not faces:
+                        return self.json({"error": f"no face found in image {i}"}, status=400)
+                    largest.append(max(faces, key=area))
+                model_name = face_model["model"].name
+                enrolled = await stores(enroll, user, name, [f["encoding"] for f in largest], model_name)
+                return self.json({"person_id": enrolled[0], "faces": len(enrolled)})
+
+            return await answer(self, request, work)
 
     @app.page("/faces/name")
     class Name(View):
         async def post(self, request: Request) -> Response:
-            from lensflow.agents.faces import FaceGallery
-
-            if (refused := denied(self, request)) is not None:
+            if (refused := denied(self, request, json_body=True)) is not None:
                 return refused
-            if not_ready():
-                return self.json({"error": not_ready()}, status=503)
-            body = await request.json()
+            body, refused = await json_object(self, request)
+            if refused is not None:
+                return refused
             user, person, name = body.get("user"), body.get("person_id"), body.get("name")
-            if not user or not person or not name:
-                return self.json({"error": "user, person_id and name are required"}, status=400)
-            changed = ctx.stores.qdrant.run(lambda c: FaceGallery(c).rename(user, person, name))
-            if not changed:
-                return self.json({"error": f"person {person} not found for user {user}"}, status=404)
-            return self.json({"person_id": person, "name": name, "faces": changed})
+            if not all(isinstance(v, str) and v.strip() for v in (user, person, name)):
+                return self.json({"error": "user, person_id and name (strings) are required"}, status=400)
+            if (refused := bad_user(self, user)) is not None:
+                return refused
+
+            async def work() -> Response:
+                changed = await stores(rename, user, person, name)
+                if not changed:
+                    return self.json({"error": f"person {person} not found for user {user}"}, status=404)
+                return self.json({"person_id": person, "name": name, "faces": changed})
+
+            return await answer(self, request, work)

@@ -385,6 +385,11 @@ def run_worker(s: Settings, stages: list[str] | None) -> None:
 # submit
 # ----------------------------------------------------------------------------------------------
 
+#: the extensions a stored original keeps (the worker sniffs the format from the bytes; a file's name is
+#: the user's text and never part of the stored name otherwise)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".avif"})
+
+
 def _uploads(s: Settings, user: str, items: list[str]) -> list[dict]:
     from rich.markup import escape
 
@@ -408,7 +413,11 @@ def _uploads(s: Settings, user: str, items: list[str]) -> list[dict]:
             raise CliError(f"{item}: no such file")
         data = path.read_bytes()
         image_id = image_id_for(user, hashlib.sha256(data).hexdigest())
-        uri = storage.write(f"{s.storage}/uploads/{user}/{image_id}{path.suffix.lower()}", data)
+        suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_EXTENSIONS else ""
+        try:  # the same ownership check the worker makes: the stored copy lies in the user's own area
+            uri = storage.write(storage.check_owned(f"{s.storage}/uploads/{user}/{image_id}{suffix}", user, per_user=True), data)
+        except StageFailure as exc:
+            raise CliError(escape(exc.message)) from None
         uploads.append({"image_id": image_id, "uri": uri, "name": str(path), "size": len(data)})
     return uploads
 
@@ -774,18 +783,26 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     out.print(table)
 
 
+#: seconds the CLI waits for the worker's API to answer
+WORKER_CALL_TIMEOUT_S = 120.0
+
+
 def _worker_call(s: Settings, method: str, path: str, **kwargs) -> dict:
-    """A request to the worker that owns the stores (Qdrant local mode admits one process)."""
+    """A request to the worker that owns the stores (Qdrant local mode admits one process). Every failure
+    is a one-line CliError: 503 (a store or the models busy or down) says to try again."""
     import httpx
 
     from rich.markup import escape
 
-    url = f"http://{s.web_host}:{s.web_port}{path}"
+    host = f"[{s.web_host}]" if ":" in s.web_host and not s.web_host.startswith("[") else s.web_host
+    url = f"http://{host}:{s.web_port}{path}"
     token = s.api_token.get_secret_value() if s.api_token is not None else ""
     if token:  # the worker's API requires it when it has one (never printed)
         kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Bearer {token}"}
     try:
-        resp = httpx.request(method, url, timeout=120, **kwargs)
+        resp = httpx.request(method, url, timeout=WORKER_CALL_TIMEOUT_S, **kwargs)
+    except httpx.TimeoutException:
+        raise CliError(f"the worker at {url} did not answer within {WORKER_CALL_TIMEOUT_S:.0f} s: see the worker's log") from None
     except httpx.HTTPError:
         raise CliError(f"no worker answers at {url}: start one (`lensflow worker --background`)") from None
     if resp.status_code == 401:
@@ -801,9 +818,17 @@ def _worker_call(s: Settings, method: str, path: str, **kwargs) -> dict:
     try:
         body = resp.json()
     except ValueError:
-        raise CliError(f"worker answered {resp.status_code} without JSON at {url}") from None
+        body = None
+    if not isinstance(body, dict):
+        raise CliError(f"the worker at {url} answered HTTP {resp.status_code} without a JSON object: see the worker's log")
+    error = str(body.get("error") or "").strip()
+    error = error.splitlines()[0] if error else ""
+    if resp.status_code == 503:
+        retry = resp.headers.get("Retry-After", "")
+        raise CliError(escape(f"the worker cannot answer now: {error or 'HTTP 503'} "
+                              f"(try again{f' in {retry} s' if retry.isdigit() else ' later'})"))
     if resp.status_code >= 400:
-        raise CliError(body.get("error") or f"worker answered {resp.status_code}")
+        raise CliError(escape(error) if error else f"the worker at {url} answered HTTP {resp.status_code}")
     return body
 
 

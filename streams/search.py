@@ -3,7 +3,9 @@ filters. Never returns another user's images: every query is filtered by ``user_
 
 Served by the worker that owns the stores (``GET /search``, ``POST /faces/enroll``, ``POST
 /faces/name``): qdrant-client's local mode locks its folder to one process, so the CLI goes
-through that worker; with a Qdrant server it is the same code path.
+through that worker; with a Qdrant server it is the same code path. ``SearchService`` is
+synchronous: the web views run the query's embedding (``embed``) on their model thread and the
+store calls (``search``) on their store threads, never on an event loop (``streams/app.py``).
 
 * ``text``: two rankings fused by reciprocal rank (RRF, k = 60): all-MiniLM-L6-v2 of the query
   against the ``semantic`` named vector (caption, tags, place, OCR text and people, written by the
@@ -38,6 +40,10 @@ class SearchError(ValueError):
     """A bad query: one clear line for the user."""
 
 
+#: the parameters of a query (anything else is refused: a misspelt filter would be dropped silently)
+PARAMETERS = ("user", "text", "like", "tag", "person", "taken_after", "near", "limit", "safe")
+
+
 @dataclass
 class Query:
     user: str
@@ -52,9 +58,20 @@ class Query:
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> "Query":
+        from .errors import StageFailure
+        from .records import check_user_id
+
+        unknown = sorted(k for k in params if k not in PARAMETERS)
+        if unknown:
+            raise SearchError(f"unknown parameter(s) {', '.join(repr(k)[:40] for k in unknown[:5])}; "
+                              f"known: {', '.join(PARAMETERS)}")
         user = (params.get("user") or "").strip()
         if not user:
             raise SearchError("a user is required")
+        try:
+            check_user_id(user)
+        except StageFailure as exc:
+            raise SearchError(f"user: {exc.message}") from None
         modes = [k for k in ("text", "like", "tag", "person") if params.get(k)]
         if len(modes) != 1:
             raise SearchError("give exactly one of text, like, tag, person")
@@ -72,8 +89,8 @@ class Query:
                 lat, lon, km = (float(x) for x in params["near"].split(","))
             except ValueError:
                 raise SearchError("near: expected LAT,LON,KM") from None
-            if not (-90 <= lat <= 90 and -180 <= lon <= 180 and km > 0):
-                raise SearchError("near: latitude -90..90, longitude -180..180, radius > 0 km")
+            if not (all(map(math.isfinite, (lat, lon, km))) and -90 <= lat <= 90 and -180 <= lon <= 180 and km > 0):
+                raise SearchError("near: latitude -90..90, longitude -180..180, radius > 0 km (finite numbers)")
             near = (lat, lon, km)
         try:
             limit = int(params.get("limit") or 10)
@@ -131,7 +148,8 @@ class SearchService:
         self._lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _embed(self, text: str) -> list[float]:
+    def embed(self, text: str) -> list[float]:
+        """The query's sentence embedding (loads the model on first use): a model call, no store."""
         with self._lock:
             if self._embedder is None:
                 if self._embedder_factory is None:
@@ -164,10 +182,13 @@ class SearchService:
         return [{"image_id": h.payload["image_id"], "score": round(float(h.score), 4), "taken_at": h.payload.get("taken_at"),
                  "tags": h.payload.get("tags", [])} for h in hits]
 
-    def _text_search(self, q: Query) -> list[dict]:
-        """Semantic and keyword rankings of a text query, fused by reciprocal rank."""
+    def _text_search(self, q: Query, vector: list[float] | None = None) -> list[dict]:
+        """Semantic and keyword rankings of a text query, fused by reciprocal rank (``vector``: the query's
+        embedding when already made)."""
         pool = max(q.limit * 3, 30)
-        semantic = self._vector_search("semantic", self._embed(q.text), dataclasses.replace(q, limit=pool))
+        if vector is None:
+            vector = self.embed(q.text)
+        semantic = self._vector_search("semantic", vector, dataclasses.replace(q, limit=pool))
         words = query_words(q.text)
         keyword: list[dict] = []
         if words:
@@ -182,9 +203,10 @@ class SearchService:
         return fuse(semantic, keyword, q.limit)
 
     # -- queries ---------------------------------------------------------------------------------
-    def search(self, q: Query) -> list[dict]:
+    def search(self, q: Query, text_vector: list[float] | None = None) -> list[dict]:
+        """The hits of ``q`` (``text_vector``: a text query's embedding, from ``embed``; made here if None)."""
         if q.text:
-            hits = self._text_search(q)
+            hits = self._text_search(q, text_vector)
         elif q.like:
             found = self.stores.qdrant.image_vector(q.like, "visual")
             if found is None or found[0].get("user_id") != q.user:

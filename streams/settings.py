@@ -154,6 +154,13 @@ class Settings(BaseSettings):
     def _upper(cls, v: list[str]) -> list[str]:
         return [x.upper() for x in v]
 
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        """Without surrounding whitespace (a token file's trailing newline is not part of it); blank is unset."""
+        token = v.get_secret_value().strip() if v is not None else ""
+        return SecretStr(token) if token else None
+
     # derived values -----------------------------------------------------------------------------
     @property
     def data_path(self) -> Path:

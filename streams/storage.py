@@ -6,11 +6,18 @@ after normalisation (``..`` segments, and for ``file://`` symlinks too), so an u
 make a worker read ``/etc/passwd``. With ``per_user`` (the default) an upload's URL must moreover lie
 in its user's own area, ``<root>/uploads/<user_id>/`` (``check_owned``).
 
+A checked URL is canonical: checking it again gives the same URL and the same path (``%``, ``?``,
+``#`` and line breaks in a path are percent-encoded in it), and reads and writes open the path that
+was checked, never the URL decoded once more (``%252e%252e`` must stay a folder named ``%2e%2e``,
+not become ``..``).
+
 ``http(s)://`` URLs keep their query string (presigned URLs), and are read with httpx, following at
-most ``MAX_REDIRECTS`` redirects by hand: each target must lie under a root too, and must not resolve
-to a loopback, link-local, private or otherwise non-public address unless ``allow_private_redirects``
-(an open redirect must not reach internal services). The first URL is not checked that way: it is
-under a configured root, which the operator chose.
+most ``MAX_REDIRECTS`` redirects by hand: each target must lie under a root too, in the same user's
+area as the URL read (``check_owned``, hop by hop, when that URL lies in a user's area), and must not
+resolve to a loopback, link-local, private or otherwise non-public address unless
+``allow_private_redirects`` (an open redirect must not reach internal services). The first URL is not
+checked that way: it is under a configured root, which the operator chose. http(s) URLs are never
+written: the derivative of an http(s) original goes under the storage's ``home`` (``derivative_url``).
 
 ``file://`` writes go to a temp file created with O_CREAT|O_EXCL|O_NOFOLLOW under a random name in the
 target folder, then renamed over the target; folders are walked from the root with O_NOFOLLOW, so a
@@ -21,6 +28,7 @@ followed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import os
 import posixpath
@@ -59,8 +67,20 @@ def _normalise(url: str) -> tuple[str, str]:
     return protocol, path
 
 
+#: characters of a normalised path that a URL would not give back as they are: ``%`` (decoded again),
+#: ``?`` and ``#`` (a query, a fragment), tab and line breaks (dropped by urlsplit)
+_ESCAPES = {"%": "%25", "?": "%3F", "#": "%23", "\t": "%09", "\n": "%0A", "\r": "%0D"}
+
+
 def to_url(protocol: str, path: str) -> str:
+    """The canonical URL of a normalised (decoded) path: ``_normalise`` gives the same path back."""
+    path = "".join(_ESCAPES.get(c, c) for c in path)
     return f"file://{path}" if protocol == "file" else f"{protocol}://{path.lstrip('/')}"
+
+
+def _target(protocol: str, path: str) -> str:
+    """What fsspec opens for a normalised path (fsspec does not decode a URL's path)."""
+    return path if protocol == "file" else f"{protocol}://{path.lstrip('/')}"
 
 
 def _shown(url: str) -> str:
@@ -123,12 +143,24 @@ def _non_public(host: str, port: int) -> str | None:
 
 
 class Storage:
-    def __init__(self, roots: list[str], *, allow_private_redirects: bool = False, per_user: bool = True):
+    """Reads and writes fenced to ``roots``. ``home``: the root under which the derivatives of http(s)
+    originals are written (http(s) is read-only); default: the first root that is not http(s), which is
+    ``LENSFLOW_STORAGE_URL`` unless ``LENSFLOW_STORAGE_ROOTS`` lists another one before it."""
+
+    def __init__(self, roots: list[str], *, allow_private_redirects: bool = False, per_user: bool = True,
+                 home: str | None = None):
         if not roots:
             raise ValueError("at least one storage root is required")
         self.roots = [_normalise(r) for r in roots]
         self.allow_private_redirects = allow_private_redirects
         self.per_user = per_user
+        if home is None:
+            home = next((to_url(p, path) for p, path in self.roots if p not in _HTTP), None)
+        elif _normalise(home)[0] in _HTTP:
+            raise ValueError(f"the storage home {_shown(home)} is http(s), which cannot be written")
+        else:
+            home = to_url(*_normalise(home))
+        self.home = home.rstrip("/") if home else None
         self._http = None
         self._http_lock = threading.Lock()
 
@@ -159,13 +191,42 @@ class Storage:
                                    f"{_shown(url)} is not in the storage area of user {user_id} (uploads/{user_id}/ of a storage root)")
         return parsed.url
 
+    def _owner(self, parsed: _Parsed, roots: list[str]) -> str | None:
+        """The user whose area ``<root>/uploads/<user>/`` every reading of the URL lies in (None without
+        ``per_user``, or outside every area): its redirects must stay there."""
+        if not self.per_user:
+            return None
+        for root in roots:
+            prefix = f"{root.rstrip('/')}/uploads/"
+            if parsed.paths[0].startswith(prefix):
+                user = parsed.paths[0][len(prefix):].split("/", 1)[0]
+                if user and all(p.startswith(f"{prefix}{user}/") for p in parsed.paths):
+                    return user
+        return None
+
+    def http_derivative(self, original: str) -> str:
+        """Where the derivative of the http(s) ``original`` is written: under ``home``, in the area of the
+        original's user (``<home>/uploads/<user>/derived/``, ``<home>/derived/`` outside any area), named
+        by the SHA-256 of the original's URL without its query string (a presigned URL's signature
+        changes, the object does not; a name taken from the URL could carry anything)."""
+        parsed, roots = self._match(original)
+        if self.home is None:
+            raise StageFailure(ErrorCode.OUTSIDE_ROOTS,
+                               f"nowhere to write the derivative of {_shown(original)}: http(s) storage cannot be "
+                               "written and no other storage root is configured (add LENSFLOW_STORAGE_URL to "
+                               "LENSFLOW_STORAGE_ROOTS)")
+        digest = hashlib.sha256(parsed.url.split("?", 1)[0].encode()).hexdigest()[:32]
+        owner = self._owner(parsed, roots)
+        return f"{self.home}/{f'uploads/{owner}/derived' if owner else 'derived'}/{digest}.prepared.jpg"
+
     # reads -----------------------------------------------------------------------------------------
     def read(self, url: str, max_bytes: int) -> bytes:
-        url = self.check(url)
-        if urlsplit(url).scheme in _HTTP:
-            return self._read_http(url, max_bytes)
+        parsed, roots = self._match(url)
+        url = parsed.url
+        if parsed.protocol in _HTTP:
+            return self._read_http(url, max_bytes, self._owner(parsed, roots))
         try:
-            with fsspec.open(url, "rb") as fh:
+            with fsspec.open(_target(parsed.protocol, parsed.paths[0]), "rb") as fh:
                 data = fh.read(max_bytes + 1)
         except FileNotFoundError:
             raise StageFailure(ErrorCode.NOT_FOUND, f"{_shown(url)} does not exist") from None
@@ -186,13 +247,15 @@ class Storage:
                                           headers={"Accept-Encoding": "identity"})
             return self._http
 
-    def _redirect(self, current: str, location: str) -> str:
-        """The checked URL a redirect from ``current`` to ``location`` leads to."""
+    def _redirect(self, current: str, location: str, owner: str | None = None) -> str:
+        """The checked URL a redirect from ``current`` to ``location`` leads to: under a root, and in
+        ``owner``'s area when the first URL was in it (``check_owned``: wrong_owner otherwise)."""
         target = urljoin(current, location)
         parts = urlsplit(target)
         if parts.scheme.lower() not in _HTTP:
             raise StageFailure(ErrorCode.FORBIDDEN, f"{_shown(current)} redirects to a non-http(s) URL: {_shown(target)}")
-        checked = self.check(target)  # outside_roots unless the target is under a root too
+        # outside_roots unless the target is under a root too; wrong_owner unless in the same user's area
+        checked = self.check_owned(target, owner, per_user=True) if owner else self.check(target)
         if not self.allow_private_redirects:
             parts = urlsplit(checked)
             host = parts.hostname or ""
@@ -203,9 +266,10 @@ class Storage:
                                    "private or reserved address (storage_allow_private_redirects is off)")
         return checked
 
-    def _read_http(self, url: str, max_bytes: int) -> bytes:
-        """GET ``url`` (already checked), following redirects by hand; 5xx, 408, 429 are transient (retryable
-        StageFailure); timeouts and connection errors raise httpx's exception (transient too)."""
+    def _read_http(self, url: str, max_bytes: int, owner: str | None = None) -> bytes:
+        """GET ``url`` (already checked), following redirects by hand, each into ``owner``'s area when
+        given; 5xx, 408, 429 are transient (retryable StageFailure); timeouts and connection errors raise
+        httpx's exception (transient too)."""
         import httpx
 
         client = self._client()
@@ -216,7 +280,7 @@ class Storage:
                     if resp.is_redirect:
                         if hop == MAX_REDIRECTS:
                             raise StageFailure(ErrorCode.BAD_URI, f"{_shown(url)}: more than {MAX_REDIRECTS} redirects")
-                        current = self._redirect(current, resp.headers["location"])
+                        current = self._redirect(current, resp.headers["location"], owner)
                         continue
                     status = resp.status_code
                     if status in (404, 410):
@@ -242,12 +306,15 @@ class Storage:
 
     # writes ----------------------------------------------------------------------------------------
     def write(self, url: str, data: bytes) -> str:
-        """Write atomically where the filesystem allows (file://: unique temp file + rename)."""
+        """Write atomically where the filesystem allows (file://: unique temp file + rename); http(s) URLs
+        are refused (``bad_uri``): see ``derivative_url``."""
         parsed, roots = self._match(url)
+        if parsed.protocol in _HTTP:
+            raise StageFailure(ErrorCode.BAD_URI, f"{_shown(url)} cannot be written: http(s) storage is read-only")
         if parsed.protocol == "file":
             self._write_file(parsed.url, parsed.paths[0], max(roots, key=len), data)
         else:
-            with fsspec.open(parsed.url, "wb") as fh:
+            with fsspec.open(_target(parsed.protocol, parsed.paths[0]), "wb") as fh:
                 fh.write(data)
         return parsed.url
 
@@ -307,10 +374,11 @@ class Storage:
         raise FileExistsError(errno.EEXIST, "no free temp file name", name)
 
 
-def derivative_url(original: str) -> str:
-    """Where preprocess stores the normalised derivative of an original: next to it (an http(s) original's
-    query string, e.g. a presigned URL's signature, is not the derivative's)."""
-    parts = urlsplit(original)
-    if parts.scheme.lower() in _HTTP and (parts.query or parts.fragment):
-        return urlunsplit(parts._replace(path=parts.path + ".prepared.jpg", query="", fragment=""))
+def derivative_url(original: str, storage: Storage | None = None) -> str:
+    """Where preprocess stores the normalised derivative of an original (a checked URL): next to it; an
+    http(s) original's under ``storage``'s home (``Storage.http_derivative``: http(s) cannot be written)."""
+    if urlsplit(original).scheme.lower() in _HTTP:
+        if storage is None:
+            raise ValueError("the derivative of an http(s) original is written under the storage's home: pass the storage")
+        return storage.http_derivative(original)
     return f"{original}.prepared.jpg"

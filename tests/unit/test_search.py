@@ -78,3 +78,18 @@ def test_text_search_finds_a_printed_word_on_a_real_qdrant(tmp_path):
     assert "theirs" not in [h["image_id"] for h in hits]  # never another user's
     car = service._text_search(Query.parse({"user": "u", "text": "car"}))
     assert all(h["keyword_matches"] == 0 for h in car)  # "cardigan" is not "car"
+
+
+@pytest.mark.parametrize("near", ["1,2,inf", "1,2,1e999", "inf,2,3", "1,-inf,3", "1,2,nan", "nan,2,3"])
+def test_near_must_be_finite(near):
+    with pytest.raises(SearchError, match="near"):
+        Query.parse({"user": "u", "tag": "x", "near": near})
+
+
+def test_unknown_parameters_and_unsafe_users_are_refused():
+    # a misspelt filter would otherwise be dropped silently and the answer unfiltered
+    with pytest.raises(SearchError, match="taken_afer"):
+        Query.parse({"user": "u", "tag": "x", "taken_afer": "2020-01-01"})
+    for user in ("../bob", "a b", "x" * 65):
+        with pytest.raises(SearchError, match="user"):
+            Query.parse({"user": user, "tag": "x"})

@@ -347,6 +347,139 @@ def test_http_fence_reads_both_encodings():
             s.check(url)
 
 
-def test_derivative_of_a_presigned_original_drops_the_query():
-    assert derivative_url("https://h/p/x.jpg?sig=1") == "https://h/p/x.jpg.prepared.jpg"
+def test_derivative_of_a_presigned_original_drops_the_query(tmp_path):
+    s = Storage(["https://h/p", tmp_path.as_uri()])
+    derived = derivative_url("https://h/p/x.jpg?sig=1", s)
+    assert derived == derivative_url("https://h/p/x.jpg?sig=2", s) == derivative_url("https://h/p/x.jpg", s)
+    assert derived.startswith(f"{tmp_path.as_uri()}/derived/") and "sig" not in derived[len(tmp_path.as_uri()):]
     assert derivative_url("s3://b/x.jpg") == "s3://b/x.jpg.prepared.jpg"
+
+
+# --- isolation at the edges: redirects, the double decoding of a checked URL, derivatives of http(s)
+# originals, the name `submit` stores a file under ----------------------------------------------------
+
+def _png(size=(64, 48)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 90)).save(buf, "PNG")  # a PNG is never its own derivative
+    return buf.getvalue()
+
+
+class _Areas(http.server.BaseHTTPRequestHandler):
+    """A storage root with two users' areas; alice's URLs redirect into her own area or into bob's."""
+
+    seen: list[str] = []
+    redirects = {
+        "/store/uploads/alice/to-own.jpg": "/store/uploads/alice/own.jpg",
+        "/store/uploads/alice/to-bob.jpg": "/store/uploads/bob/private.jpg",
+        "/store/uploads/alice/hop.jpg": "/store/uploads/alice/hop-2.jpg",  # hop 1 stays, hop 2 leaves
+        "/store/uploads/alice/hop-2.jpg": "../bob/private.jpg",
+    }
+    files = {"/store/uploads/alice/own.jpg": b"alice's", "/store/uploads/bob/private.jpg": b"bob's private",
+             "/store/uploads/alice/photo.png": _png()}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        _Areas.seen.append(self.path)
+        path = self.path.split("?", 1)[0]
+        if path in self.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.redirects[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = self.files.get(path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+
+@pytest.fixture(scope="module")
+def areas():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Areas)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/store"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_http_redirect_never_leaves_the_users_area(areas):
+    s = Storage([areas], allow_private_redirects=True)
+    assert s.read(f"{areas}/uploads/alice/to-own.jpg", 100) == b"alice's"
+    for name in ("to-bob.jpg", "hop.jpg"):  # at the first hop, and at the second
+        _Areas.seen.clear()
+        with pytest.raises(StageFailure) as exc:
+            s.read(f"{areas}/uploads/alice/{name}", 100)
+        assert exc.value.code == "wrong_owner" and "uploads/alice/" in exc.value.message, (name, exc.value.message)
+        assert "/store/uploads/bob/private.jpg" not in _Areas.seen, f"{name}: bob's file was requested: {_Areas.seen}"
+    # without per-user areas a redirect only has to stay under the roots
+    assert Storage([areas], allow_private_redirects=True, per_user=False).read(
+        f"{areas}/uploads/alice/to-bob.jpg", 100) == b"bob's private"
+
+
+def test_a_checked_url_is_never_decoded_twice(tmp_path):
+    """``%252e%252e`` is ``%2e%2e`` once decoded (a harmless folder name in alice's area) and ``..`` twice:
+    reading or writing a URL that check_owned returned must not decode it again."""
+    root = tmp_path / "root"
+    (root / "uploads" / "bob").mkdir(parents=True)
+    (root / "uploads" / "bob" / "x.jpg").write_bytes(b"bob's private")
+    s = Storage([root.as_uri()])
+    source = s.check_owned(f"{root.as_uri()}/uploads/alice/%252e%252e/bob/x.jpg", "alice")
+    with pytest.raises(StageFailure) as exc:
+        s.read(source, 100)  # <root>/uploads/alice/%2e%2e/bob/x.jpg does not exist
+    assert exc.value.code == "not_found", f"read {source!r} gave {exc.value.code}: {exc.value.message}"
+    assert s.check_owned(source, "alice") == source  # a checked URL checks the same again
+    s.write(derivative_url(source), b"derivative")
+    assert sorted(p.name for p in (root / "uploads" / "bob").iterdir()) == ["x.jpg"]
+    assert (root / "uploads" / "alice" / "%2e%2e" / "bob" / "x.jpg.prepared.jpg").read_bytes() == b"derivative"
+
+
+def test_the_derivative_of_an_http_original_is_written_under_the_storage_url(areas, tmp_path):
+    from lensflow.agents.preprocess import Limits, _work
+    from lensflow.streams.settings import Settings
+
+    home = (tmp_path / "storage").as_uri()
+    s = Storage([areas, home], allow_private_redirects=True)
+    original = f"{areas}/uploads/alice/photo.png?X-Amz-Signature=abc"
+    outcome = _work(s, s.check_owned(original, "alice"), Limits.from_settings(Settings(_env_file=None)), 1)
+    assert outcome.error is None, outcome.error
+    uri = outcome.fields["uri"]
+    assert uri.startswith(f"{home}/uploads/alice/") and uri.endswith(".prepared.jpg"), uri
+    assert s.check_owned(uri, "alice") == uri
+    assert s.read(uri, 10**6)[:3] == b"\xff\xd8\xff"  # a JPEG
+    # the same object under another signature has the same derivative; another object another one
+    assert derivative_url(f"{areas}/uploads/alice/photo.png?X-Amz-Signature=def", s) == uri
+    assert derivative_url(f"{areas}/uploads/alice/other.png", s) != uri
+
+
+def test_http_urls_are_never_written_and_need_a_writable_root_for_derivatives(areas):
+    s = Storage([areas])
+    with pytest.raises(StageFailure) as exc:
+        s.write(f"{areas}/uploads/alice/x.jpg", b"x")
+    assert exc.value.code == "bad_uri" and "cannot be written" in exc.value.message
+    with pytest.raises(StageFailure) as exc:
+        derivative_url(f"{areas}/uploads/alice/photo.png", s)
+    assert "LENSFLOW_STORAGE_URL" in exc.value.message
+
+
+@pytest.mark.parametrize("name,suffix", [("a.%2e%2e%2f%2e%2e%2f%2e%2e%2fbob%2fvictim", ""), ("b.JPG", ".jpg"),
+                                         ("c.jpeg", ".jpeg"), ("d.png", ".png"), ("e.exe", ""), ("f", ""),
+                                         ("g.%2fjpg", ""), ("h.tar.gz", "")])
+def test_submit_stores_a_file_under_its_id_and_an_allowed_extension_only(tmp_path, name, suffix):
+    from lensflow.streams import cli
+
+    photo = tmp_path / "in" / name
+    photo.parent.mkdir()
+    photo.write_bytes(b"\xff\xd8\xff" + name.encode())
+    (u,) = cli._uploads(_settings(tmp_path), "mallory", [str(photo)])
+    area = tmp_path / "storage" / "uploads" / "mallory"
+    assert u["uri"] == f"file://{area}/{u['image_id']}{suffix}", u["uri"]
+    assert [p.relative_to(tmp_path / "storage") for p in (tmp_path / "storage").rglob("*") if p.is_file()] == [
+        (area / f"{u['image_id']}{suffix}").relative_to(tmp_path / "storage")]

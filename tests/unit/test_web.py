@@ -87,8 +87,8 @@ def test_non_loopback_hosts(host):
 
 
 def test_without_token_the_api_answers_on_loopback_only():
-    assert api_refusal(settings(web_host="127.0.0.1"), None) is None
-    assert api_refusal(settings(web_host="localhost"), "Bearer whatever") is None
+    assert api_refusal(settings(web_host="127.0.0.1"), None, host="127.0.0.1:6066") is None
+    assert api_refusal(settings(web_host="localhost"), "Bearer whatever", host="localhost:6066") is None
     status, message = api_refusal(settings(web_host="0.0.0.0"), None)
     assert status == 403 and "LENSFLOW_API_TOKEN" in message and "\n" not in message
     assert api_refusal(settings(web_host="0.0.0.0", api_token=SecretStr("")), None)[0] == 403  # empty = unset
@@ -102,6 +102,47 @@ def test_with_a_token_every_request_needs_it(host):
     for header in (None, "", "Bearer", "Bearer ", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x", "Bearer wrong", "Bearer é"):
         status, message = api_refusal(s, header)
         assert status == 401 and TOKEN not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:6066", "127.0.0.1", "localhost:6066", "LOCALHOST", "[::1]:6066", "[::1]"])
+def test_without_token_a_request_to_a_loopback_name_passes(host):
+    assert api_refusal(settings(web_host="127.0.0.1"), None, host=host) is None
+    assert api_refusal(settings(web_host="127.0.0.1"), None, host=host, origin="http://127.0.0.1:6066") is None
+    assert api_refusal(settings(web_host="127.0.0.1"), None, host=host, origin="http://localhost:3000") is None
+
+
+@pytest.mark.parametrize("host", [None, "", "attacker.example:6066", "attacker.example", "127.0.0.1.nip.io:6066",
+                                  "localhost.attacker.example", "0.0.0.0:6066", "10.0.0.5", "[::1", "127.0.0.1:6066 x"])
+def test_without_token_another_host_name_is_refused(host):
+    """DNS rebinding: a page's own name resolved to 127.0.0.1 reaches the worker with the page's Host."""
+    status, message = api_refusal(settings(web_host="127.0.0.1"), None, host=host)
+    assert status == 403 and "Host" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("origin", ["https://attacker.example", "null", "http://127.0.0.1.nip.io", "file://", "x"])
+def test_without_token_a_page_of_another_origin_is_refused(origin):
+    """A web page open on the same machine posts with its own Origin."""
+    status, message = api_refusal(settings(web_host="127.0.0.1"), None, host="127.0.0.1:6066", origin=origin)
+    assert status == 403 and "Origin" in message and "\n" not in message
+
+
+def test_with_a_token_host_and_origin_are_not_checked():
+    s = settings(web_host="0.0.0.0", api_token=SecretStr(TOKEN))
+    assert api_refusal(s, f"Bearer {TOKEN}", host="worker.example.org:6066", origin="https://ui.example.org") is None
+
+
+def test_a_token_is_read_without_surrounding_whitespace(monkeypatch):
+    from lensflow.streams.cli import _worker_call
+
+    monkeypatch.setenv("LENSFLOW_API_TOKEN", f"{TOKEN}\n")  # `echo token > file` and a secret mounted from it
+    s = Settings(_env_file=None)
+    assert s.api_token.get_secret_value() == TOKEN
+    assert api_refusal(s, f"Bearer {TOKEN}") is None
+    sent = fake_worker(monkeypatch, 200, {"results": []})
+    _worker_call(s, "GET", "/search")
+    assert sent == {"Authorization": f"Bearer {TOKEN}"}
+    monkeypatch.setenv("LENSFLOW_API_TOKEN", " \n")
+    assert Settings(_env_file=None).api_token is None  # blank is unset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +232,7 @@ def test_ensure_topics_creates_topics_with_that_config(monkeypatch):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     s = settings(data_dir=tmp_path_factory.mktemp("web"), web_port=free_port(), max_bytes=5_000_000,
-                 api_token=SecretStr(TOKEN), replication_factor=2, min_insync_replicas=2)
+                 api_token=SecretStr(TOKEN), replication_factor=2, min_insync_replicas=2, decode_memory_mb=64)
     app, ctx = build(s, ["join"])
     return s, app, ctx
 
@@ -339,6 +380,91 @@ class TestServer:
         r = self.enroll(base, [base64.b64encode(png_header(20000, 20000)).decode()])
         assert r.status_code == 400 and "LENSFLOW_MAX_PIXELS" in r.json()["error"]
 
+    def test_an_enrolment_photo_is_decoded_within_the_decode_budget(self, server):
+        """25 MP in a ~100 KB PNG: within LENSFLOW_MAX_PIXELS, but its decode needs more than the worker's
+        64 MiB decode budget: refused from its header, never decoded."""
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (5000, 5000), (120, 130, 140)).save(buf, "PNG")
+        assert len(buf.getvalue()) < 200_000
+        r = self.enroll(base := server[-1], [base64.b64encode(buf.getvalue()).decode()])
+        assert r.status_code == 413 and "LENSFLOW_DECODE_MEMORY_MB" in r.json()["error"], (r.status_code, r.text[:300])
+        assert r.json()["error"].startswith("image 1: ")
+        assert httpx.get(f"{base}/metrics", timeout=5).status_code == 200
+
+    def test_bodies_must_be_json_objects_sent_as_json(self, server):
+        *_, base = server
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = '{"user": "u", "person_id": "p", "name": "n"}'
+        for path in ("/faces/name", "/faces/enroll"):
+            # an HTML form or a text/plain fetch() needs no CORS preflight: refused before the body is read
+            for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+                headers = {**auth, **({"Content-Type": kind} if kind else {})}
+                r = httpx.post(f"{base}{path}", content=body, headers=headers, timeout=5)
+                assert r.status_code == 415 and "application/json" in r.json()["error"], (path, kind, r.status_code, r.text)
+            for bad in ("not json", "[1, 2]", '"text"', "{"):
+                r = httpx.post(f"{base}{path}", content=bad, headers={**auth, "Content-Type": "application/json"}, timeout=5)
+                assert r.status_code == 400 and "JSON" in r.json()["error"], (path, bad, r.status_code, r.text)
+        r = httpx.post(f"{base}/faces/name", json={"user": "u", "person_id": 3, "name": ["n"]}, headers=auth, timeout=5)
+        assert r.status_code == 400 and "error" in r.json()
+
+    def test_bad_search_parameters_are_400(self, server):
+        *_, base = server
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for params in ({"user": "u", "tag": "x", "near": "1,2,inf"}, {"user": "u", "tag": "x", "near": "1,2"},
+                       {"user": "u", "tag": "x", "limit": "ten"}, {"user": "../u", "tag": "x"},
+                       {"user": "u", "tag": "x", "taken_afer": "2020-01-01"}):
+            r = httpx.get(f"{base}/search", params=params, headers=auth, timeout=5)
+            assert r.status_code == 400 and r.json()["error"], (params, r.status_code, r.text)
+
+    def test_a_hung_store_answers_503_and_never_stalls_the_web_thread(self, server, built, monkeypatch):
+        """Cassandra frozen: every search waits on it. The searches answer 503 (JSON) once the API's store
+        deadline has passed, more of them than the API has store threads too, and /healthz answers at once
+        meanwhile: the store calls run off the web thread's event loop."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        *_, base = server
+        _, _, ctx = built
+        release = threading.Event()
+
+        class FrozenCassandra:
+            def images_tagged(self, user_id, tag):
+                release.wait(6)
+                return []
+
+            def rows(self, image_ids):
+                release.wait(6)
+                return {}
+
+        monkeypatch.setattr(ctx.stores, "cassandra", FrozenCassandra())
+        monkeypatch.setattr(app_module, "API_STORE_TIMEOUT_S", 1.0, raising=False)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+
+        def search(i):
+            t0 = time.monotonic()
+            r = httpx.get(f"{base}/search", params={"user": "u", "tag": f"t{i}"}, headers=auth, timeout=30)
+            return r, time.monotonic() - t0
+
+        probes = []
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                searches = [pool.submit(search, i) for i in range(8)]
+                time.sleep(0.2)
+                while not all(f.done() for f in searches):
+                    t0 = time.monotonic()
+                    r = httpx.get(f"{base}/healthz", timeout=1.0)  # ReadTimeout if the web thread is stuck
+                    probes.append((r.status_code, time.monotonic() - t0))
+                    time.sleep(0.1)
+                answers = [f.result() for f in searches]
+        finally:
+            release.set()
+        for r, took in answers:
+            assert r.status_code == 503 and "Cassandra" in r.json()["error"], (r.status_code, r.text[:300])
+            assert r.headers.get("Retry-After") and took < 2.5, took
+        assert probes and max(took for _, took in probes) < 0.5, probes
+
 
 # ---------------------------------------------------------------------------------------------
 # the web port
@@ -404,6 +530,35 @@ def test_the_cli_turns_401_into_one_line_without_the_token(monkeypatch, token):
         _worker_call(settings(api_token=token), "GET", "/search")
     message = str(exc.value)
     assert "LENSFLOW_API_TOKEN" in message and TOKEN not in message and "\n" not in message
+
+
+def test_the_cli_says_a_503_is_worth_trying_again(monkeypatch):
+    from lensflow.streams.cli import _worker_call
+
+    fake_worker(monkeypatch, 503, {"error": "Cassandra did not answer within 10 s"})
+    with pytest.raises(CliError) as exc:
+        _worker_call(settings(), "GET", "/search")
+    assert "Cassandra did not answer within 10 s" in str(exc.value) and "try again" in str(exc.value)
+
+
+def test_the_cli_names_an_answer_without_json_and_a_worker_that_does_not_answer(monkeypatch):
+    from lensflow.streams.cli import _worker_call
+
+    def text(method, url, **kwargs):
+        return httpx.Response(500, text="500 Internal Server Error", request=httpx.Request(method, url))
+
+    monkeypatch.setattr(httpx, "request", text)
+    with pytest.raises(CliError) as exc:
+        _worker_call(settings(), "GET", "/search")
+    assert "HTTP 500" in str(exc.value) and "worker's log" in str(exc.value)
+
+    def slow(method, url, **kwargs):
+        raise httpx.ReadTimeout("timed out", request=httpx.Request(method, url))
+
+    monkeypatch.setattr(httpx, "request", slow)
+    with pytest.raises(CliError) as exc:
+        _worker_call(settings(), "GET", "/search")
+    assert "did not answer within" in str(exc.value) and "start one" not in str(exc.value)
 
 
 def test_the_cli_shows_the_workers_403_reason(monkeypatch):
