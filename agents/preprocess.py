@@ -1,9 +1,11 @@
 """preprocess: images.uploaded → images.prepared + analysis.metadata.
 
 fetch the original (fenced to the storage roots) → sniff magic bytes → allow-list the format →
-byte and pixel limits (decompression bombs are refused from the header, before any decode) →
-EXIF metadata from the original → decode fully (a truncated file fails here) → cap the long side →
-apply EXIF orientation → store a JPEG derivative next to the original → publish.
+byte, pixel and frame limits (decompression bombs and many-page files are refused from the header
+and the file's structure, before any decode) → EXIF metadata from the original → decode fully (a
+truncated file fails here) → cap the long side → apply EXIF orientation → store a JPEG derivative
+next to the original → publish. Everything from opening the original to encoding the derivative
+runs under the worker's decode budget (memory) and ``decode_timeout_s`` (wall clock).
 
 Speed (see bench/spine.py and bench/RESULTS.md): JPEGs are decoded with Pillow's ``draft`` at the
 smallest DCT scale that still covers the target size (a 12 MP photo decodes at 1/2 or 1/4 scale),
@@ -19,6 +21,8 @@ import asyncio
 import hashlib
 import io
 import os
+import re
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -29,7 +33,7 @@ import PIL
 from PIL import Image
 
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, retries_exhausted, retry_sync
-from lensflow.streams.budget import MemoryBudget
+from lensflow.streams.budget import MemoryBudget, decode_budget, run_within
 from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, now, result
 from lensflow.streams.runner import Item, Output, Stage, run
 from lensflow.streams.runner import Outcome as StageOutcome
@@ -41,8 +45,8 @@ from . import metadata as metadata_stage
 STAGE = "preprocess"
 MODEL = {"name": "pillow-normalise", "version": f"1+pillow{PIL.__version__}", "sha256": None}
 
-# lensflow enforces its own pixel limit (max_pixels) from the header, before decoding.
-Image.MAX_IMAGE_PIXELS = None
+# lensflow enforces its own pixel limit (max_pixels) from the header, before decoding; Pillow's own
+# (Image.MAX_IMAGE_PIXELS) stays on behind it, set to max_pixels by the worker (streams.budget.decode_budget).
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp", "TIFF": "image/tiff",
          "BMP": "image/bmp", "HEIF": "image/heif", "AVIF": "image/avif"}
@@ -84,10 +88,13 @@ class Limits:
     max_side: int
     jpeg_quality: int
     formats: list[str]
+    max_frames: int = 10_000
+    decode_timeout_s: float | None = None  # None: no wall-clock limit (the worker always sets one)
 
     @classmethod
     def from_settings(cls, s) -> "Limits":
-        return cls(s.max_bytes, s.max_pixels, s.max_side, s.jpeg_quality, list(s.formats))
+        return cls(s.max_bytes, s.max_pixels, s.max_side, s.jpeg_quality, list(s.formats), s.max_frames,
+                   s.decode_timeout_s)
 
 
 @dataclass
@@ -293,16 +300,29 @@ def prepare(data: bytes, limits: Limits, budget: MemoryBudget | None = None) -> 
 
     ``budget``: the decode (decode, convert, resize, encode) holds ``decode_cost`` bytes of it, as
     estimated from the header once the pixel limit passed; it waits while other images' decodes
-    hold the rest, and fails with ``over_memory_budget``, never decoding, if it can never fit."""
-    out = Outcome()
-    out.fields = {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    hold the rest, and fails with ``over_memory_budget``, never decoding, if it can never fit.
+
+    ``limits.decode_timeout_s``: everything from opening the original to encoding the derivative
+    runs in a thread of its own (``run_within``), waited for that long at most; past it the outcome
+    fails with ``decode_timeout`` and the abandoned decode finishes in the background, holding its
+    part of the budget until then (Python cannot stop a decode running in C)."""
+    fields = {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def attempt() -> Outcome:
+        out = Outcome(fields=dict(fields))  # its own: an abandoned attempt writes to nobody's outcome
+        try:
+            _prepare(data, limits, out, budget)
+        except StageFailure as exc:
+            # without tracebacks: their frames would keep a (partly) decoded image alive as long as the outcome
+            exc.__context__ = exc.__cause__ = None
+            out.error = exc.with_traceback(None)
+        return out
+
     try:
-        _prepare(data, limits, out, budget)
-    except StageFailure as exc:
-        # without tracebacks: their frames would keep a (partly) decoded image alive as long as the outcome
-        exc.__context__ = exc.__cause__ = None
-        out.error = exc.with_traceback(None)
-    return out
+        return run_within(limits.decode_timeout_s, attempt, what=f"{len(data)} byte original",
+                          account=budget.account(STAGE) if budget is not None else None)
+    except StageFailure as exc:  # decode_timeout
+        return Outcome(fields=dict(fields), error=exc.with_traceback(None))
 
 
 def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | None = None) -> None:
@@ -320,6 +340,8 @@ def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | N
         _register_heif_plugin(fmt)
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own guard: over twice Image.MAX_IMAGE_PIXELS
+        raise StageFailure("too_many_pixels", f"{exc}: over the {limits.max_pixels} pixel limit") from None
     except Image.UnidentifiedImageError:
         raise StageFailure("undecodable", f"{fmt} header could not be parsed") from None
     except Exception as exc:
@@ -331,6 +353,10 @@ def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | N
         raise StageFailure("undecodable", "image has no pixels")
     if w * h > limits.max_pixels:
         raise StageFailure("too_many_pixels", f"{w}x{h} = {w * h} pixels, over the {limits.max_pixels} pixel limit")
+    frames = count_frames(img, fmt, data, limits.max_frames)
+    if frames > limits.max_frames:
+        raise StageFailure(ErrorCode.TOO_MANY_FRAMES, f"{fmt} has over {limits.max_frames} pages or frames "
+                                                      f"(the limit, LENSFLOW_MAX_FRAMES); only the first is analysed")
 
     tw, th = _target(w, h, limits.max_side)
     # admitted against the memory budget from the header, before any pixel is decoded (a PNG's EXIF
@@ -359,8 +385,7 @@ def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | N
             del img  # freed before the budget is
             return
 
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
+        # frame 0 (never seek: walking a TIFF's pages is quadratic in Pillow, and GIF's seek decodes each frame)
         img = _to_rgb(img)
         if img.size != (tw, th):
             img = shrink(img, (tw, th))
@@ -374,6 +399,69 @@ def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | N
     out.derivative = derivative
     out.fields.update(width=width, height=height, derivative_sha256=hashlib.sha256(derivative).hexdigest(),
                       derivative_size_bytes=len(derivative))
+
+
+def count_frames(img: Image.Image, fmt: str, data: bytes, limit: int) -> int:
+    """Pages or frames of the opened ``img`` (``data`` its bytes), counted no further than ``limit`` + 1,
+    without decoding any. Pillow's ``n_frames`` must not be asked of untrusted input: for TIFF and
+    GIF it walks every page (TIFF quadratically: 10k pages took 1.4 s, 100k 67 s, and 50 MiB holds
+    ~460k), so those two are counted here from the file's structure, in linear time; the other
+    formats declare their count in a header Pillow has already read (APNG's acTL, WebP's ANIM,
+    MPO's index, HEIF's item list)."""
+    if fmt == "TIFF":
+        return _tiff_pages(data, limit)
+    if fmt == "GIF":
+        return _gif_frames(data, limit)
+    try:
+        return int(getattr(img, "n_frames", 1) or 1)
+    except Exception:
+        return 1
+
+
+def _tiff_pages(data: bytes, limit: int) -> int:
+    """IFDs in the main chain of a classic TIFF (what Pillow calls its frames), at most ``limit`` + 1;
+    each costs one read of its entry count and next-IFD offset, never of its tags. A chain that loops
+    ends where it loops (as in Pillow)."""
+    order = "<" if data[:2] == b"II" else ">"
+    seen: set[int] = set()
+    try:
+        (offset,) = struct.unpack_from(order + "I", data, 4)
+        while offset and offset not in seen and len(seen) <= limit:
+            seen.add(offset)
+            (count,) = struct.unpack_from(order + "H", data, offset)
+            (offset,) = struct.unpack_from(order + "I", data, offset + 2 + 12 * count)
+    except struct.error:  # the chain runs past the end: the pages counted so far
+        pass
+    return max(1, len(seen))
+
+
+_GIF_BLOCK = re.compile(rb"[,!;]")
+
+
+def _gif_frames(data: bytes, limit: int) -> int:
+    """Image descriptors of a GIF, at most ``limit`` + 1, from its block structure (sub-block sizes are
+    read, LZW data never decoded). Bytes between blocks are skipped as Pillow does, searched in C."""
+    n, end = 0, len(data)
+    pos = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0)  # after the global colour table
+    while pos < end:
+        found = _GIF_BLOCK.search(data, pos)
+        if found is None or data[found.start()] == 0x3B:  # ";": the trailer
+            break
+        pos = found.start()
+        if data[pos] == 0x2C:  # ",": an image descriptor, its local colour table, the LZW code size
+            n += 1
+            if n > limit:
+                break
+            flags = data[pos + 9] if pos + 9 < end else 0
+            pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
+        else:  # "!": an extension and its label
+            pos += 2
+        while pos < end:  # data sub-blocks, up to the empty one
+            size = data[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+    return max(1, n)
 
 
 def _served_as_is(img: Image.Image, fmt: str, target: tuple[int, int]) -> bool:
@@ -449,10 +537,11 @@ class Preprocess(Stage):
         self.limits = Limits.from_settings(s)
         self.pool = ThreadPoolExecutor(max_workers=s.preprocess_threads or (os.cpu_count() or 1) + 1,
                                        thread_name_prefix="preprocess")
-        # freed blocks of 8 MiB and more (decoded originals, Pillow's image blocks) go back to the OS, so the
-        # budget bounds RSS; smaller ones (the models' input tensors) stay in malloc's arenas: pinned at 1 MiB
-        # every inference paid page faults (+4 % worker CPU per image on bench/stages.py)
-        self.budget = MemoryBudget(s.decode_memory_mb * 2**20, malloc_mmap_threshold=8 * 2**20)
+        # the worker's one decode budget, shared with the model stages' decodes of derivatives; freed blocks of
+        # 8 MiB and more (decoded originals, Pillow's image blocks) go back to the OS, so the budget bounds RSS;
+        # smaller ones (the models' input tensors) stay in malloc's arenas: pinned at 1 MiB every inference
+        # paid page faults (+4 % worker CPU per image on bench/stages.py)
+        self.budget = decode_budget(ctx, malloc_mmap_threshold=8 * 2**20)
         self.stage_metrics = ctx.metrics.stage(STAGE)
         self.md_metrics = ctx.metrics.stage("metadata")
 

@@ -70,6 +70,9 @@ class ErrorCode(StrEnum):
     UNDECODABLE = "undecodable"
     TOO_MANY_PIXELS = "too_many_pixels"
     OVER_MEMORY_BUDGET = "over_memory_budget"
+    TOO_MANY_FRAMES = "too_many_frames"
+    DECODE_TIMEOUT = "decode_timeout"
+    DERIVATIVE_CHANGED = "derivative_changed"
     UNREADABLE = "unreadable"
     MODEL_UNAVAILABLE = "model_unavailable"
     TIMEOUT = "timeout"
@@ -109,6 +112,9 @@ CODES: dict[ErrorCode, CodeSpec] = {
     ErrorCode.UNDECODABLE: CodeSpec(Kind.BAD_INPUT, False, "Truncated or corrupt image data."),
     ErrorCode.TOO_MANY_PIXELS: CodeSpec(Kind.BAD_INPUT, False, "Over `max_pixels` (decompression-bomb guard, from the header)."),
     ErrorCode.OVER_MEMORY_BUDGET: CodeSpec(Kind.BAD_INPUT, False, "Decoding would need more memory than `decode_memory_mb` (estimated from the header)."),
+    ErrorCode.TOO_MANY_FRAMES: CodeSpec(Kind.BAD_INPUT, False, "A multi-page or animated image with over `max_frames` pages or frames (counted from the file's structure, at most `max_frames` + 1 of them, before any decode)."),
+    ErrorCode.DECODE_TIMEOUT: CodeSpec(Kind.BAD_INPUT, False, "Decoding took over `decode_timeout_s` of wall-clock time (waiting for the decode budget included); the image fails and the stream goes on while the decode finishes in the background."),
+    ErrorCode.DERIVATIVE_CHANGED: CodeSpec(Kind.BAD_INPUT, False, "The derivative a model stage read is not the one preprocess recorded (another SHA-256, no recorded hash, not a JPEG, or another size): the file was replaced after preprocess. Nothing of it is decoded; submit the image again."),
     ErrorCode.UNREADABLE: CodeSpec(Kind.BAD_INPUT, False, "No metadata: the original could not be read."),
     ErrorCode.MODEL_UNAVAILABLE: CodeSpec(Kind.BAD_INPUT, False, "The stage's model files are missing or fail their checksum (`lensflow models prepare`)."),
     ErrorCode.TIMEOUT: CodeSpec(Kind.BAD_INPUT, False, "The join completed the image without this stage's result (the stage stalled or is not deployed)."),

@@ -13,6 +13,10 @@ A stage module supplies only its domain logic:
   ``model_unavailable`` and the reason, so the join completes it as ``partial``.
 * One image that fails (unreadable derivative, a bug in post-processing) fails alone; a failing
   batch inference fails the batch's images; nothing escapes the loop body (Faust would ack it).
+* Only what preprocess produced is decoded (``decode_derivative``): the bytes at the record's ``uri``
+  (which may be the user's own original, served as its own derivative) must have the recorded
+  SHA-256, be a JPEG of the recorded size within ``max_pixels``, and decode under the worker's
+  decode budget and ``decode_timeout_s``; anything else fails the image with a code, undecoded.
 * Box coordinates: models see the derivative (EXIF-transposed, long side capped); ``fields`` gets
   ``scale`` to map derivative pixels to original-image pixels.
 * The agents of one worker share one decode of each derivative and are kept within two batches of
@@ -23,15 +27,19 @@ A stage module supplies only its domain logic:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from PIL import Image
 
 from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retries_exhausted, retry_sync
+from .budget import MemoryBudget, decode_budget, run_within
 from .records import Status, result
 from .runner import Item, Outcome, Output, Stage, run
 from .topology import PREPARED, STAGES, TOPICS
@@ -51,13 +59,116 @@ def split(items: list, n: int) -> list[list]:
     return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def decode_derivative(storage, uri: str, max_bytes: int) -> Image.Image:
-    """The derivative at ``uri``, decoded, in RGB."""
-    data = storage.read(uri, max_bytes)
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    # convert() copies even when the mode is already RGB (~3 ms for 1600 px): only convert what is not
-    return img if img.mode == "RGB" else img.convert("RGB")
+@dataclass(frozen=True)
+class Derivative:
+    """What preprocess recorded about an image's derivative (``ImagePrepared``): the only bytes a model
+    stage decodes. ``verify=False`` (a bare URI) skips the hash check alone."""
+
+    uri: str
+    sha256: str | None
+    width: int | None = None
+    height: int | None = None
+    verify: bool = True
+
+    @classmethod
+    def of(cls, prepared: dict) -> "Derivative":
+        return cls(prepared["uri"], prepared.get("derivative_sha256"), prepared.get("width"), prepared.get("height"))
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return self.uri, self.sha256
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one decode of a derivative may take: bytes read, pixels, wall-clock seconds (None: no
+    limit) and the worker's decode budget (None: none)."""
+
+    max_bytes: int = 50 * 2**20
+    max_pixels: int = 100_000_000
+    timeout_s: float | None = 30.0
+    budget: MemoryBudget | None = None
+
+    @classmethod
+    def of(cls, ctx) -> "DecodeLimits":
+        s = ctx.settings
+        return cls(s.max_bytes, s.max_pixels, s.decode_timeout_s, decode_budget(ctx))
+
+
+_JPEG = b"\xff\xd8\xff"
+
+
+def decode_derivative(storage, derivative: "Derivative | dict | str", limits: "DecodeLimits | int | None" = None,
+                      stage: str = "") -> Image.Image:
+    """The derivative preprocess recorded, decoded, in RGB; nothing else is ever decoded.
+
+    ``derivative``: a ``Derivative``, an ``ImagePrepared`` record, or a bare URI (no hash to check);
+    ``limits``: ``DecodeLimits`` (an int: ``max_bytes`` alone, with the default limits).
+
+    What lies at the URI now is untrusted: an upright JPEG within the size cap is its own derivative,
+    in the user's own ``uploads/<user>/`` folder, and may have been replaced since preprocess (a
+    30000x30000 PNG of a few hundred kB took a worker to 5.6 GiB). So, before any pixel is decoded:
+
+    * the bytes' SHA-256 must be the recorded ``derivative_sha256`` (a record without one is refused
+      too), else ``derivative_changed``;
+    * they must be a JPEG (what preprocess writes or reuses) of the recorded width and height
+      (``derivative_changed``), within ``max_pixels`` (``too_many_pixels``; Pillow's own guard,
+      ``Image.MAX_IMAGE_PIXELS``, stays on behind it);
+    * the decode reserves its cost (``decode_cost``, from the header) from the worker's decode budget,
+      shared with preprocess (``over_memory_budget`` if it can never fit);
+    * hashing, opening and decoding run in a thread of their own (``run_within``), waited for
+      ``timeout_s`` at most (``decode_timeout``; the abandoned decode finishes in the background,
+      holding its reservation until then), its CPU counted as ``stage``'s.
+    """
+    if isinstance(derivative, str):
+        derivative = Derivative(derivative, None, verify=False)
+    elif isinstance(derivative, dict):
+        derivative = Derivative.of(derivative)
+    if not isinstance(limits, DecodeLimits):
+        limits = DecodeLimits() if limits is None else DecodeLimits(max_bytes=int(limits))
+    data = storage.read(derivative.uri, limits.max_bytes)
+    account = limits.budget.account(stage) if limits.budget is not None and stage else None
+    return run_within(limits.timeout_s, _decode_checked, data, derivative, limits,
+                      what=f"derivative {derivative.uri}", account=account)
+
+
+def _decode_checked(data: bytes, derivative: Derivative, limits: DecodeLimits) -> Image.Image:
+    """``decode_derivative``'s checks and decode, in its decode thread."""
+    uri = derivative.uri
+    if derivative.verify:
+        if not derivative.sha256:
+            raise StageFailure(ErrorCode.DERIVATIVE_CHANGED,
+                               f"preprocess recorded no derivative_sha256 for {uri}: it cannot be verified")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != derivative.sha256:
+            raise StageFailure(ErrorCode.DERIVATIVE_CHANGED,
+                               f"{uri} changed after preprocess (SHA-256 {digest[:16]}..., recorded "
+                               f"{derivative.sha256[:16]}...): not decoded; submit the image again")
+    if not data.startswith(_JPEG):
+        raise StageFailure(ErrorCode.DERIVATIVE_CHANGED, f"{uri} is not a JPEG (a derivative always is): not decoded")
+    try:
+        img = Image.open(io.BytesIO(data), formats=("JPEG",))
+    except Image.DecompressionBombError as exc:
+        raise StageFailure(ErrorCode.TOO_MANY_PIXELS, f"derivative {uri}: {exc}") from None
+    except Exception as exc:
+        raise StageFailure(ErrorCode.UNDECODABLE, f"derivative {uri}: JPEG header could not be parsed: {exc}") from None
+    w, h = img.size
+    if w * h > limits.max_pixels:
+        raise StageFailure(ErrorCode.TOO_MANY_PIXELS,
+                           f"derivative {uri} is {w}x{h} = {w * h} pixels, over the {limits.max_pixels} pixel limit")
+    if derivative.width and derivative.height and (w, h) != (derivative.width, derivative.height):
+        raise StageFailure(ErrorCode.DERIVATIVE_CHANGED, f"derivative {uri} is {w}x{h}, preprocess recorded "
+                                                         f"{derivative.width}x{derivative.height}: not decoded")
+    admitted = nullcontext()
+    if limits.budget is not None:
+        from lensflow.agents.preprocess import decode_cost  # the calibrated estimate (it lives with preprocess)
+
+        cost = decode_cost(img, "JPEG", (w, h), reuse=True) + (0 if img.mode == "RGB" else 4 * w * h)  # + convert()
+        admitted = limits.budget.reserve(cost, what=f"derivative {w}x{h} {img.mode}")
+    with admitted:
+        img.load()
+        # convert() copies even when the mode is already RGB (~3 ms for 1600 px): only convert what is not
+        return img if img.mode == "RGB" else img.convert("RGB")
 
 
 class DecodedCache:
@@ -78,18 +189,25 @@ class DecodedCache:
     buffer blocks Faust's delivery of every topic, and the join then saw its inputs only when the
     models had finished a whole burst.
 
+    Entries are keyed by URI and recorded hash, and decoded by ``decode_derivative`` under
+    ``limits``, once, by the first agent that asks. A decode that fails for good (``derivative_changed``,
+    ``decode_timeout``...) stays, failed, for the agents still to read it: they fail that image at
+    once instead of each trying again (each waiting out ``decode_timeout_s``); a transient failure
+    (storage) is dropped, so that the retry reads again.
+
     Callers must not modify the images they get."""
 
-    def __init__(self, size: int, metric=None, wait_s: float = 5.0):
+    def __init__(self, size: int, metric=None, wait_s: float = 5.0, limits: DecodeLimits | None = None):
         from collections import OrderedDict
 
         self.size = size
         self.wait_s = wait_s
-        self._items: "OrderedDict[str, tuple[Any, set[str]]]" = OrderedDict()
+        self.limits = limits or DecodeLimits()
+        self._items: "OrderedDict[tuple, tuple[Any, set[str]]]" = OrderedDict()
         #: evicted entries -> the readers that had not read them yet: an entry decoded again after an
         #: eviction must not wait for readers that already had it (they never ask again, and such
         #: phantom entries would fill the cache and make every agent wait out ``wait_s``)
-        self._owed: "OrderedDict[str, frozenset[str]]" = OrderedDict()
+        self._owed: "OrderedDict[tuple, frozenset[str]]" = OrderedDict()
         self._cond = threading.Condition()
         self._metric = metric  # Counter with a ``result`` label (hit / miss / evicted), or None
         self.readers: dict[str, frozenset[str]] = {}  # agent -> the stages it publishes
@@ -131,10 +249,11 @@ class DecodedCache:
         if self._metric is not None:
             self._metric.labels(result).inc()
 
-    def get(self, storage, uri: str, max_bytes: int, reader: str = "", readers: set[str] | frozenset = frozenset()) -> Image.Image:
-        """The decoded image at ``uri`` for agent ``reader``; ``readers``: every agent here that will ask."""
+    def get(self, storage, derivative: Derivative, reader: str = "", readers: set[str] | frozenset = frozenset()) -> Image.Image:
+        """The decoded ``derivative`` for agent ``reader``; ``readers``: every agent here that will ask."""
         import concurrent.futures
 
+        uri = derivative.key  # the entry's key: a file replaced under the same URI is another entry
         self._local.wait_s = 0.0
         with self._cond:
             pending = set(readers) - {reader}
@@ -167,13 +286,17 @@ class DecodedCache:
         self._count("miss" if owner else "hit")
         if owner:
             try:
-                fut.set_result(decode_derivative(storage, uri, max_bytes))
+                fut.set_result(decode_derivative(storage, derivative, self.limits, reader))
             except BaseException as exc:
-                fut.set_exception(exc)
-                with self._cond:
-                    if self._items.get(uri, (None,))[0] is fut:
-                        del self._items[uri]
-                        self._cond.notify_all()
+                if is_transient(exc):  # dropped: the retry reads again
+                    fut.set_exception(exc)
+                    with self._cond:
+                        if self._items.get(uri, (None,))[0] is fut:
+                            del self._items[uri]
+                            self._cond.notify_all()
+                else:  # kept for the readers to come, without its traceback's frames (they hold the bytes read)
+                    exc.__context__ = exc.__cause__ = None
+                    fut.set_exception(exc.with_traceback(None))
         return fut.result()
 
 
@@ -181,7 +304,8 @@ def decoded_cache(ctx) -> DecodedCache:
     """One cache per worker process (the context): the agents within two batches of each other (one
     batch: no faster on the bench, four: a longer drain after a burst, for the slowest agent alone)."""
     if getattr(ctx, "decoded_cache", None) is None:
-        cache = ctx.decoded_cache = DecodedCache(size=2 * ctx.settings.model_batch_size, metric=ctx.metrics.decoded)
+        cache = ctx.decoded_cache = DecodedCache(size=2 * ctx.settings.model_batch_size, metric=ctx.metrics.decoded,
+                                                 limits=DecodeLimits.of(ctx))
 
         async def forget(app, revoked, **kwargs) -> None:
             cache.clear()
@@ -242,7 +366,8 @@ class PixelStage(Stage):
         s = self.settings
         readers = self.cache.readers_of(prepared.get("expected_stages"))
         t0 = time.perf_counter()
-        img, attempts = retry_sync(lambda: self.cache.get(self.ctx.storage, prepared["uri"], s.max_bytes, self.name, readers),
+        derivative = Derivative.of(prepared)
+        img, attempts = retry_sync(lambda: self.cache.get(self.ctx.storage, derivative, self.name, readers),
                                    s.fetch_retries, s.retry_base_s, s.retry_max_s)
         wait = self.cache.last_wait_s()
         self.waited.inc(wait)

@@ -99,6 +99,39 @@ def jpeg_claiming(width: int, height: int, progressive: bool = False) -> bytes:
     return bytes(data)
 
 
+def many_page_tiff(pages: int, width: int = 64, height: int = 48) -> bytes:
+    """A valid little-endian TIFF of ``pages`` ``width`` x ``height`` grey pages sharing one strip:
+    ~114 bytes a page (100k pages ~11 MB), built without Pillow. Pillow's ``n_frames`` walks every
+    page, quadratically (the CPU bomb); frame 0 decodes like any small image."""
+    strip = bytes(range(256)) * (width * height // 256 + 1)
+    strip = strip[: width * height]
+    entries = [(256, 3, width), (257, 3, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+               (277, 3, 1), (278, 3, height), (279, 4, width * height)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    first = 8 + len(strip) + (len(strip) & 1)
+    out = [b"II*\x00", struct.pack("<I", first), strip, b"\x00" * (len(strip) & 1)]
+    for page in range(pages):
+        nxt = first + (page + 1) * ifd_size if page + 1 < pages else 0
+        ifd = [struct.pack("<H", len(entries))]
+        for tag, kind, value in entries:
+            ifd.append(struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)))
+        ifd.append(struct.pack("<I", nxt))
+        out.append(b"".join(ifd))
+    return b"".join(out)
+
+
+def many_frame_gif(frames: int, width: int = 32, height: int = 24) -> bytes:
+    """A GIF whose one small frame (made by Pillow) is repeated ``frames`` times: ~30 bytes a frame."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("P", (width, height), 1).save(buf, "GIF")
+    data = buf.getvalue()
+    start = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
+    assert data.endswith(b";")
+    return data[:start] + data[start:-1] * frames + b";"
+
+
 def truncated(data: bytes, keep: float = 0.5) -> bytes:
     """The first ``keep`` fraction of ``data`` (a truncated upload: header intact, pixels cut)."""
     return data[: max(1, int(len(data) * keep))]

@@ -7,6 +7,10 @@
   restarts.
 * A backlog of images waiting for a model stage, with a 1 s join timeout: every image still ends
   complete, with its caption, and one images.analyzed event per run.
+* Under the same 2 GiB limit, with a model stage: an upright JPEG (its own derivative, in the user's
+  folder) replaced after preprocess by a 30000x30000 PNG, then re-analysed, fails that stage with
+  ``derivative_changed``, undecoded; a 100k-page TIFF fails within seconds with ``too_many_frames``;
+  good images after both complete; the worker never restarts.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections import Counter
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 from lensflow.streams.codec import Codec
 from lensflow.streams.records import now
-from tests.bombs import png_bomb
+from tests.bombs import many_page_tiff, png_bomb
 from tests.conftest import PHOTOS
 
 from .conftest import Namespace
@@ -99,6 +106,52 @@ def test_bombs_garbage_and_bad_records_under_a_2_gib_limit(ns, tmp_path):
     wait_stored(ns, good, 120)
     assert ns.worker.poll() is None and ns.worker.pid == pid, "the worker restarted"
     assert not log_has(ns, "MemoryError") and not log_has(ns, "Traceback")
+
+
+def stage_error(ns, image_id: str, stage: str) -> str | None:
+    """The stored error of ``stage`` in the image's current run (``show --json``), e.g. "code: message"."""
+    shown = json.loads(ns.cli("show", image_id, "--json").stdout)
+    return (shown.get("stages") or {}).get(stage, {}).get("error")
+
+
+def test_a_replaced_derivative_and_a_many_page_tiff_under_a_2_gib_limit(ns, tmp_path):
+    """Issue 15, items 2 and 6. The model stage decodes only what preprocess recorded: the user's own
+    upright JPEG, swapped for a 30000x30000 PNG (~1 MB, 0.9 GB as grey pixels, 3.6 GB as RGB: the
+    old worker decoded it whole) is refused from its hash. A 100k-page TIFF (~11 MB; counting its pages
+    took Pillow over a minute) fails within seconds. The worker, under a 2 GiB address-space limit,
+    never restarts and goes on with good images."""
+    upright = photos(tmp_path / "in", 1, seed=21)  # 800x600, orientation 1: served as its own derivative
+    ns.start_worker(stages="preprocess,scene,join", address_space=2 * GIB)
+    pid = ns.worker.pid
+    first = submit(ns, "swapper", upright, stages="scene")
+    (image_id, _), = first.items()
+    wait_stored(ns, first, 180)
+    row = ns.cql.execute("SELECT uri, source_uri FROM images WHERE image_id = %s", (image_id,)).one()
+    assert row.uri == row.source_uri and "/uploads/swapper/" in row.uri, row  # the derivative is the user's file
+    Path(unquote(urlparse(row.uri).path)).write_bytes(png_bomb(30000, 30000, "L"))
+
+    proc = ns.cli("reanalyze", "--stage", "scene", "--user", "swapper", "--wait", "--json", "--timeout", "120")
+    (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert line["image_id"] == image_id and line["status"] != "timeout", line
+    error = stage_error(ns, image_id, "scene") or ""
+    assert error.startswith("derivative_changed"), error
+    assert not [dl for dl in dead_letters(ns) if dl["image_id"] == image_id]  # bad input: nothing to replay
+
+    pages = tmp_path / "pages.tif"
+    pages.write_bytes(many_page_tiff(100_000))
+    t0 = time.monotonic()
+    tiff = submit(ns, "swapper", [str(pages)])
+    rows = wait_stored(ns, tiff, 60, status=None)
+    elapsed = time.monotonic() - t0  # submit's own start and the store included
+    (tiff_id,) = tiff
+    code = ns.cql.execute("SELECT error_code FROM images WHERE image_id = %s", (tiff_id,)).one().error_code
+    assert (rows[tiff_id][0], code) == ("failed", "too_many_frames") and elapsed < 20, (rows[tiff_id], code, elapsed)
+
+    good = submit(ns, "swapper", photos(tmp_path / "good", 2, seed=22), stages="scene")
+    wait_stored(ns, good, 120)
+    assert ns.worker.poll() is None and ns.worker.pid == pid, "the worker restarted"
+    assert not log_has(ns, "MemoryError") and not log_has(ns, "Traceback")
+    report("hostile_derivative_and_pages", tiff_failed_in_s=round(elapsed, 1))
 
 
 def test_backlog_past_the_join_timeout_completes_with_captions(stack, models, tmp_path):
