@@ -252,12 +252,12 @@ class Describe(Stage):
 
     def generated(self, aggs: list[dict]) -> list[str | BaseException]:
         """The generative captioner's caption per aggregate, or why that image has none."""
-        from lensflow.streams.pixel import decode_derivative
+        from lensflow.streams.pixel import DecodeLimits, decode_derivative
 
         images: list[Any] = []
         for agg in aggs:
             try:
-                images.append(decode_derivative(self.ctx.storage, agg["prepared"]["uri"], self.settings.max_bytes))
+                images.append(decode_derivative(self.ctx.storage, agg["prepared"], DecodeLimits.of(self.ctx), self.name))
             except Exception as exc:
                 images.append(exc)
         ready = [im for im in images if not isinstance(im, BaseException)]

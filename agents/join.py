@@ -479,9 +479,17 @@ class Join(Stage):
                 continue
             count += 1
             if decide(entry, now, self.progress).action != JoinAction.WAIT and self.ticked.get(key, 0) < now - self.timeout_ms // 4:
+                try:
+                    await self.ctx.send(JOIN_TICKS, key.decode(), "JoinTick", {"image_id": key.decode(), "reason": "timeout",
+                                                                                "produced_at": datetime.now().astimezone()})
+                except Exception as exc:
+                    # the broker or the schema registry is down: a timer that raises crashes the whole app
+                    # (mode's Service task), so this tick ends here and the next one tries again
+                    if not is_transient(exc):
+                        raise
+                    self.log.warning("tick_not_sent", error=f"{type(exc).__name__}: {exc}"[:300])
+                    break
                 self.ticked[key] = now
-                await self.ctx.send(JOIN_TICKS, key.decode(), "JoinTick", {"image_id": key.decode(), "reason": "timeout",
-                                                                            "produced_at": datetime.now().astimezone()})
         self.metrics.inflight.set(count)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import PIL
 from PIL import Image
 
-from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, retries_exhausted, retry_sync
+from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, record_fault, retry_sync
 from lensflow.streams.budget import MemoryBudget, decode_budget, run_within
 from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, now, result
 from lensflow.streams.runner import Item, Output, Stage, run
@@ -603,7 +603,9 @@ class Preprocess(Stage):
                 s.fetch_retries, self.budget)
         except Exception as exc:
             attempts = getattr(exc, "attempts", 1)
-            verdict = classify(retries_exhausted(exc, attempts, "reading the original"))  # fail now, replay later
+            # storage down is an outage, not this image's fault: record_fault raises it, and the runner retries
+            # the whole batch un-acked (a minute's S3 or NFS outage no longer fails every upload read in it)
+            verdict = classify(record_fault(exc, attempts, "reading the original"))
             outcome = Outcome(error=StageFailure(verdict.code, verdict.message, verdict.retryable), attempts=attempts)
             dead = verdict if verdict.dead_letter else None
         if outcome.error is not None:

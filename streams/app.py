@@ -23,6 +23,7 @@ Choices, read from faust-streaming 0.15.3's source:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
 import weakref
@@ -105,7 +106,10 @@ class Context:
     async def produce(self, topic: str, image_id: str, record_name: str, record: dict) -> "asyncio.Future":
         """Avro-encode ``record`` and hand it to the producer, keyed by image id; returns the future of
         its delivery report (await it before acking the input: see ``streams/runner.py``)."""
-        value = self.codec.encode(record_name, record, topic=self.settings.topic(topic))
+        name = self.settings.topic(topic)
+        if not self.codec.registered(record_name, name):  # a registry request: never on the event loop
+            await asyncio.get_running_loop().run_in_executor(None, self.codec.register, record_name, name)
+        value = self.codec.encode(record_name, record, topic=name)
         return await self.topic(topic).send(key=image_id.encode(), value=value)
 
     async def send(self, topic: str, image_id: str, record_name: str, record: dict) -> None:
@@ -171,7 +175,7 @@ def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.Ap
     app.transport = _idempotent_transport(app)  # before anything creates the producer or the conductor
     metrics = Metrics()
     _faust_sensor(app, metrics)
-    ctx = Context(app, settings, Codec.for_settings(settings), Storage(settings.roots, allow_private_redirects=settings.storage_allow_private_redirects, per_user=settings.per_user_storage), metrics)
+    ctx = Context(app, settings, Codec.for_settings(settings), Storage(settings.roots, allow_private_redirects=settings.storage_allow_private_redirects, per_user=settings.per_user_storage, home=settings.storage if settings.storage in settings.roots else None), metrics)
     modules: dict[str, list[str]] = {}
     for name in stages:  # stages sharing a module (one network, several results) register once
         modules.setdefault(STAGES[name].module, []).append(name)

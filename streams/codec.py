@@ -168,6 +168,17 @@ class Codec:
             return struct.pack(">bI", CONFLUENT_MAGIC, self._schema_id(f"{topic}-value", sv)) + body
         return SINGLE_OBJECT_MAGIC + sv.fingerprint + body
 
+    def registered(self, name: str, topic: str | None) -> bool:
+        """Whether encoding ``name`` for ``topic`` can go without a registry request (no registry, or its
+        schema id is cached): when not, call ``register`` off the event loop first."""
+        if not (self.registry_url or self._registry is not None) or topic is None:
+            return True
+        return (f"{topic}-value", self.schemas.get(name).name) in self._ids
+
+    def register(self, name: str, topic: str) -> int:
+        """The registry's id of ``name`` under ``<topic>-value``, registering it if needed (blocking I/O)."""
+        return self._schema_id(f"{topic}-value", self.schemas.get(name))
+
     def _schema_id(self, subject: str, sv: SchemaVersion) -> int:
         key = (subject, sv.name)
         if key not in self._ids:

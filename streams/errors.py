@@ -7,13 +7,15 @@ Kinds of fault (``Kind``) and what happens:
   wrong owner …). Not retried. The stage publishes its result with ``status=failed`` and the code, so
   the join completes the image as failed or partial instead of waiting. No dead letter: replaying
   the same input would fail the same way.
-* ``transient`` — a fault of something the image needs (a store, the broker, storage I/O) that may
-  pass. A fault of *one record* (reading its original) is retried ``fetch_retries`` times with
-  backoff; when the retries run out the image fails with ``fetch_failed`` **and** goes to
-  ``images.deadletter`` so it can be replayed once the fault is fixed. A fault of a *whole batch*
-  (a store or the broker down) is retried with capped exponential backoff and full jitter under
-  ``retry_deadline_s``; nothing is acked meanwhile, and past the deadline the runner either keeps
-  waiting (``on_outage=wait``, the worker reports not ready) or exits with ``EXIT_OUTAGE`` (75).
+* ``transient`` — a fault of something the image needs (a store, the broker, the schema registry,
+  storage I/O) that may pass, *or a store that refuses everyone* (a rotated key or password, a
+  dropped keyspace, table or collection): an outage, never a bad image. Reading one record's bytes
+  is first retried ``fetch_retries`` times in place; what still fails, and any store or broker
+  fault, makes the runner retry the *whole batch* with capped exponential backoff and full jitter
+  under ``retry_deadline_s``. Nothing is acked meanwhile, and past the deadline the runner keeps
+  waiting (``on_outage=wait``, the worker reports not ready), exits with ``EXIT_OUTAGE`` (75), or
+  (``on_outage=deadletter``) fails the images whose own bytes cannot be read with ``fetch_failed``
+  and dead-letters them for replay, while a store or broker fault still waits.
 * ``permanent`` — a record that can never be processed: undecodable Avro (a poison record), a record
   a store rejects (a vector of the wrong dimension), an id owned by another user. That image fails
   alone, fast, with the code, and the whole original record goes to ``images.deadletter``.
@@ -28,6 +30,7 @@ the process before the batch is acked.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import os
 import random
@@ -118,7 +121,7 @@ CODES: dict[ErrorCode, CodeSpec] = {
     ErrorCode.UNREADABLE: CodeSpec(Kind.BAD_INPUT, False, "No metadata: the original could not be read."),
     ErrorCode.MODEL_UNAVAILABLE: CodeSpec(Kind.BAD_INPUT, False, "The stage's model files are missing or fail their checksum (`lensflow models prepare`)."),
     ErrorCode.TIMEOUT: CodeSpec(Kind.BAD_INPUT, False, "The join completed the image without this stage's result (the stage stalled or is not deployed)."),
-    ErrorCode.FETCH_FAILED: CodeSpec(Kind.TRANSIENT, True, "Reading the original kept failing with transient errors; dead-lettered for replay."),
+    ErrorCode.FETCH_FAILED: CodeSpec(Kind.TRANSIENT, True, "Reading the original or derivative kept failing past `retry_deadline_s` with `on_outage=deadletter`; dead-lettered for replay (otherwise a storage fault holds the batch as an outage)."),
     ErrorCode.TRANSIENT: CodeSpec(Kind.TRANSIENT, True, "Another transient fault outlasted its retries; dead-lettered for replay."),
     ErrorCode.POISON: CodeSpec(Kind.PERMANENT, True, "An input record that cannot be decoded (garbage bytes, an unknown schema fingerprint, a key that does not match its image id)."),
     ErrorCode.ID_CONFLICT: CodeSpec(Kind.PERMANENT, True, "The image id already belongs to another user."),
@@ -156,22 +159,47 @@ _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECON
                      errno.ENETUNREACH, errno.EPIPE, errno.EIO, errno.ECONNABORTED}
 
 
+#: Cassandra errors that say the keyspace or a table is missing: the schema of the whole store is gone
+#: (a dropped keyspace, a table not yet created), not something wrong with one image's row.
+_CQL_SCHEMA_MISSING = ("keyspace", "unconfigured table", "does not exist", "doesn't exist", "undefined column")
+
+
 def _store_transient(exc: BaseException) -> bool | None:
-    """True/False for store and broker client exceptions whose meaning is known, None otherwise."""
+    """True when a store, broker or registry client exception means *the service* is down or refuses
+    everyone (retry the batch, un-acked: an outage), False when it refuses this one request for good,
+    None when its meaning is unknown here.
+
+    A refusal of everyone is an outage, not a bad image: a rotated API key or password (401/403,
+    ``Unauthorized``, ``AuthenticationFailed``), a dropped keyspace, table or collection (Cassandra
+    ``InvalidRequest: unconfigured table …``/``Keyspace … does not exist``, Qdrant 404). Treating them
+    as one image's ``store_rejected`` rewrote every image's good row as failed during a key rotation."""
     module = type(exc).__module__ or ""
     name = type(exc).__name__
     if module.startswith("cassandra"):
         # NoHostAvailable, OperationTimedOut, Unavailable, ReadTimeout, WriteTimeout, Overloaded, ConnectionException…
-        # are transient; InvalidRequest, SyntaxException, Unauthorized, ConfigurationException are not
-        return name not in {"InvalidRequest", "SyntaxException", "Unauthorized", "ConfigurationException",
-                            "AlreadyExists", "AuthenticationFailed", "ProtocolException", "UnsupportedOperation"}
+        # are transient; so are Unauthorized/AuthenticationFailed (credentials or grants of the whole store) and an
+        # InvalidRequest about a missing keyspace or table; SyntaxException, a type error in a value… are not
+        if name in {"Unauthorized", "AuthenticationFailed"}:
+            return True
+        if name in {"InvalidRequest", "ConfigurationException"}:
+            text = str(exc).lower()
+            return any(marker in text for marker in _CQL_SCHEMA_MISSING)
+        return name not in {"SyntaxException", "AlreadyExists", "ProtocolException", "UnsupportedOperation"}
     if module.startswith("qdrant_client"):
         status = getattr(exc, "status_code", None)
         if status is not None:
-            return status >= 500 or status == 429
-        return name in {"ResponseHandlingException"}
+            return status >= 500 or status in (401, 403, 404, 408, 429)
+        if name in {"ResponseHandlingException"}:
+            return True
+        # local mode: a dropped collection is a ValueError "Collection … not found"
+        return True if "not found" in str(exc).lower() else None
+    if name == "SchemaRegistryError":  # confluent-kafka's registry client: an HTTP answer of the registry
+        status = getattr(exc, "http_status_code", None) or 0
+        return status >= 500 or status in (401, 403, 408, 429) or status <= 0
     if module.startswith(("aiokafka", "kafka")):
-        return bool(getattr(exc, "retriable", True))
+        # KafkaTimeoutError (a produce batch expired: the broker unreachable past request_timeout) is not
+        # marked retriable by aiokafka, but it is the broker's outage, not the record's
+        return name == "KafkaTimeoutError" or bool(getattr(exc, "retriable", True))
     if module.startswith(("httpx", "httpcore")):
         return name.endswith(("TimeoutException", "ConnectError", "ReadError", "WriteError", "RemoteProtocolError",
                               "PoolTimeout", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "NetworkError"))
@@ -181,6 +209,9 @@ def _store_transient(exc: BaseException) -> bool | None:
 
 
 def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a fault of something the work needs (a store, the broker, the schema
+    registry, storage I/O) rather than of the record: the batch is retried un-acked under
+    ``retry_deadline_s``, then the worker waits (not ready) or exits 75."""
     if isinstance(exc, StageFailure):
         return exc.retryable
     known = _store_transient(exc)
@@ -201,6 +232,8 @@ def is_store_rejection(exc: BaseException) -> bool:
     """A store said no for good (as opposed to a bug of ours or a transient fault)."""
     if isinstance(exc, StoreRejected) or _store_transient(exc) is False:
         return True
+    if is_transient(exc):
+        return False  # the store refuses everyone (auth, a dropped keyspace or collection): an outage
     module = type(exc).__module__ or ""
     # qdrant-client's local mode raises ValueError for a vector of the wrong size or an unknown vector name
     return module.startswith("qdrant_client") or (isinstance(exc, ValueError) and "vector" in str(exc).lower())
@@ -218,11 +251,24 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(ErrorCode.INTERNAL, text, False, dead_letter=True)
 
 
-def retries_exhausted(exc: BaseException, attempts: int, what: str) -> BaseException:
-    """A transient fault of one record's I/O that outlasted its retries, as that image's ``fetch_failed``
-    failure (dead-lettered, replayable once the fault is fixed); any other exception as it is."""
+#: Set by ``RetryPolicy.call`` for the attempts it makes past ``retry_deadline_s`` under
+#: ``on_outage=deadletter``: a transient fault of one record's I/O then fails that image alone.
+_FAIL_RECORD_FAULTS: contextvars.ContextVar[bool] = contextvars.ContextVar("lensflow_fail_record_faults", default=False)
+
+
+def record_fault(exc: BaseException, attempts: int, what: str) -> BaseException:
+    """What a fault reading one record's bytes (an original, a derivative) means.
+
+    A transient one (connection refused, a timeout, EIO, HTTP 5xx) says storage is down, not that the
+    image is bad: it is *raised*, so the runner retries the whole batch un-acked under
+    ``retry_deadline_s`` and then waits or exits 75, like any store outage (a one-minute S3 or NFS
+    outage used to fail every upload read in that minute with ``fetch_failed``). Only past the
+    deadline with ``on_outage=deadletter`` is it returned as that image's ``fetch_failed`` failure,
+    dead-lettered for replay once storage is mended. Any other exception is returned as it is."""
     if not is_transient(exc):
         return exc
+    if not _FAIL_RECORD_FAULTS.get():
+        raise exc
     return StageFailure(ErrorCode.FETCH_FAILED, f"{what} failed {attempts} times: {type(exc).__name__}: {exc}", True)
 
 
@@ -259,7 +305,7 @@ class RetryPolicy:
     base_s: float = 0.2
     max_s: float = 10.0
     deadline_s: float = 300.0
-    on_outage: str = "wait"  # "wait" | "exit"
+    on_outage: str = "wait"  # "wait" | "exit" | "deadletter"
 
     @classmethod
     def from_settings(cls, s) -> "RetryPolicy":
@@ -268,11 +314,14 @@ class RetryPolicy:
     async def call(self, fn, *args, what: str, on_wait=None, sleep=asyncio.sleep):
         """``await fn(*args)``, retrying transient faults. Any other exception propagates at once.
         Past the deadline: ``exit`` ends the process (nothing acked); ``wait`` keeps retrying at
-        ``max_s``; ``on_wait(waiting: bool)`` is told when the wait starts and ends (readiness)."""
+        ``max_s``; ``deadletter`` first tries once more at once with one record's own I/O faults failing
+        that image (``record_fault``), then waits like ``wait``; ``on_wait(waiting: bool)`` is told when
+        the wait starts and ends (readiness)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         attempt = 0
         outage = False
+        fail_records = None  # the contextvar token while records' own faults fail their images
         try:
             while True:
                 attempt += 1
@@ -283,6 +332,12 @@ class RetryPolicy:
                         raise
                     elapsed = loop.time() - started
                     if elapsed >= self.deadline_s:
+                        if self.on_outage == "deadletter" and fail_records is None:
+                            # once more at once, with records' own I/O faults failing those images alone;
+                            # a store or broker fault still waits
+                            fail_records = _FAIL_RECORD_FAULTS.set(True)
+                            log.warning("record_faults_fail_now", what=what, elapsed_s=round(elapsed, 1))
+                            continue
                         if self.on_outage == "exit":
                             fatal(f"{what}: transient fault outlasted retry_deadline_s={self.deadline_s:.0f}s", exc,
                                   code=EXIT_OUTAGE)
@@ -296,6 +351,8 @@ class RetryPolicy:
                                 next_in_s=round(delay, 2), error=f"{type(exc).__name__}: {exc}"[:300])
                     await sleep(delay)
         finally:
+            if fail_records is not None:
+                _FAIL_RECORD_FAULTS.reset(fail_records)
             if outage and on_wait is not None:
                 on_wait(False)
 

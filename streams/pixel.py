@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, retries_exhausted, retry_sync
+from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, record_fault, retry_sync
 from .budget import MemoryBudget, decode_budget, run_within
 from .records import Status, result
 from .runner import Item, Outcome, Output, Stage, run
@@ -415,7 +415,8 @@ class PixelStage(Stage):
         for (i, item), got in zip(todo, loads):
             if isinstance(got, BaseException):
                 attempts = getattr(got, "attempts", 1)
-                outcomes[i] = self.failure(item, retries_exhausted(got, attempts, "reading the derivative"), attempts)
+                # storage down raises here (record_fault): the runner retries the batch un-acked, an outage
+                outcomes[i] = self.failure(item, record_fault(got, attempts, "reading the derivative"), attempts)
             else:
                 ready.append((i, item, got[0]))
         if not ready:

@@ -26,6 +26,7 @@ store calls (``search``) on their store threads, never on an event loop (``strea
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import re
 import threading
@@ -41,6 +42,13 @@ class SearchError(ValueError):
 
 
 #: the parameters of a query (anything else is refused: a misspelt filter would be dropped silently)
+#: Index rows a tag or person search reads at most (the newest ``limit`` of them are answered).
+TAG_SCAN_LIMIT = 50_000
+#: With ``near``, tag hits kept per answer wanted, before the place filter.
+NEAR_POOL = 20
+#: Pages of 1,000 faces read to find the person ids behind a name.
+PERSON_SCROLL_PAGES = 20
+
 PARAMETERS = ("user", "text", "like", "tag", "person", "taken_after", "near", "limit", "safe")
 
 
@@ -220,24 +228,48 @@ class SearchService:
         return self._with_rows(hits, q.user, q.safe)
 
     def _tag_search(self, q: Query) -> list[dict]:
+        """The newest ``limit`` images carrying the tag (or one of the person's tags), newest first. Rows are
+        streamed from the driver's pages and only the newest ``keep`` are held (a heap), and at most
+        ``TAG_SCAN_LIMIT`` index rows are read per query: a tag on a million images costs bounded
+        memory and time (it loaded every row before). With ``near`` more are kept, for the place filter."""
         tags = [q.tag.lower().strip()] if q.tag else self._person_tags(q.user, q.person)
-        seen: dict[str, dict] = {}
+        keep = q.limit * NEAR_POOL if q.near else q.limit
+        heap: list[tuple[str, str]] = []  # (taken_at, image_id) of the newest ``keep``
+        hits: dict[str, dict] = {}
+        scanned = 0
         for tag in tags:
             for r in self.stores.cassandra.images_tagged(q.user, tag):
+                scanned += 1
+                if scanned > TAG_SCAN_LIMIT:
+                    break
                 if q.taken_after and (r.taken_at is None or r.taken_at.replace(tzinfo=timezone.utc) <= q.taken_after):
                     continue
-                seen.setdefault(r.image_id, {"image_id": r.image_id, "score": round(float(r.score or 1.0), 4),
-                                             "taken_at": r.taken_at.isoformat() if r.taken_at else None, "tags": [tag]})
-        hits = sorted(seen.values(), key=lambda h: (h["taken_at"] or ""), reverse=True)
-        return hits if q.near else hits[: q.limit]
+                if r.image_id in hits:
+                    continue
+                taken = r.taken_at.isoformat() if r.taken_at else ""
+                if len(heap) >= keep and (taken, r.image_id) <= heap[0]:
+                    continue
+                hits[r.image_id] = {"image_id": r.image_id, "score": round(float(r.score or 1.0), 4),
+                                    "taken_at": taken or None, "tags": [tag]}
+                heapq.heappush(heap, (taken, r.image_id))
+                if len(heap) > keep:
+                    hits.pop(heapq.heappop(heap)[1], None)
+        return sorted(hits.values(), key=lambda h: (h["taken_at"] or "", h["image_id"]), reverse=True)
 
     def _person_tags(self, user: str, name: str) -> list[str]:
         from qdrant_client import models as m
 
         flt = m.Filter(must=[m.FieldCondition(key="user_id", match=m.MatchValue(value=user)),
                              m.FieldCondition(key="person_name", match=m.MatchValue(value=name))])
-        points, _ = self.stores.qdrant.run(lambda c: c.scroll("faces", scroll_filter=flt, limit=1000, with_payload=True))
-        ids = sorted({p.payload["person_id"] for p in points if p.payload.get("person_id")})
+        ids: set[str] = set()
+        offset = None
+        for _ in range(PERSON_SCROLL_PAGES):  # paged: a person seen on many photos has many faces
+            points, offset = self.stores.qdrant.run(lambda c, o=offset: c.scroll(
+                "faces", scroll_filter=flt, limit=1000, offset=o, with_payload=["person_id"], with_vectors=False))
+            ids.update(p.payload["person_id"] for p in points if p.payload.get("person_id"))
+            if offset is None:
+                break
+        ids = sorted(ids)
         return [name.lower().strip()] + ids
 
     def _with_rows(self, hits: list[dict], user: str, safe: bool = False) -> list[dict]:

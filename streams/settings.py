@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     max_side: int = Field(1600, ge=64, description="Long side of the normalised derivative, pixels.")
     jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality of derivatives.")
     formats: CsvList = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF", "AVIF"], description="Accepted formats (sniffed from magic bytes). HEIF/AVIF need their Pillow plugin installed.")
-    fetch_retries: int = Field(3, ge=1, description="Attempts to fetch an original on transient storage errors before the image fails with `fetch_failed` and is dead-lettered (replayable).")
+    fetch_retries: int = Field(3, ge=1, description="Attempts to read an original or a derivative on transient storage errors, in place, before the whole batch is retried as an outage (see `on_outage`).")
     decode_memory_mb: int = Field(1024, ge=64, description="Memory budget, in MiB, for images being decoded at once by one worker. Each decode is admitted against an estimate made from the header before decoding; one that can never fit fails with `over_memory_budget`.")
     max_frames: int = Field(10_000, ge=1, description="Most pages or frames an original may have (multi-page TIFF, animated GIF, APNG, WebP): they are counted from the file's structure, never past this + 1, before any decode; more fail with `too_many_frames`. Only the first frame is analysed.")
     decode_timeout_s: float = Field(30.0, gt=0, description="Wall-clock limit of one decode (preprocess's open, decode, resize and encode of an original; a model stage's decode of a derivative), waiting for the decode budget included: past it the image fails with `decode_timeout` and the batch goes on. Python cannot stop a decode running in C, so it finishes in the background and holds its part of `decode_memory_mb` until then.")
@@ -123,8 +123,8 @@ class Settings(BaseSettings):
     # --- error policy (streams/errors.py) ------------------------------------------------------
     retry_base_s: float = Field(0.2, gt=0, description="First backoff of a transient fault (store, broker, storage); doubles each attempt, with full jitter.")
     retry_max_s: float = Field(10.0, gt=0, description="Longest single backoff between two attempts.")
-    retry_deadline_s: float = Field(300.0, gt=0, description="How long a stage retries a transient fault of a whole batch (a store or the broker down) before giving up on it; nothing is acked meanwhile.")
-    on_outage: str = Field("wait", pattern="^(wait|exit)$", description="Past `retry_deadline_s`: `wait` keeps retrying at `retry_max_s` with the batch un-acked (the worker reports not ready); `exit` stops the worker with exit code 75 (EX_TEMPFAIL) so an orchestrator restarts it. Either way nothing is acked.")
+    retry_deadline_s: float = Field(300.0, gt=0, description="How long a stage retries a transient fault of a whole batch (a store, the broker, the schema registry or storage down, or refusing everyone) before `on_outage` applies; nothing is acked meanwhile.")
+    on_outage: str = Field("wait", pattern="^(wait|exit|deadletter)$", description="Past `retry_deadline_s`: `wait` keeps retrying at `retry_max_s` with the batch un-acked (the worker reports not ready); `exit` stops the worker with exit code 75 (EX_TEMPFAIL) so an orchestrator restarts it; `deadletter` fails the images whose original or derivative cannot be read with `fetch_failed` and dead-letters them (replayable), while a store, broker or registry fault still waits. Nothing is acked while waiting.")
 
     # --- local stack ---------------------------------------------------------------------------
     stack_dir: Path | None = Field(None, description="Data and logs of the local Kafka + Cassandra. Default: DATA_DIR/stack.")

@@ -63,7 +63,9 @@ def _normalise(url: str) -> tuple[str, str]:
         if parts.netloc not in ("", "localhost"):
             raise StageFailure(ErrorCode.BAD_URI, f"file URL with a host is not supported: {_shown(url)}")
         return protocol, os.path.realpath(unquote(parts.path) or "/")
-    path = posixpath.normpath("/" + parts.netloc + unquote(parts.path))
+    # one leading slash: normpath keeps a leading "//" (POSIX), which a root written scheme:///path would
+    # get and none of the URLs under it (to_url writes scheme://path)
+    path = posixpath.normpath("/" + (parts.netloc + unquote(parts.path)).lstrip("/"))
     return protocol, path
 
 

@@ -70,3 +70,34 @@ def test_split_stage_groups_with_two_vision_replicas_and_a_kill(stack, models, t
         for w in workers:
             w.stop()
         ns.close()
+
+
+def test_stage_groups_after_the_whole_pipeline_on_the_same_data_dir(stack, models, tmp_path):
+    """The whole pipeline in one process over some images, stopped, then the split groups on the same
+    data dir (the way a user tries a split after ``lensflow worker``): each group keeps its local state
+    under its own consumer group's folder, so the join of the split does not reopen the all-in-one
+    join's RocksDB, and every image completes."""
+    from .promise import submit, wait_stored
+
+    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, session_timeout_s=10)
+    workers: list[Worker] = []
+    try:
+        ns.cli("init")
+        ns.start_worker()
+        # a model stage, so that the join holds images across batches: its table (and changelog) is written
+        first = submit(ns, "mixed", photos(tmp_path / "a", 8, seed=23), stages="objects")
+        wait_stored(ns, first, 300)
+        ns.stop_worker()
+        ns.start_worker()  # a restart recovers the join's table from its changelog: RocksDB records the offsets
+        ns.stop_worker()
+        workers = [Worker(ns, "preprocess", "preprocess"), Worker(ns, "sink", "faces,describe,join")]
+        for w in workers:
+            w.wait_ready()
+        more = submit(ns, "mixed", photos(tmp_path / "b", 8, seed=24), stages="faces")
+        rows = wait_stored(ns, set(first) | set(more), 300)
+        assert {s for s, _ in rows.values()} == {"complete"}
+        assert all(w.proc.poll() is None for w in workers), "a group's worker exited"
+    finally:
+        for w in workers:
+            w.stop()
+        ns.close()

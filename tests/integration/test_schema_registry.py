@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -152,3 +154,104 @@ def test_old_bytes_decode_to_the_current_reader_after_the_subject_evolves(regist
     assert got["mode"] == "full"
     assert normalise({k: v for k, v in got.items() if k != "mode"}) == normalise(old_record)
     assert normalise(reader.decode(new_bytes)[1]) == normalise(new_record)
+
+
+class Outage:
+    """A TCP forwarder in front of the real registry: ``down()`` closes its port (connections are
+    refused, as with a registry that is stopped or unreachable), ``up()`` opens it again. The registry
+    keeps its schemas meanwhile (its local storage is in memory: a real restart would lose them)."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target = target_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.listener = None
+        self.up()
+
+    def up(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+
+        def pipe(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+        def serve():
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+                except OSError:
+                    client.close()
+                    continue
+                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def down(self) -> None:
+        import socket
+
+        if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.listener.close()
+            self.listener = None
+
+
+def test_a_registry_outage_with_a_worker_restart_dead_letters_nothing(registry, stack, tmp_path):
+    """The registry unreachable for 30 s while records flow, and the worker restarted during the outage
+    (so it has no schema id cached): nothing is dead-lettered as poison, and every image completes
+    once the registry is back."""
+    from .conftest import Namespace
+    from .helpers import topic_messages
+    from .promise import photos, stored, submit, wait_stored
+
+    outage = Outage(PORT)
+    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_base_s=0.2, retry_max_s=2,
+                   schema_registry_url=f"http://127.0.0.1:{outage.port}/apis/ccompat/v7")
+    try:
+        ns.cli("init")
+        ns.start_worker()
+        files = photos(tmp_path / "in", 40, size=(640, 480), seed=41)
+        first = submit(ns, "reg", files[:10])
+        wait_stored(ns, first, 120)
+        rest = submit(ns, "reg", files[10:])  # registered and produced while the registry answers
+        outage.down()
+        down_at = time.monotonic()
+        ns.stop_worker(signal.SIGKILL)  # a crash: no graceful stop waits out the outage first
+        ns.start_worker()  # a fresh worker: every schema id must come from the registry, which is down
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        assert ns.worker.poll() is None, "the worker died during the registry outage:\n" + ns.log_tail()
+        outage.up()
+        wait_stored(ns, set(first) | set(rest), 180)
+        assert {s for s, _ in stored(ns).values()} == {"complete"}
+        letters = topic_messages(ns.topic("images.deadletter"), idle_s=3)
+        assert letters == [], f"{len(letters)} records dead-lettered during the registry outage"
+    finally:
+        outage.down()
+        ns.close()

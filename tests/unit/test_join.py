@@ -323,3 +323,38 @@ def test_duplicates_are_flagged_tagged_and_kept_in_the_payload():
     assert c.point["payload"]["duplicate_of"] == ["other", "near1"] and "near-duplicate" in c.point["payload"]["tags"]
     mark_duplicates(c, [], [])  # analysed again after the others were deleted: no longer a duplicate
     assert c.image_row["duplicate_of"] is None and not [t for t in c.tags if t["kind"] == "duplicate"]
+
+
+def test_a_late_result_already_stored_sends_its_invalidation_again():
+    """A late result merged into the stored run, then a crash before its cache invalidation was
+    delivered: redelivered, the result is already in the stored run. The join must still answer with
+    the invalidation (rewriting the run idempotently at its version), not drop it for good."""
+    import asyncio
+
+    import structlog
+
+    from lensflow.agents.join import Join
+    from lensflow.streams.store import StoredImage
+
+    late = objects()
+    stored_records = {"preprocess": codec.encode("ImagePrepared", prepared(expected=["metadata", "objects"])),
+                      "metadata": codec.encode("MetadataResult", md()),
+                      "objects": codec.encode("ObjectsResult", late)}  # the late result, written before the crash
+
+    class Cassandra:
+        async def current(self, image_id):
+            return StoredImage("r1", 2, "u", "r1")
+
+        async def stage_records(self, image_id, run_id):
+            return dict(stored_records)
+
+    join = Join.__new__(Join)
+    join.ctx = type("Ctx", (), {"codec": codec})()
+    join.ctx.stores = type("Stores", (), {"cassandra": Cassandra()})()
+    join.log = structlog.get_logger("test")
+    join.orphan_after_ms = 600_000
+    entry, _ = feed(None, "ObjectsResult", late)  # redelivered after the crash: no images.prepared with it
+    assert decide(entry, T0 + TIMEOUT).action == "unprepared"
+    finish = asyncio.new_event_loop().run_until_complete(join.unprepared(b"img", entry, T0 + TIMEOUT))
+    assert finish is not None and finish.completed is not None and finish.write and not finish.notify, finish
+    assert finish.completed.version == 2 and finish.completed.invalidation["image_id"] == "img"

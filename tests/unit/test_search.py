@@ -93,3 +93,36 @@ def test_unknown_parameters_and_unsafe_users_are_refused():
     for user in ("../bob", "a b", "x" * 65):
         with pytest.raises(SearchError, match="user"):
             Query.parse({"user": user, "tag": "x"})
+
+
+def test_a_tag_search_holds_only_the_newest_it_answers():
+    """A tag on many images: the rows are streamed and only the newest ``limit`` kept, and at most
+    TAG_SCAN_LIMIT index rows are read (it loaded every matching row before)."""
+    from collections import namedtuple
+    from datetime import datetime, timedelta
+
+    from lensflow.streams import search as search_module
+    from lensflow.streams.search import SearchService
+
+    Row = namedtuple("Row", "image_id kind score taken_at")
+    read = {"rows": 0}
+
+    def rows(n):
+        t0 = datetime(2020, 1, 1)
+        for i in range(n):
+            read["rows"] += 1
+            yield Row(f"img{i:06d}", "object", 0.9, t0 + timedelta(minutes=(i * 7919) % n))
+
+    class Cassandra:
+        def images_tagged(self, user, tag):
+            return rows(200_000)
+
+    class Stores:
+        cassandra = Cassandra()
+
+    service = SearchService(Stores(), type("S", (), {"safety_threshold": 0.5})())
+    hits = service._tag_search(Query.parse({"user": "u", "tag": "dog", "limit": "5"}))
+    scanned = search_module.TAG_SCAN_LIMIT
+    assert read["rows"] == scanned + 1, "the scan stops at TAG_SCAN_LIMIT rows"
+    newest = sorted((((i * 7919) % 200_000, f"img{i:06d}") for i in range(scanned)), reverse=True)[:5]
+    assert [h["image_id"] for h in hits] == [image for _, image in newest]
