@@ -6,8 +6,37 @@ retries transient faults and lets a store's refusal (``InvalidRequest``, a wrong
 that image alone.
 
 Cassandra: cassandra-driver with prepared statements, awaited from asyncio through the driver's
-callbacks (the event loop never blocks on a query). Qdrant: a server when ``LENSFLOW_QDRANT_URL``
-is set, else qdrant-client local mode in ``DATA_DIR/qdrant``; local mode locks its folder to one
+callbacks (the event loop never blocks on a query). What one image costs the sink (issue 19,
+``bench/spine.py`` measures it, ``tests/integration/test_sink_requests.py`` pins it): the join's
+read of the row (``current``: it also returns the stored tags, so a rewrite reads nothing else), the
+duplicate lookup (``same_bytes``), ``write`` in two requests for up to 8 tags (one more per 10 tags, and
+one more when a rewrite removes tags or changes the bytes) and ``mark_notified``; the lookups and
+notifications of one event-loop turn go together (one request per user, per 10 images). Cassandra's
+CPU goes less by request than by partition and row written, so the index (a partition per tag) stays
+the larger part of an image's cost. ``write``'s requests, in order:
+
+1. the index: ``user_images_by_tag`` (one partition per tag), ``images_by_user`` and ``images_by_sha``,
+   as UNLOGGED batches of at most ``BATCH_PARTITIONS`` partitions; on a rewrite only the entries that
+   changed;
+2. the image's partition: its ``images`` row (with its tags), its ``analysis_results`` row and its
+   ``image_tags`` rows, all keyed by ``image_id``: one UNLOGGED batch that Cassandra applies as one
+   mutation (no batch size limit applies to it, and it is atomic);
+3. on a rewrite, the index entries of tags it removed (and of a replaced SHA-256), after the row.
+
+Why that order: the row's ``tags`` is what the index holds for the image. The index is written before
+the row, and deleted from only after it, so a failure anywhere leaves a row whose tags are all in the
+index; the retry (every write is an idempotent upsert or delete, retried whole) then needs only what
+differs from the row. What a failure can leave is an index entry of a tag the retry no longer has
+(the duplicate flags can change between attempts): ``search --tag`` may list that image for it, as
+the sink's fan-out of independent requests could before.
+
+Consistency: the join's reads of its own state (``current``, ``stage_records``) and every write of the
+join are LOCAL_QUORUM, so that a worker that takes over a partition reads what another wrote (with
+replication 1 this is one replica, as LOCAL_ONE); the duplicate lookup and the reads of `show`,
+`search` and `reanalyze` are LOCAL_ONE. Every statement is idempotent (``is_idempotent``: the driver
+may retry it on another connection).
+
+Qdrant: a server when ``LENSFLOW_QDRANT_URL`` is set, else qdrant-client local mode in ``DATA_DIR/qdrant``; local mode locks its folder to one
 process, so locally only the worker that runs the join opens it, and its calls run in one dedicated
 thread (the local client is synchronous and not thread-safe).
 """
@@ -17,8 +46,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timezone
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -65,14 +97,114 @@ def bind_values(row: dict, columns: list[str], first_write: bool) -> list:
 
 
 #: An image as the join finds it stored: enough to version the next write, refuse another user's id and
-#: know whether this run's ``images.analyzed`` event was already delivered.
+#: know whether this run's ``images.analyzed`` event was already delivered; and for the sink, what a
+#: rewrite must change (its tags, and the SHA-256 and capture time its index entries carry).
 class StoredImage(NamedTuple):
     run_id: str
     version: int
     user_id: str
     notified_run: str | None
     uploaded_at: Any = None  # datetime of the stored run's upload
+    sha256: str | None = None
+    taken_at: Any = None
+    tags: dict | None = None  # (kind, tag) -> score; None: a row whose tags were not written with it (an older writer)
 
+
+#: Partitions per multi-partition UNLOGGED batch: Cassandra warns above 10
+#: (``unlogged_batch_across_partitions_warn_threshold``).
+BATCH_PARTITIONS = 10
+#: How long the row ``current`` read serves the ``write`` of the same image that follows it (the join
+#: reads and writes an image in one batch; a later write reads the row again).
+KNOWN_TTL_S = 30.0
+KNOWN_MAX = 4096
+
+
+def f32(x) -> float:
+    """``x`` as Cassandra's ``float`` stores it (a stored score compares equal to the one written)."""
+    return struct.unpack("f", struct.pack("f", float(x)))[0]
+
+
+def epoch_ms(value) -> int | None:
+    """A timestamp as Cassandra stores it (ms since the epoch; a naive datetime is UTC, as the driver
+    returns them)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp() * 1000)
+
+
+def tag_scores(tags: list[dict]) -> dict[tuple[str, str], float]:
+    """(kind, tag) -> score, as stored (``images.tags``, ``image_tags``)."""
+    return {(t["kind"], t["tag"]): f32(t.get("score", 1.0)) for t in tags}
+
+
+def index_entries(scores: dict[tuple[str, str], float]) -> dict[str, tuple[str, float]]:
+    """tag -> (kind, score) of the ``user_images_by_tag`` entries of an image: one per tag (its key is
+    (user, tag, image)); a tag of two kinds keeps its highest score, then the first kind."""
+    out: dict[str, tuple[str, float]] = {}
+    for (kind, tag), score in sorted(scores.items()):
+        if tag not in out or score > out[tag][1]:
+            out[tag] = (kind, score)
+    return out
+
+
+class WritePlan(NamedTuple):
+    """The statements of one image's write (``plan_write``), by request: ``index`` goes first, in
+    batches of ``BATCH_PARTITIONS`` (each statement its own partition), ``image`` is one batch (one
+    partition), ``cleanup`` goes last. Each entry: (statement name, values)."""
+    index: list
+    image: list
+    cleanup: list
+
+    def requests(self) -> int:
+        return (-(-len(self.index) // BATCH_PARTITIONS) + (1 if self.image else 0)
+                + -(-len(self.cleanup) // BATCH_PARTITIONS))
+
+
+def plan_write(image_row: dict, analysis_row: dict, tags: list[dict], stored: StoredImage | None,
+               old_tags: dict | None = None) -> WritePlan:
+    """What ``CassandraStore.write`` sends for an image, given the stored row (None: its first write).
+    ``old_tags``: the stored tags, when the row predates ``images.tags`` (read from ``image_tags``)."""
+    image_id, user_id = image_row["image_id"], image_row["user_id"]
+    run_id, version = image_row.get("run_id"), image_row.get("analysis_version")
+    new = tag_scores(tags)
+    first = stored is None
+    old = {} if first else (stored.tags if stored.tags is not None else (old_tags or {}))
+    # a row without trusted tags (written before images.tags existed, or rewritten by a writer that predates
+    # it): what the index holds for it is not known, so every entry is written again
+    trusted = not first and stored.tags is not None
+    same_entry = trusted and stored.user_id == user_id and epoch_ms(stored.taken_at) == epoch_ms(image_row.get("taken_at"))
+    old_index, new_index = index_entries(old), index_entries(new)
+
+    index = [("insert_user_tag", (user_id, tag, image_id, kind, score, image_row.get("taken_at")))
+             for tag, (kind, score) in new_index.items() if not (same_entry and old_index.get(tag) == (kind, score))]
+    if not trusted or (stored.run_id, stored.version) != (run_id, version):
+        index.append(("insert_by_user", (user_id, image_id, run_id, version)))
+    sha = image_row.get("sha256")
+    if sha and (not trusted or stored.sha256 != sha):
+        index.append(("insert_by_sha", (user_id, sha, image_id)))
+
+    # a rewrite binds the row's nulls: they clear what an earlier run stored (knowing which columns that
+    # run left null would take reading them all, for every image); an analysis_results row of a run not
+    # stored before is a first write of that row
+    new_run = first or stored.run_id != analysis_row.get("run_id")
+    image = [("insert_image", bind_values({**image_row, "tags": new}, IMAGE_ROW_COLUMNS, first)),
+             ("insert_analysis", bind_values(analysis_row, ANALYSIS_COLUMNS, new_run))]
+    image += [("insert_tag", (image_id, kind, tag, score)) for (kind, tag), score in new.items() if old.get((kind, tag)) != score]
+    image += [("delete_tag", (image_id, kind, tag)) for kind, tag in old if (kind, tag) not in new]
+
+    cleanup = [("delete_user_tag", (stored.user_id, tag, image_id)) for tag in old_index if tag not in new_index]
+    if not first and stored.sha256 and sha and stored.sha256 != sha:
+        cleanup.append(("delete_by_sha", (stored.user_id, stored.sha256, image_id)))
+    return WritePlan(index, image, cleanup)
+
+
+#: The columns the sink writes to an images row: the image's, and its tags.
+IMAGE_ROW_COLUMNS = IMAGE_COLUMNS + ["tags"]
+#: What ``current`` reads of the row (each column read costs Cassandra CPU, on every image: reading all
+#: ~50 took 0.15 ms a read against 0.09 for these, measured on the local stack).
+CURRENT_COLUMNS = ["run_id", "analysis_version", "user_id", "notified_run", "uploaded_at", "sha256", "taken_at", "tags"]
 
 ANALYSIS_COLUMNS = ["image_id", "run_id", "analysis_version", "status", "stage_status", "stage_ms", "stage_errors",
                     "stage_models", "stage_records", "result_json", "uploaded_at", "completed_at"]
@@ -130,6 +262,8 @@ class CassandraStore:
     """Every CQL statement of lensflow (prepared once), awaited from asyncio or run synchronously."""
 
     def __init__(self, hosts: list[str], port: int, keyspace: str, session=None, **options):
+        from cassandra import ConsistencyLevel
+
         if session is None:
             self.cluster, self.session = connect_cassandra(hosts, port, **options)
         else:
@@ -138,35 +272,94 @@ class CassandraStore:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ks):
             raise ValueError(f"bad keyspace name {ks!r}")
         self.keyspace = ks
-        p = lambda cql: self.session.prepare(cql.format(ks=ks))  # noqa: E731  (fully qualified names)
-        self.insert_image = p(f"INSERT INTO {ks}.images ({', '.join(IMAGE_COLUMNS)}) VALUES ({', '.join('?' * len(IMAGE_COLUMNS))})")
-        self.insert_analysis = p(f"INSERT INTO {ks}.analysis_results ({', '.join(ANALYSIS_COLUMNS)}) VALUES ({', '.join('?' * len(ANALYSIS_COLUMNS))})")
-        self.insert_by_user = p("INSERT INTO {ks}.images_by_user (user_id, image_id, run_id, analysis_version) VALUES (?, ?, ?, ?)")
+        quorum, one = ConsistencyLevel.LOCAL_QUORUM, ConsistencyLevel.LOCAL_ONE
+        self.write_consistency = quorum
+
+        def p(cql: str, consistency=one):
+            """A prepared statement (fully qualified names) with its consistency level; every statement of
+            lensflow is idempotent (upserts, deletes and reads of given keys: no counters, appends or LWTs)."""
+            statement = self.session.prepare(cql.format(ks=ks))
+            statement.consistency_level = consistency
+            statement.is_idempotent = True
+            return statement
+
+        # the join's writes (LOCAL_QUORUM: what current() reads back)
+        w = quorum
+        self.insert_image = p(f"INSERT INTO {ks}.images ({', '.join(IMAGE_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(IMAGE_ROW_COLUMNS))})", w)
+        self.insert_analysis = p(f"INSERT INTO {ks}.analysis_results ({', '.join(ANALYSIS_COLUMNS)}) VALUES ({', '.join('?' * len(ANALYSIS_COLUMNS))})", w)
+        self.insert_by_user = p("INSERT INTO {ks}.images_by_user (user_id, image_id, run_id, analysis_version) VALUES (?, ?, ?, ?)", w)
+        self.insert_tag = p("INSERT INTO {ks}.image_tags (image_id, kind, tag, score) VALUES (?, ?, ?, ?)", w)
+        self.delete_tag = p("DELETE FROM {ks}.image_tags WHERE image_id = ? AND kind = ? AND tag = ?", w)
+        self.insert_user_tag = p("INSERT INTO {ks}.user_images_by_tag (user_id, tag, image_id, kind, score, taken_at) VALUES (?, ?, ?, ?, ?, ?)", w)
+        self.delete_user_tag = p("DELETE FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ? AND image_id = ?", w)
+        self.insert_by_sha = p("INSERT INTO {ks}.images_by_sha (user_id, sha256, image_id) VALUES (?, ?, ?)", w)
+        self.delete_by_sha = p("DELETE FROM {ks}.images_by_sha WHERE user_id = ? AND sha256 = ? AND image_id = ?", w)
+        self.update_notified = p("UPDATE {ks}.images SET notified_run = ? WHERE image_id = ?", w)
+        # the join's reads of its own state (LOCAL_QUORUM: read-your-writes with the writes above)
+        current = (f"SELECT image_id, {', '.join(CURRENT_COLUMNS)}, WRITETIME(tags) AS tags_written, "
+                   f"WRITETIME(run_id) AS row_written FROM {ks}.images")
+        self.select_current = p(current + " WHERE image_id = ?", quorum)
+        self.select_current_many = p(current + " WHERE image_id IN ?", quorum)
+        self.select_run = p("SELECT stage_records, analysis_version FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?", quorum)
+        self.select_tags_scored = p("SELECT kind, tag, score FROM {ks}.image_tags WHERE image_id = ?", quorum)
+        # the duplicate lookup (a flag, best effort) and the reads of show, search and reanalyze: LOCAL_ONE
+        self.select_by_sha = p("SELECT image_id FROM {ks}.images_by_sha WHERE user_id = ? AND sha256 = ?")
+        self.select_by_sha_many = p("SELECT sha256, image_id FROM {ks}.images_by_sha WHERE user_id = ? AND sha256 IN ?")
         self.select_tags = p("SELECT kind, tag FROM {ks}.image_tags WHERE image_id = ?")
-        self.select_tags_scored = p("SELECT kind, tag, score FROM {ks}.image_tags WHERE image_id = ?")
-        self.insert_tag = p("INSERT INTO {ks}.image_tags (image_id, kind, tag, score) VALUES (?, ?, ?, ?)")
-        self.delete_tag = p("DELETE FROM {ks}.image_tags WHERE image_id = ? AND kind = ? AND tag = ?")
-        self.insert_user_tag = p("INSERT INTO {ks}.user_images_by_tag (user_id, tag, image_id, kind, score, taken_at) VALUES (?, ?, ?, ?, ?, ?)")
-        self.delete_user_tag = p("DELETE FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ? AND image_id = ?")
         self.select_user_tag = p("SELECT image_id, kind, score, taken_at FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ?")
-        self.select_current = p("SELECT run_id, analysis_version, user_id, notified_run, uploaded_at FROM {ks}.images WHERE image_id = ?")
-        self.select_run = p("SELECT stage_records, analysis_version FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
         self.select_run_stages = p("SELECT stage_status, stage_ms, stage_errors, stage_models, completed_at, result_json "
                                    "FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
         self.select_image = p("SELECT * FROM {ks}.images WHERE image_id = ?")
         self.select_rows = p("SELECT image_id, user_id, caption, uri, gps_lat, gps_lon, taken_at, nsfw_score FROM {ks}.images WHERE image_id IN ?")
         self.select_by_user = p("SELECT image_id, run_id, analysis_version FROM {ks}.images_by_user WHERE user_id = ?")
         self.select_all = p("SELECT image_id, user_id, run_id, analysis_version FROM {ks}.images")
-        self.insert_by_sha = p("INSERT INTO {ks}.images_by_sha (user_id, sha256, image_id) VALUES (?, ?, ?)")
-        self.select_by_sha = p("SELECT image_id FROM {ks}.images_by_sha WHERE user_id = ? AND sha256 = ?")
-        self.update_notified = p("UPDATE {ks}.images SET notified_run = ? WHERE image_id = ?")
+        #: image_id -> (monotonic time, StoredImage) of the rows current() read, for the write that follows
+        self._known: OrderedDict[str, tuple[float, StoredImage]] = OrderedDict()
+        self._notify = _Coalescer(self._send_notified)
+        self._by_sha = _Coalescer(self._send_same_bytes)
 
     # --- the join ---------------------------------------------------------------------------------
+    def _stored(self, row, remember: bool = True) -> StoredImage:
+        # the tags are what the index holds only if written with the row: a writer that predates images.tags
+        # (a rolling upgrade) rewrites the row and image_tags and leaves them behind
+        trusted = row.tags is not None and row.tags_written == row.row_written
+        stored = StoredImage(row.run_id, row.analysis_version or 0, row.user_id, row.notified_run, row.uploaded_at,
+                             row.sha256, row.taken_at, dict(row.tags) if trusted else None)
+        if remember:
+            self._known[row.image_id] = (time.monotonic(), stored)
+            self._known.move_to_end(row.image_id)
+            while len(self._known) > KNOWN_MAX:
+                self._known.popitem(last=False)
+        return stored
+
     async def current(self, image_id: str) -> StoredImage | None:
-        """The stored image's run, version, owner and notified run, or None."""
+        """The stored image's run, version, owner and notified run, or None. The row it read also
+        serves the ``write`` of this image that follows (within ``KNOWN_TTL_S``)."""
         rows = await _aio(self.session.execute_async(self.select_current, (image_id,)))
         for row in rows:
-            return StoredImage(row.run_id, row.analysis_version or 0, row.user_id, row.notified_run, row.uploaded_at)
+            return self._stored(row)
+        self._known.pop(image_id, None)
+        return None
+
+    async def current_many(self, image_ids: list[str]) -> dict[str, StoredImage]:
+        """``current`` of several images in one request per 100 ids: image_id -> StoredImage of those stored."""
+        ids = list(dict.fromkeys(image_ids))
+        pages = await asyncio.gather(*(_aio(self.session.execute_async(self.select_current_many, (ids[i:i + 100],)))
+                                       for i in range(0, len(ids), 100)))
+        out = {row.image_id: self._stored(row) for rows in pages for row in rows}
+        for image_id in ids:
+            if image_id not in out:
+                self._known.pop(image_id, None)
+        return out
+
+    async def stored_for_write(self, image_id: str) -> StoredImage | None:
+        """The stored row a rewrite starts from: the one ``current`` just read, else read now."""
+        known = self._known.pop(image_id, None)
+        if known is not None and time.monotonic() - known[0] < KNOWN_TTL_S:
+            return known[1]
+        rows = await _aio(self.session.execute_async(self.select_current, (image_id,)))
+        for row in rows:
+            return self._stored(row, remember=False)
         return None
 
     async def stage_records(self, image_id: str, run_id: str) -> dict[str, bytes]:
@@ -176,35 +369,92 @@ class CassandraStore:
         return {}
 
     async def write(self, image_row: dict, analysis_row: dict, tags: list[dict], first_write: bool = False) -> None:
-        """Upsert the image row, its analysis run, and replace its tags (both tag tables)."""
-        image_id, user_id = image_row["image_id"], image_row["user_id"]
+        """Upsert the image row, its analysis run, and replace its tags (``image_tags`` and the
+        ``user_images_by_tag`` index): the requests of ``plan_write``, in order (module docstring)."""
+        image_id = image_row["image_id"]
         check_vectors({"visual": image_row.get("visual")})
-        old = set() if first_write else {
-            (r.kind, r.tag) for r in await _aio(self.session.execute_async(self.select_tags, (image_id,)))}
-        new = {(t["kind"], t["tag"]): t for t in tags}
-        ex = self.session.execute_async
-        futures = [
-            ex(self.insert_image, bind_values(image_row, IMAGE_COLUMNS, first_write)),
-            ex(self.insert_analysis, bind_values(analysis_row, ANALYSIS_COLUMNS, first_write)),
-            ex(self.insert_by_user, (user_id, image_id, image_row.get("run_id"), image_row.get("analysis_version"))),
-        ]
-        if image_row.get("sha256"):
-            futures.append(ex(self.insert_by_sha, (user_id, image_row["sha256"], image_id)))
-        for kind, tag in old - set(new):
-            futures.append(ex(self.delete_tag, (image_id, kind, tag)))
-            futures.append(ex(self.delete_user_tag, (user_id, tag, image_id)))
-        for (kind, tag), t in new.items():
-            futures.append(ex(self.insert_tag, (image_id, kind, tag, float(t.get("score", 1.0)))))
-            futures.append(ex(self.insert_user_tag, (user_id, tag, image_id, kind, float(t.get("score", 1.0)), image_row.get("taken_at"))))
-        await _gather_first_error(_aio(f) for f in futures)
+        stored = None if first_write else await self.stored_for_write(image_id)
+        old_tags = None
+        if stored is not None and stored.tags is None:  # a row from before images.tags: its tags are in image_tags
+            rows = await _aio(self.session.execute_async(self.select_tags_scored, (image_id,)))
+            old_tags = {(r.kind, r.tag): f32(r.score if r.score is not None else 1.0) for r in rows}
+        plan = plan_write(image_row, analysis_row, tags, stored, old_tags)
+        self._known.pop(image_id, None)
+        await self._send_each(plan.index)
+        await _aio(self.session.execute_async(self._batch(plan.image)))
+        await self._send_each(plan.cleanup)
+
+    def _batch(self, ops: list):
+        """One request of ``ops`` ((statement name, values)): the statement alone, or an UNLOGGED batch."""
+        from cassandra.query import BatchStatement, BatchType
+
+        if len(ops) == 1:
+            name, values = ops[0]
+            return getattr(self, name).bind(values)
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self.write_consistency)
+        batch.is_idempotent = True
+        for name, values in ops:
+            batch.add(getattr(self, name), values)
+        return batch
+
+    async def _send_each(self, ops: list) -> None:
+        """``ops``, each on its own partition, in batches of ``BATCH_PARTITIONS``, all at once."""
+        if ops:
+            await _gather_first_error(_aio(self.session.execute_async(self._batch(ops[i:i + BATCH_PARTITIONS])))
+                                      for i in range(0, len(ops), BATCH_PARTITIONS))
 
     async def same_bytes(self, user_id: str, sha256: str) -> list[str]:
-        """The user's images whose original has this SHA-256."""
-        return [r.image_id for r in await _aio(self.session.execute_async(self.select_by_sha, (user_id, sha256)))]
+        """The user's images whose original has this SHA-256 (the lookups of one event-loop turn go
+        together: one request per user and 100 hashes)."""
+        return await self._by_sha.add((user_id, sha256))
+
+    async def _send_same_bytes(self, keys: list[tuple[str, str]]) -> list:
+        by_user: dict[str, list[str]] = {}
+        for user_id, sha in keys:
+            by_user.setdefault(user_id, [])
+            if sha not in by_user[user_id]:
+                by_user[user_id].append(sha)
+        requests = [(user_id, shas[i:i + 100]) for user_id, shas in by_user.items() for i in range(0, len(shas), 100)]
+
+        async def one(user_id, shas):
+            if len(shas) == 1:
+                rows = await _aio(self.session.execute_async(self.select_by_sha, (user_id, shas[0])))
+                return {(user_id, shas[0]): [r.image_id for r in rows]}
+            rows = await _aio(self.session.execute_async(self.select_by_sha_many, (user_id, shas)))
+            found: dict = {(user_id, sha): [] for sha in shas}
+            for r in rows:
+                found[(user_id, r.sha256)].append(r.image_id)
+            return found
+
+        results = await asyncio.gather(*(one(u, shas) for u, shas in requests), return_exceptions=True)
+        answers: dict = {}
+        for (user_id, shas), r in zip(requests, results):
+            for sha in shas:
+                answers[(user_id, sha)] = r if isinstance(r, BaseException) else r[(user_id, sha)]
+        return [answers[k] if isinstance(answers[k], BaseException) else list(answers[k]) for k in keys]
 
     async def mark_notified(self, image_id: str, run_id: str) -> None:
-        """Record that ``run_id``'s images.analyzed event is on the broker (a redelivery then skips it)."""
-        await _aio(self.session.execute_async(self.update_notified, (run_id, image_id)))
+        """Record that ``run_id``'s images.analyzed event is on the broker (a redelivery then skips it).
+        The notifications of one event-loop turn go together (UNLOGGED batches of ``BATCH_PARTITIONS``
+        images; a batch Cassandra refuses is sent again statement by statement, so that only the image at
+        fault fails)."""
+        await self._notify.add((image_id, run_id))
+
+    async def _send_notified(self, items: list[tuple[str, str]]) -> list:
+        from .errors import is_transient
+
+        async def chunk(part):
+            try:
+                await _aio(self.session.execute_async(self._batch([("update_notified", (run_id, image_id)) for image_id, run_id in part])))
+                return [None] * len(part)
+            except Exception as exc:
+                if len(part) == 1 or is_transient(exc):
+                    return [exc] * len(part)
+            return await asyncio.gather(*(_aio(self.session.execute_async(self.update_notified, (run_id, image_id)))
+                                          for image_id, run_id in part), return_exceptions=True)
+
+        parts = [items[i:i + BATCH_PARTITIONS] for i in range(0, len(items), BATCH_PARTITIONS)]
+        return [r for results in await asyncio.gather(*(chunk(part) for part in parts)) for r in results]
 
     # --- search, show, reanalyze (synchronous: the CLI and the web views) ------------------------------
     def images_tagged(self, user_id: str, tag: str) -> list:
@@ -226,8 +476,11 @@ class CassandraStore:
             return None
         image = {k: v for k, v in row._asdict().items() if k != "visual"}
         image["has_visual_vector"] = row.visual is not None
-        image["tags"] = [{"kind": t.kind, "tag": t.tag, "score": t.score}
-                         for t in self.session.execute(self.select_tags_scored, (image_id,))]
+        if getattr(row, "tags", None) is not None:  # the row's own tags, in image_tags' order (kind, tag)
+            image["tags"] = [{"kind": kind, "tag": tag, "score": score} for (kind, tag), score in sorted(row.tags.items())]
+        else:  # a row written before images.tags existed
+            image["tags"] = [{"kind": t.kind, "tag": t.tag, "score": t.score}
+                             for t in self.session.execute(self.select_tags_scored, (image_id,))]
         run = self.session.execute(self.select_run_stages, (image_id, row.run_id)).one()
         if run is not None:
             image["stages"] = {stage: {"status": status, "ms": round((run.stage_ms or {}).get(stage, 0.0), 2),
@@ -258,6 +511,53 @@ class SimpleRow(NamedTuple):
     user_id: str
     run_id: str
     analysis_version: int
+
+
+class _Coalescer:
+    """Calls made in one event-loop turn, sent together: ``add(item)`` returns an awaitable of that
+    item's result; at the end of the turn ``send(items)`` answers them all (a list of results or
+    exceptions, one per item). The join gathers its lookups and notifications of a batch, so they arrive
+    in one turn."""
+
+    def __init__(self, send):
+        self._send = send
+        self._pending: list = []
+        self._loop = None
+        self._tasks: set = set()
+
+    def add(self, item) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._pending = loop, []
+        fut = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((item, fut))
+        return fut
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            task = asyncio.ensure_future(self._answer(pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, pending: list) -> None:
+        try:
+            results = await self._send([item for item, _ in pending])
+        except asyncio.CancelledError:
+            for _, fut in pending:
+                fut.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 (each caller gets it)
+            results = [exc] * len(pending)
+        for (_, fut), result in zip(pending, results):
+            if fut.done():  # the caller was cancelled
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
 
 async def _gather_first_error(aws) -> None:
