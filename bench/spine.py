@@ -196,6 +196,7 @@ def install_probe(path: str | None, dump_every_s: float = 0.5) -> dict:
     lock = threading.Lock()
     local = threading.local()
     cpu, cql, in_batches = _PROBE["cpu"], _PROBE["cql"], _PROBE["batch_statements"]
+    wall = _PROBE.setdefault("wall", {})
     clock = time.thread_time
 
     def enter():
@@ -288,6 +289,25 @@ def install_probe(path: str | None, dump_every_s: float = 0.5) -> dict:
     patch(logging.Logger, "_log", "logging")
     for name in ("process", "delivered", "write", "find_duplicates", "tick", "complete"):
         patch(join.Join, name, "join_python")
+
+    walled_calls = [(join.Join, "process"), (join.Join, "delivered"), (join.Join, "write"), (join.Join, "complete"),
+                    (store.CassandraStore, "current"), (store.CassandraStore, "write"), (store.QdrantStore, "upsert_images")]
+    def walled(inner, label):
+        @functools.wraps(inner)
+        async def timed_wall(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return await inner(*a, **k)
+            finally:
+                with lock:
+                    calls, spent = wall.get(label, (0, 0.0))
+                    wall[label] = (calls + 1, spent + time.perf_counter() - t0)
+        return timed_wall
+
+    if os.environ.get(PREFETCH_ENV) and hasattr(store.CassandraStore, "current_many"):
+        prefetch_current(join, store)
+    for owner, name in walled_calls:  # and their wall time, awaits included: how busy the join is, waiting for what
+        setattr(owner, name, walled(getattr(owner, name), f"{owner.__name__}.{name}"))
     for name in ("current", "current_many", "same_bytes", "_send_same_bytes", "stage_records"):
         if hasattr(store.CassandraStore, name):  # (the coalesced lookups and notifications are sent by a task of their own)
             patch(store.CassandraStore, name, "join_reads")
@@ -313,7 +333,7 @@ def install_probe(path: str | None, dump_every_s: float = 0.5) -> dict:
                 name = _thread_group(t.name)
                 threads[name] = threads.get(name, 0.0) + spent
             with lock:
-                data = {"cpu": dict(cpu), "cql": dict(cql), "batch_statements": dict(in_batches), "threads": threads,
+                data = {"cpu": dict(cpu), "cql": dict(cql), "batch_statements": dict(in_batches), "threads": threads, "wall": dict(wall),
                         "process": time.process_time()}
             Path(path + ".tmp").write_text(json.dumps(data))
             os.replace(path + ".tmp", path)
@@ -324,6 +344,38 @@ def install_probe(path: str | None, dump_every_s: float = 0.5) -> dict:
 
 #: threads that do preprocess's work: its pool, and a thread per decode where the decode has a time limit
 PREPROCESS_THREADS = ("preprocess", "lensflow-decode")
+
+
+PREFETCH_ENV = "BENCH_SPINE_PREFETCH"
+
+
+def prefetch_current(join, store) -> None:
+    """An experiment (``--prefetch``): what the join would gain by reading the stored rows of a batch's
+    images in one request (``CassandraStore.current_many``) instead of one ``current`` after the other.
+    ``Join.process`` is wrapped to read them first; ``current`` then answers from what it read."""
+    import functools
+
+    process, current = join.Join.process, store.CassandraStore.current
+    fetched: dict = {}
+
+    @functools.wraps(process)
+    async def prefetching(self, items):
+        ids = list(dict.fromkeys(i.event.message.key.decode() for i in items))
+        found = await self.store.cassandra.current_many(ids)
+        fetched.update({i: found.get(i) for i in ids})
+        try:
+            return await process(self, items)
+        finally:
+            for i in ids:
+                fetched.pop(i, None)
+
+    @functools.wraps(current)
+    async def answered(self, image_id):
+        if image_id in fetched:
+            return fetched.pop(image_id)
+        return await current(self, image_id)
+
+    join.Join.process, store.CassandraStore.current = prefetching, answered
 
 
 def _thread_group(name: str) -> str:
@@ -391,9 +443,15 @@ def probe_delta(before: dict, after: dict, images: int) -> dict:
     steps["qdrant_thread"] = threads.get("qdrant", 0.0)
     process = after["process"] - before["process"]
     steps["other_threads"] = max(0.0, process - pre_total - main - steps["driver_io"] - steps["qdrant_thread"])
+    join_wall = {}
+    for k, (calls, spent) in after.get("wall", {}).items():
+        c0, s0 = before.get("wall", {}).get(k, (0, 0.0))
+        if calls > c0:
+            join_wall[k] = {"calls": calls - c0, "ms_per_call": round((spent - s0) * 1000 / (calls - c0), 2),
+                            "ms_per_image": round((spent - s0) * 1000 / images, 2)}
     named = PREPROCESS_THREADS + ("MainThread", "event_loop", "qdrant")
     others = {k: round(v * 1000 / images, 2) for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if k not in named and v > 0}
-    return {"other_threads": others,
+    return {"other_threads": others, "join_wall": join_wall,
             "requests": {k: v / images for k, v in sorted(diff("cql").items()) if v},
             "in_batches": {k: v / images for k, v in sorted(diff("batch_statements").items()) if v},
             "requests_total": sum(diff("cql").values()) / images,
@@ -411,6 +469,8 @@ def print_probe(p: dict) -> None:
     for k, v in p["cpu_ms"].items():
         print(f"    {v:6.2f} ms  {k:<24} {WORKER_STEPS[k]}")
     print("    other threads (ms): " + ", ".join(f"{k} {v}" for k, v in list(p["other_threads"].items())[:6]))
+    for k, v in p["join_wall"].items():
+        print(f"  {k}: {v['calls']} calls, {v['ms_per_call']} ms each (wall, awaits included), {v['ms_per_image']} ms per image")
 
 
 # --- the sink alone: the join's Cassandra calls from this process, on rows the pipeline stored -----
@@ -888,14 +948,17 @@ def report(label: str, files: list[Path], recs: list[dict], floor: list[float]) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n2", type=int, default=300, help="2 MP images")
+    ap.add_argument("--n2", type=int, default=300, help="2 MP images (each set)")
+    ap.add_argument("--n2-over", type=int, help="2 MP images over the cap (default: --n2)")
     ap.add_argument("--n12", type=int, default=60, help="12 MP images")
-    ap.add_argument("--hops", type=int, default=300, help="round trips for the per-hop overhead")
+    ap.add_argument("--hops", type=int, default=300, help="round trips for the per-hop overhead (0: none)")
     ap.add_argument("--sink", type=int, default=256, help="images for the sink-alone run (0: none)")
     ap.add_argument("--compare", type=Path, help="after the pipeline, the sink alone: this streams/store.py against this "
                     "other version of it, rounds alternating in one process (see sink_compare)")
     ap.add_argument("--private-stack", type=Path, metavar="DIR", help="run on a Kafka and a Cassandra of its own, in DIR "
                     "(see private_stack): their CPU per image without the load of other users of the shared stack")
+    ap.add_argument("--prefetch", action="store_true", help="experiment: the join reads its batch's stored rows in one "
+                    "request (CassandraStore.current_many) instead of one current() after the other (see prefetch_current)")
     ap.add_argument("--store", type=Path, help="run the worker and the sink-alone run with this version of streams/store.py "
                     "(e.g. from `git show <rev>:streams/store.py`): a before/after comparison on the same stack")
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
@@ -907,6 +970,8 @@ def main() -> None:
         private_stack(args.private_stack)
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-"))
     env = bench_env("b", 6099, work, ["stages=metadata", *args.set])  # the spine: EXIF only, no models
+    if args.prefetch:
+        env[PREFETCH_ENV] = "1"
     if args.store:
         use_store(str(args.store.resolve()))
         env[STORE_ENV] = str(args.store.resolve())
@@ -916,7 +981,8 @@ def main() -> None:
 
     print("making synthetic photos ...", flush=True)
     sets = {}
-    for label, (w, h), n in [x for x in [("2 MP within the cap", (1600, 1200), args.n2), ("2 MP over the cap", (1632, 1224), args.n2),
+    over = args.n2 if args.n2_over is None else args.n2_over
+    for label, (w, h), n in [x for x in [("2 MP within the cap", (1600, 1200), args.n2), ("2 MP over the cap", (1632, 1224), over),
                              ("12 MP", (4000, 3000), args.n12)] if x[2] > 0]:
         d = work / label.replace(" ", "_")
         d.mkdir()
@@ -961,10 +1027,11 @@ def main() -> None:
                   + " per image (by thread group: jvm_groups)")
             figures[label]["probe"] = probe_delta(probed, read_probe(probe), len(recs))
             print_probe(figures[label]["probe"])
-        hops = hop_overhead_ms(env, env["LENSFLOW_TOPIC_PREFIX"] + "analysis.metadata", args.hops)
-        figures["hop_p50_ms"], figures["hop_p95_ms"] = statistics.median(hops), pct(hops, 95)
-        print(f"\n== one Kafka+Avro hop (encode, produce acks=all, consume, decode): p50 {figures['hop_p50_ms']:.2f} ms, "
-              f"p95 {figures['hop_p95_ms']:.2f} ms")
+        if args.hops > 20:
+            hops = hop_overhead_ms(env, env["LENSFLOW_TOPIC_PREFIX"] + "analysis.metadata", args.hops)
+            figures["hop_p50_ms"], figures["hop_p95_ms"] = statistics.median(hops), pct(hops, 95)
+            print(f"\n== one Kafka+Avro hop (encode, produce acks=all, consume, decode): p50 {figures['hop_p50_ms']:.2f} ms, "
+                  f"p95 {figures['hop_p95_ms']:.2f} ms")
         figures["worker_rss_mib"] = rss_mib(worker.pid)
         print(f"   worker RSS {figures['worker_rss_mib']:.0f} MiB")
         if args.sink:

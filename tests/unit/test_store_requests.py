@@ -93,3 +93,26 @@ def test_a_tag_of_two_kinds_is_one_index_entry():
     plan = plan_write(row, analysis, tags, None)
     assert [v for name, v in plan.index if name == "insert_user_tag"] == [("u", "paris", "i", "keyword", f32(0.9), TAKEN)]
     assert names(plan.image).count("insert_tag") == 2
+
+
+def test_local_qdrant_commits_without_an_fsync_per_point_and_keeps_them(tmp_path):
+    """Local mode's SQLite files go to WAL with synchronous=NORMAL (an fsync per point was ~1 ms of the
+    join's time each); the points are still there when the store is opened again."""
+    import asyncio
+    import uuid
+
+    from lensflow.streams.store import QdrantStore
+
+    store = QdrantStore(None, tmp_path / "qdrant")
+    modes = store.run(lambda c: [(coll.storage.storage.execute("PRAGMA journal_mode").fetchone()[0],
+                                  coll.storage.storage.execute("PRAGMA synchronous").fetchone()[0])
+                                 for coll in c._client.collections.values()])
+    assert modes and all(m == ("wal", 1) for m in modes), modes  # synchronous 1 = NORMAL
+    ids = [str(uuid.uuid4()) for _ in range(20)]
+    asyncio.run(store.upsert_images([{"id": i, "vectors": {}, "payload": {"image_id": i, "user_id": "u"}} for i in ids]))
+    store.close()
+    again = QdrantStore(None, tmp_path / "qdrant")
+    try:
+        assert again.run(lambda c: c.count("images").count) == 20
+    finally:
+        again.close()
