@@ -80,7 +80,7 @@ def test_storage_down_for_a_minute_holds_the_images_instead_of_failing_them(stac
     dead-lettered, and they all complete once storage answers again."""
     flag = tmp_path / "storage-down"
     ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_base_s=0.2, retry_max_s=2,
-                   storage_url=f"faulty://{tmp_path}/data/storage")
+                   storage_url=f"faulty://{str(tmp_path).lstrip('/')}/data/storage")
     ns.env.update(fault_env(ROOT, "storage"))
     ns.env["LENSFLOW_TEST_STORAGE_DOWN"] = str(flag)
     try:
