@@ -1,6 +1,6 @@
 """Benchmark of the spine (preprocess + metadata + join, no models) on the running local stack.
 
-    .venv/bin/python bench/spine.py [--n2 300] [--n12 60] [--json out.json]
+    .venv/bin/python bench/spine.py [--n2 300] [--n12 60] [--sink 256] [--json out.json]
 
 Prints, for synthetic photo-like JPEGs with EXIF — 2 MP within the 1600 px cap (1600×1200: validated
 by a full decode, kept as its own derivative), 2 MP just over it (1632×1224: decoded, resized and
@@ -9,7 +9,22 @@ re-encoded) and 12 MP (4000×3000):
 * end to end through Kafka, a real worker and the stores: images/s, p50/p95 upload→analyzed latency,
   per-stage p50 (as the stages report it);
 * the Kafka + Avro overhead of one hop: encode + produce + consume + decode of one small record,
-  measured with a plain producer/consumer pair on the same broker (p50 over many round trips).
+  measured with a plain producer/consumer pair on the same broker (p50 over many round trips);
+* per image, from a probe loaded into the worker (``install_probe``, through a ``sitecustomize.py`` on
+  its PYTHONPATH; lensflow knows nothing of it): the CQL requests by statement (and the statements
+  inside batches), the worker's CPU by step (fetch, SHA-256, EXIF/XMP, geocode, decode, resize,
+  encode, Avro, logging, the join's Python, its CQL reads and writes on the loop, the driver's I/O
+  thread, Kafka/Faust: the rest of the loop; ``WORKER_STEPS``) and the join's wall time by call;
+  Cassandra's CPU by thread group (requests, storage, JIT, GC: ``jvm_groups``);
+* the sink alone (``--sink N``): the join's Cassandra calls for N images from this process, as a first
+  write, a rewrite by a new run and a replay of a run: requests (checked against what Cassandra counted
+  on the connection), this process's CPU and Cassandra's, per image.
+
+Comparisons: ``--store FILE`` runs the worker and the sink with another version of streams/store.py
+(``git show <rev>:streams/store.py > FILE``); ``--compare FILE`` runs the sink alone with this version
+and FILE in one process, rounds alternating, call by call. ``--private-stack DIR`` runs on a Kafka and
+a Cassandra of its own (other ports), so that their CPU is the benchmark's alone; a freshly started
+one spends more CPU compiling itself than serving the first thousands of images: ``--warm-sink 5000``.
 Each run uses its own topic prefix, keyspace and consumer group, and cleans them up afterwards.
 """
 
@@ -532,6 +547,45 @@ def changed_tags(tags: list[dict]) -> list[dict]:
     return kept + [{"kind": "object", "tag": "bench-added", "score": 0.5}]
 
 
+def warm_sink(keyspace: str, n: int, wave: int = 32) -> None:
+    """``n`` images through the join's Cassandra calls (a first write, then a rewrite), not measured:
+    a freshly started Cassandra spends more CPU compiling itself (its JIT) than serving the first
+    thousands of images (``bench/RESULTS.md``, 2026-12-06), so a run on a fresh stack warms it first."""
+    import asyncio
+
+    from lensflow.streams.store import CassandraStore
+
+    store = CassandraStore(["127.0.0.1"], STACK["cql_port"], keyspace)
+    samples = stored_samples(store.session, keyspace)
+    tag = uuid.uuid4().hex[:6]
+
+    async def one(row, analysis, tags, rewrite):
+        row, analysis = {**row, "image_id": row["image_id"]}, dict(analysis)
+        if rewrite:
+            row.update(run_id=f"{row['run_id']}-2", analysis_version=2)
+            analysis.update(run_id=row["run_id"], analysis_version=2)
+            tags = changed_tags(tags)
+        stored = await store.current(row["image_id"])
+        await store.same_bytes(row["user_id"], row.get("sha256") or "")
+        await store.write(row, analysis, tags, stored is None)
+        await store.mark_notified(row["image_id"], row["run_id"])
+
+    async def run():
+        for rewrite in (False, True):
+            for start in range(0, n, wave):
+                batch = []
+                for i in range(start, min(n, start + wave)):
+                    row, analysis, tags = samples[i % len(samples)]
+                    image_id = f"warm-{tag}-{i}"
+                    batch.append(({**row, "image_id": image_id, "user_id": "warm"}, {**analysis, "image_id": image_id}, tags))
+                await asyncio.gather(*(one(*b, rewrite) for b in batch))
+
+    t0 = time.perf_counter()
+    asyncio.run(run())
+    store.close()
+    print(f"  (Cassandra warmed with {n} images through the sink, twice, in {time.perf_counter() - t0:.0f}s)")
+
+
 def sink_bench(keyspace: str, cassandra_pid: int | None, n: int = 256, wave: int = 32) -> dict:
     """The join's calls for each image (``current``, ``same_bytes``, ``write``, ``mark_notified``), ``wave``
     images at a time, against the real Cassandra, for three cases: a first write, a rewrite by a new run
@@ -953,6 +1007,8 @@ def main() -> None:
     ap.add_argument("--n12", type=int, default=60, help="12 MP images")
     ap.add_argument("--hops", type=int, default=300, help="round trips for the per-hop overhead (0: none)")
     ap.add_argument("--sink", type=int, default=256, help="images for the sink-alone run (0: none)")
+    ap.add_argument("--warm-sink", type=int, default=0, metavar="N", help="before measuring, N images through the sink alone "
+                    "(twice: first write and rewrite), unmeasured: on a freshly started stack, e.g. 5000")
     ap.add_argument("--compare", type=Path, help="after the pipeline, the sink alone: this streams/store.py against this "
                     "other version of it, rounds alternating in one process (see sink_compare)")
     ap.add_argument("--private-stack", type=Path, metavar="DIR", help="run on a Kafka and a Cassandra of its own, in DIR "
@@ -1011,6 +1067,8 @@ def main() -> None:
             (warm / f"{i}.jpg").write_bytes(make_photo(2000, 1500, seed=100_000 + i))
             warm_files.append(warm / f"{i}.jpg")
         run_pipeline(env, warm_files, 120)
+        if args.warm_sink:
+            warm_sink(env["LENSFLOW_CASSANDRA_KEYSPACE"], args.warm_sink)
         for label, files in sets.items():
             floor = floor_ms(files)
             time.sleep(1.5)  # the probe's last dump covers the previous set's notifications
