@@ -54,7 +54,7 @@ def test_one_transient_error_in_each_join_store_call_and_each_stage_delivery(sta
         assert len(results) == 16 and {r["status"] for r in results.values()} == {"complete"}, \
             {i: (r["status"], r.get("error")) for i, r in results.items() if r["status"] != "complete"}
         fired = injected(ns)
-        expected = {f"CassandraStore.{m}" for m in ("current", "same_bytes", "write", "mark_notified")} | \
+        expected = {f"CassandraStore.{m}" for m in ("current_many", "same_bytes", "write", "mark_notified")} | \
                    {"QdrantStore.upsert_images", "QdrantStore.near_duplicates"} | \
                    {f"publish.{s}" for s in ("preprocess", "objects", "text", "faces", "visual", "describe", "join")}
         assert expected <= fired, f"faults not injected: {expected - fired}"

@@ -2,7 +2,7 @@
 (comma-separated):
 
 * ``join-once``: one transient failure, at its 3rd call, of each store call the join makes
-  (``CassandraStore.current``, ``.same_bytes``, ``.write``, ``.mark_notified``; ``QdrantStore.upsert_images``,
+  (``CassandraStore.current``, ``.current_many``, ``.same_bytes``, ``.write``, ``.mark_notified``; ``QdrantStore.upsert_images``,
   ``.near_duplicates``): a Cassandra ``OperationTimedOut`` or a Qdrant ``ResponseHandlingException``
   raised *instead of* the call (the store never sees it), as a timeout does;
 * ``publish-once``: in each stage's first delivery of two records or more (the join: one that announces an
@@ -56,7 +56,7 @@ def _join_once() -> None:
 
     from lensflow.streams.store import CassandraStore, QdrantStore
 
-    for method in ("current", "same_bytes", "write", "mark_notified"):
+    for method in ("current", "current_many", "same_bytes", "write", "mark_notified"):
         _fail_once(CassandraStore, method, lambda: OperationTimedOut("injected: no answer in time"))
     for method in ("upsert_images", "near_duplicates"):
         _fail_once(QdrantStore, method, lambda: ResponseHandlingException(TimeoutError("injected: no answer in time")))
