@@ -319,8 +319,6 @@ def install_probe(path: str | None, dump_every_s: float = 0.5) -> dict:
                     wall[label] = (calls + 1, spent + time.perf_counter() - t0)
         return timed_wall
 
-    if os.environ.get(PREFETCH_ENV) and hasattr(store.CassandraStore, "current_many"):
-        prefetch_current(join, store)
     for owner, name in walled_calls:  # and their wall time, awaits included: how busy the join is, waiting for what
         setattr(owner, name, walled(getattr(owner, name), f"{owner.__name__}.{name}"))
     for name in ("current", "current_many", "same_bytes", "_send_same_bytes", "stage_records"):
@@ -359,38 +357,6 @@ def install_probe(path: str | None, dump_every_s: float = 0.5) -> dict:
 
 #: threads that do preprocess's work: its pool, and a thread per decode where the decode has a time limit
 PREPROCESS_THREADS = ("preprocess", "lensflow-decode")
-
-
-PREFETCH_ENV = "BENCH_SPINE_PREFETCH"
-
-
-def prefetch_current(join, store) -> None:
-    """An experiment (``--prefetch``): what the join would gain by reading the stored rows of a batch's
-    images in one request (``CassandraStore.current_many``) instead of one ``current`` after the other.
-    ``Join.process`` is wrapped to read them first; ``current`` then answers from what it read."""
-    import functools
-
-    process, current = join.Join.process, store.CassandraStore.current
-    fetched: dict = {}
-
-    @functools.wraps(process)
-    async def prefetching(self, items):
-        ids = list(dict.fromkeys(i.event.message.key.decode() for i in items))
-        found = await self.store.cassandra.current_many(ids)
-        fetched.update({i: found.get(i) for i in ids})
-        try:
-            return await process(self, items)
-        finally:
-            for i in ids:
-                fetched.pop(i, None)
-
-    @functools.wraps(current)
-    async def answered(self, image_id):
-        if image_id in fetched:
-            return fetched.pop(image_id)
-        return await current(self, image_id)
-
-    join.Join.process, store.CassandraStore.current = prefetching, answered
 
 
 def _thread_group(name: str) -> str:
@@ -1013,8 +979,6 @@ def main() -> None:
                     "other version of it, rounds alternating in one process (see sink_compare)")
     ap.add_argument("--private-stack", type=Path, metavar="DIR", help="run on a Kafka and a Cassandra of its own, in DIR "
                     "(see private_stack): their CPU per image without the load of other users of the shared stack")
-    ap.add_argument("--prefetch", action="store_true", help="experiment: the join reads its batch's stored rows in one "
-                    "request (CassandraStore.current_many) instead of one current() after the other (see prefetch_current)")
     ap.add_argument("--store", type=Path, help="run the worker and the sink-alone run with this version of streams/store.py "
                     "(e.g. from `git show <rev>:streams/store.py`): a before/after comparison on the same stack")
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
@@ -1026,8 +990,6 @@ def main() -> None:
         private_stack(args.private_stack)
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-"))
     env = bench_env("b", 6099, work, ["stages=metadata", *args.set])  # the spine: EXIF only, no models
-    if args.prefetch:
-        env[PREFETCH_ENV] = "1"
     if args.store:
         use_store(str(args.store.resolve()))
         env[STORE_ENV] = str(args.store.resolve())
