@@ -177,17 +177,18 @@ class Join(Stage):
 
         # the stored rows this batch will ask about, in one request per 100 images instead of one read
         # each, one after another (4.5 ms of the join's ~11 ms wall per image at 2 MP; bench/RESULTS.md)
-        asked = [key.decode() for key in last if work[key] is not None and self.reads_stored(work[key], now)]
+        decisions = {key: decide(work[key], now, self.progress) for key in last}
+        asked = [key.decode() for key in last if self.may_be_notified(work[key], now)
+                 or decisions[key].action in (JoinAction.COMPLETE, JoinAction.UNPREPARED)]
         self._stored_now = await self.store.cassandra.current_many(asked) if asked else {}
         self._prefetched = set(asked)
         finishes: list[Finish] = []
         outputs: dict[bytes, list[Output]] = {}
         for key, i in last.items():
             entry = work[key]
-            decision = decide(entry, now, self.progress)
+            decision = decisions[key]
             try:
-                if (entry.get("prepared") and now >= entry["deadline"] and not entry.get("superseded")
-                        and await self.already_notified(entry)):
+                if self.may_be_notified(entry, now) and await self.already_notified(entry):
                     # inputs redelivered after a crash, for a run that was stored and announced: the
                     # rest of its inputs were committed and will not come again
                     self.log.info("run_already_stored", image_id=key.decode(), run_id=entry["run_id"])
@@ -235,17 +236,17 @@ class Join(Stage):
         self.stalled = False
         return outcomes
 
-    def reads_stored(self, entry: Entry, now: int) -> bool:
-        """Whether deciding ``entry`` now reads the image's stored row (``stored``)."""
-        if entry.get("prepared") and now >= entry["deadline"] and not entry.get("superseded") \
-                and entry.get("checked_deadline") != entry["deadline"]:
-            return True  # already_notified
-        return decide(entry, now, self.progress).action in (JoinAction.COMPLETE, JoinAction.UNPREPARED)
+    @staticmethod
+    def may_be_notified(entry: Entry, now: int) -> bool:
+        """Whether the entry's run may have been stored and announced before a crash (inputs redelivered
+        past its deadline), and was not asked about at this deadline yet (``already_notified``)."""
+        return (bool(entry.get("prepared")) and now >= entry["deadline"] and not entry.get("superseded")
+                and entry.get("checked_deadline") != entry["deadline"])
 
     async def stored(self, image_id: str):
         """The image's stored row as this batch found it (read for the whole batch at its start), or read
         now for an image the batch did not expect to ask about."""
-        if image_id in getattr(self, "_prefetched", ()):
+        if image_id in self._prefetched:
             return self._stored_now.get(image_id)
         return await self.store.cassandra.current(image_id)
 
@@ -313,9 +314,8 @@ class Join(Stage):
         return out
 
     async def already_notified(self, entry: Entry) -> bool:
-        """Whether the entry's run is stored and its images.analyzed delivered (asked once per timeout)."""
-        if entry.get("checked_deadline") == entry["deadline"]:
-            return False
+        """Whether the entry's run is stored and its images.analyzed delivered (asked once per timeout:
+        only when ``may_be_notified``)."""
         entry["checked_deadline"] = entry["deadline"]
         _, prepared, _ = self.decoded(entry["prepared"])
         stored = await self.stored(prepared["image_id"])

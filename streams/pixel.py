@@ -62,13 +62,12 @@ def split(items: list, n: int) -> list[list]:
 @dataclass(frozen=True)
 class Derivative:
     """What preprocess recorded about an image's derivative (``ImagePrepared``): the only bytes a model
-    stage decodes. ``verify=False`` (a bare URI) skips the hash check alone."""
+    stage decodes."""
 
     uri: str
     sha256: str | None
     width: int | None = None
     height: int | None = None
-    verify: bool = True
 
     @classmethod
     def of(cls, prepared: dict) -> "Derivative":
@@ -98,12 +97,10 @@ class DecodeLimits:
 _JPEG = b"\xff\xd8\xff"
 
 
-def decode_derivative(storage, derivative: "Derivative | dict | str", limits: "DecodeLimits | int | None" = None,
-                      stage: str = "") -> Image.Image:
+def decode_derivative(storage, derivative: "Derivative | dict", limits: DecodeLimits, stage: str = "") -> Image.Image:
     """The derivative preprocess recorded, decoded, in RGB; nothing else is ever decoded.
 
-    ``derivative``: a ``Derivative``, an ``ImagePrepared`` record, or a bare URI (no hash to check);
-    ``limits``: ``DecodeLimits`` (an int: ``max_bytes`` alone, with the default limits).
+    ``derivative``: a ``Derivative`` or the ``ImagePrepared`` record it comes from.
 
     What lies at the URI now is untrusted: an upright JPEG within the size cap is its own derivative,
     in the user's own ``uploads/<user>/`` folder, and may have been replaced since preprocess (a
@@ -120,12 +117,8 @@ def decode_derivative(storage, derivative: "Derivative | dict | str", limits: "D
       ``timeout_s`` at most (``decode_timeout``; the abandoned decode finishes in the background,
       holding its reservation until then), its CPU counted as ``stage``'s.
     """
-    if isinstance(derivative, str):
-        derivative = Derivative(derivative, None, verify=False)
-    elif isinstance(derivative, dict):
+    if isinstance(derivative, dict):
         derivative = Derivative.of(derivative)
-    if not isinstance(limits, DecodeLimits):
-        limits = DecodeLimits() if limits is None else DecodeLimits(max_bytes=int(limits))
     data = storage.read(derivative.uri, limits.max_bytes)
     account = limits.budget.account(stage) if limits.budget is not None and stage else None
     return run_within(limits.timeout_s, _decode_checked, data, derivative, limits,
@@ -135,15 +128,14 @@ def decode_derivative(storage, derivative: "Derivative | dict | str", limits: "D
 def _decode_checked(data: bytes, derivative: Derivative, limits: DecodeLimits) -> Image.Image:
     """``decode_derivative``'s checks and decode, in its decode thread."""
     uri = derivative.uri
-    if derivative.verify:
-        if not derivative.sha256:
-            raise StageFailure(ErrorCode.DERIVATIVE_CHANGED,
-                               f"preprocess recorded no derivative_sha256 for {uri}: it cannot be verified")
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != derivative.sha256:
-            raise StageFailure(ErrorCode.DERIVATIVE_CHANGED,
-                               f"{uri} changed after preprocess (SHA-256 {digest[:16]}..., recorded "
-                               f"{derivative.sha256[:16]}...): not decoded; submit the image again")
+    if not derivative.sha256:
+        raise StageFailure(ErrorCode.DERIVATIVE_CHANGED,
+                           f"preprocess recorded no derivative_sha256 for {uri}: it cannot be verified")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != derivative.sha256:
+        raise StageFailure(ErrorCode.DERIVATIVE_CHANGED,
+                           f"{uri} changed after preprocess (SHA-256 {digest[:16]}..., recorded "
+                           f"{derivative.sha256[:16]}...): not decoded; submit the image again")
     if not data.startswith(_JPEG):
         raise StageFailure(ErrorCode.DERIVATIVE_CHANGED, f"{uri} is not a JPEG (a derivative always is): not decoded")
     try:

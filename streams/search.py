@@ -41,14 +41,13 @@ class SearchError(ValueError):
     """A bad query: one clear line for the user."""
 
 
-#: the parameters of a query (anything else is refused: a misspelt filter would be dropped silently)
 #: Index rows a tag or person search reads at most (the newest ``limit`` of them are answered).
 TAG_SCAN_LIMIT = 50_000
 #: With ``near``, tag hits kept per answer wanted, before the place filter.
 NEAR_POOL = 20
 #: Pages of 1,000 faces read to find the person ids behind a name.
 PERSON_SCROLL_PAGES = 20
-
+#: the parameters of a query (anything else is refused: a misspelt filter would be dropped silently)
 PARAMETERS = ("user", "text", "like", "tag", "person", "taken_after", "near", "limit", "safe")
 
 

@@ -305,7 +305,6 @@ class CassandraStore:
         # the duplicate lookup (a flag, best effort) and the reads of show, search and reanalyze: LOCAL_ONE
         self.select_by_sha = p("SELECT image_id FROM {ks}.images_by_sha WHERE user_id = ? AND sha256 = ?")
         self.select_by_sha_many = p("SELECT sha256, image_id FROM {ks}.images_by_sha WHERE user_id = ? AND sha256 IN ?")
-        self.select_tags = p("SELECT kind, tag FROM {ks}.image_tags WHERE image_id = ?")
         self.select_user_tag = p("SELECT image_id, kind, score, taken_at FROM {ks}.user_images_by_tag WHERE user_id = ? AND tag = ?")
         self.select_run_stages = p("SELECT stage_status, stage_ms, stage_errors, stage_models, completed_at, result_json "
                                    "FROM {ks}.analysis_results WHERE image_id = ? AND run_id = ?")
@@ -457,8 +456,10 @@ class CassandraStore:
         return [r for results in await asyncio.gather(*(chunk(part) for part in parts)) for r in results]
 
     # --- search, show, reanalyze (synchronous: the CLI and the web views) ------------------------------
-    def images_tagged(self, user_id: str, tag: str) -> list:
-        return list(self.session.execute(self.select_user_tag, (user_id, tag)))
+    def images_tagged(self, user_id: str, tag: str):
+        """The user's index rows of ``tag``, as the driver pages them in (iterate once: a tag on many
+        images is never held in memory whole; ``search`` keeps only the newest it answers)."""
+        return self.session.execute(self.select_user_tag, (user_id, tag))
 
     def rows(self, image_ids: list[str]) -> dict[str, Any]:
         """image_id -> (user_id, caption, uri, gps, taken_at) row, in one query per 100 ids."""

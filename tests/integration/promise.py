@@ -3,6 +3,7 @@ photos, the local stack's processes, and the three sets a downstream consumer ca
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -17,10 +18,24 @@ from PIL import Image, ImageDraw
 
 from lensflow.streams.cli import poll_ready
 
-from .conftest import LENSFLOW, free_port
+from .conftest import LENSFLOW, Namespace, free_port
 from .helpers import read_topic, wait_for
 
 EVERY_STAGE = "objects,text,faces,scene,embedding,describe"
+
+
+@contextlib.contextmanager
+def fresh_namespace(stack, data_dir: Path, env: dict | None = None, **settings):
+    """A namespace of its own for one test (its schema made with ``init``), closed afterwards: a 30 s
+    join deadline ticked every second unless ``settings`` say otherwise; ``env``: more of the
+    environment of its workers and commands (set before ``init``)."""
+    ns = Namespace(stack, data_dir, **{"join_timeout_s": 30, "join_tick_interval_s": 1, **settings})
+    ns.env.update(env or {})
+    try:
+        ns.cli("init")
+        yield ns
+    finally:
+        ns.close()
 
 
 def photos(d: Path, n: int, size=(800, 600), seed: int = 0) -> list[str]:

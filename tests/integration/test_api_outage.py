@@ -16,8 +16,9 @@ import time
 import httpx
 import pytest
 
-from .conftest import LENSFLOW, Namespace
-from .promise import dead_letters, photos, report, results_of, service_pid, submit, submit_waiting, wait_stored
+from .conftest import LENSFLOW
+from .promise import (dead_letters, fresh_namespace, photos, report, results_of, service_pid, submit, submit_waiting,
+                      wait_stored)
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +29,8 @@ SEARCH_BOUND_S = 14.0
 
 @pytest.fixture()
 def ns(stack, tmp_path):
-    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_max_s=5)
-    ns.cli("init")
-    yield ns
-    ns.close()
+    with fresh_namespace(stack, tmp_path / "data", retry_max_s=5) as ns:
+        yield ns
 
 
 def test_search_while_cassandra_is_frozen(ns, tmp_path):

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Namespace
 from .faults.inject import env as fault_env
 from .helpers import wait_for
-from .promise import (EVERY_STAGE, analyzed_events, dead_letters, photos, report, results_of, stored, submit,
-                      submit_waiting, wait_stored)
+from .promise import (EVERY_STAGE, analyzed_events, dead_letters, fresh_namespace, photos, report, results_of, stored,
+                      submit, submit_waiting, wait_stored)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,10 +43,8 @@ def test_one_transient_error_in_each_join_store_call_and_each_stage_delivery(sta
     """A single timeout of each store call the join makes (the stored row's read, the duplicate reads,
     the write, the notified-run UPDATE, the Qdrant upsert) and a single failed delivery in each stage:
     every image completes with every stage ok, and each run is announced exactly once."""
-    ns = Namespace(stack, tmp_path / "data", join_timeout_s=8, join_tick_interval_s=1, retry_base_s=0.05, retry_max_s=0.5)
-    ns.env.update(fault_env(ROOT, "join-once", "publish-once"))
-    try:
-        ns.cli("init")
+    with fresh_namespace(stack, tmp_path / "data", env=fault_env(ROOT, "join-once", "publish-once"), join_timeout_s=8,
+                         retry_base_s=0.05, retry_max_s=0.5) as ns:
         ns.start_worker()
         files = photos(tmp_path / "in", 16, seed=31)
         results = results_of(submit_waiting(ns, "once", files, stages=EVERY_STAGE, timeout=600), timeout=700)
@@ -71,20 +68,15 @@ def test_one_transient_error_in_each_join_store_call_and_each_stage_delivery(sta
         assert dead_letters(ns) == []
         assert ns.worker.poll() is None, "the worker restarted"
         report("one_transient_error_each", images=16, faults=len(fired))
-    finally:
-        ns.close()
 
 
 def test_storage_down_for_a_minute_holds_the_images_instead_of_failing_them(stack, tmp_path):
     """Every read of storage fails (EIO) for 60 s while 100 images flow: none fails, none is
     dead-lettered, and they all complete once storage answers again."""
     flag = tmp_path / "storage-down"
-    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_base_s=0.2, retry_max_s=2,
-                   storage_url=f"faulty://{str(tmp_path).lstrip('/')}/data/storage")
-    ns.env.update(fault_env(ROOT, "storage"))
-    ns.env["LENSFLOW_TEST_STORAGE_DOWN"] = str(flag)
-    try:
-        ns.cli("init")
+    env = {**fault_env(ROOT, "storage"), "LENSFLOW_TEST_STORAGE_DOWN": str(flag)}
+    with fresh_namespace(stack, tmp_path / "data", env=env, retry_base_s=0.2, retry_max_s=2,
+                         storage_url=f"faulty://{str(tmp_path).lstrip('/')}/data/storage") as ns:
         ns.start_worker()
         files = photos(tmp_path / "in", 100, size=(640, 480), seed=32)
         flag.touch()
@@ -104,22 +96,18 @@ def test_storage_down_for_a_minute_holds_the_images_instead_of_failing_them(stac
         assert {s for s, _ in stored(ns).values()} == {"complete"}
         assert dead_letters(ns) == []
         report("storage_down_60s", images=100, recovery_s=round(settled - up_at, 1), total_s=round(settled - down_at, 1))
-    finally:
-        ns.close()
 
 
 def test_a_store_that_refuses_everyone_changes_no_stored_row(stack, tmp_path):
     """A table dropped mid-stream (the store refuses every write: Cassandra's ``unconfigured table``) is
     an outage: the stored rows keep their analysis, nothing is dead-lettered, the worker waits (not
     ready), and once the table is back every image completes."""
-    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_base_s=0.2, retry_max_s=2,
-                   retry_deadline_s=5)
-    try:
-        ns.cli("init")
+    with fresh_namespace(stack, tmp_path / "data", retry_base_s=0.2, retry_max_s=2, retry_deadline_s=5) as ns:
         ns.start_worker()
         first = exif_photos(tmp_path / "a", 10, seed=33)
         ids = submit(ns, "keys", first)
         wait_stored(ns, ids, 120)
+
         def state():
             """Each image's status, error code and number of tags: what a refusal taken for a bad image
             overwrote (the row rewritten as failed, its tags deleted)."""
@@ -156,5 +144,3 @@ def test_a_store_that_refuses_everyone_changes_no_stored_row(stack, tmp_path):
         versions = {r.image_id: r.analysis_version for r in ns.cql.execute("SELECT image_id, analysis_version FROM images")}
         assert all(versions[i] == 2 for i in ids), versions
         assert dead_letters(ns) == []
-    finally:
-        ns.close()

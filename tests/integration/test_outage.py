@@ -11,19 +11,17 @@ import time
 
 import pytest
 
-from .conftest import LENSFLOW, Namespace
-from .promise import (EVERY_STAGE, dead_letters, photos, report, results_of, service_pid, stored, submit,
-                      submit_waiting, wait_stored)
+from .conftest import LENSFLOW
+from .promise import (EVERY_STAGE, dead_letters, fresh_namespace, photos, report, results_of, service_pid, stored,
+                      submit, submit_waiting, wait_stored)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
 def ns(stack, tmp_path):
-    ns = Namespace(stack, tmp_path / "data", join_timeout_s=30, join_tick_interval_s=1, retry_max_s=5)
-    ns.cli("init")
-    yield ns
-    ns.close()
+    with fresh_namespace(stack, tmp_path / "data", retry_max_s=5) as ns:
+        yield ns
 
 
 def test_cassandra_frozen_for_60s_with_every_stage_on(ns, models, tmp_path):

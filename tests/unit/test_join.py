@@ -353,6 +353,7 @@ def test_a_late_result_already_stored_sends_its_invalidation_again():
     join.ctx.stores = type("Stores", (), {"cassandra": Cassandra()})()
     join.log = structlog.get_logger("test")
     join.orphan_after_ms = 600_000
+    join._prefetched = set()  # no batch read the row first: unprepared() reads it itself
     entry, _ = feed(None, "ObjectsResult", late)  # redelivered after the crash: no images.prepared with it
     assert decide(entry, T0 + TIMEOUT).action == "unprepared"
     finish = asyncio.new_event_loop().run_until_complete(join.unprepared(b"img", entry, T0 + TIMEOUT))

@@ -255,14 +255,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@pytest.fixture(scope="module")
-def http_root():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def _serving(handler, folder: str):
+    """A local http server of ``handler`` for a test module: yields its ``folder`` URL, then stops."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/photos"
+    yield f"http://127.0.0.1:{server.server_address[1]}/{folder}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def http_root():
+    yield from _serving(_Handler, "photos")
 
 
 def test_http_query_string_is_kept(http_root):
@@ -402,12 +407,7 @@ class _Areas(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def areas():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Areas)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/store"
-    server.shutdown()
-    server.server_close()
+    yield from _serving(_Areas, "store")
 
 
 def test_an_http_redirect_never_leaves_the_users_area(areas):
