@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .records import check_user_id
 from .settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -367,6 +368,14 @@ def limit_malloc_arenas(arenas: int) -> bool:
         return False
 
 
+def hosts_api(s: Settings, wanted: set[str]) -> bool:
+    """Whether a worker opening the stores ``wanted`` serves the read service on a thread of its own:
+    ``LENSFLOW_API_IN_WORKER``, by default when it owns Qdrant's local mode (one process only)."""
+    if not {"cassandra", "qdrant"} <= set(wanted):
+        return False
+    return s.api_in_worker if s.api_in_worker is not None else s.qdrant_url is None
+
+
 def run_worker(s: Settings, stages: list[str] | None) -> None:
     from faust.worker import Worker
 
@@ -376,7 +385,14 @@ def run_worker(s: Settings, stages: list[str] | None) -> None:
     limit_malloc_arenas(s.malloc_arenas)  # before Faust, the models and the thread pools start threads
     check_web_port(s.web_host, s.web_port)  # before Faust starts: its failure would only be in the log
     logging_config = configure_logging(s.log_level, s.log_json)
-    app_, _ = build(s, stages)
+    app_, ctx = build(s, stages)
+    if hosts_api(s, ctx.stores.wanted):
+        from lensflow.api.server import InWorker
+
+        try:
+            InWorker(s, ctx).start()  # its own thread and event loop, before Faust starts the stream's
+        except RuntimeError as exc:
+            raise CliError(f"{exc}: set LENSFLOW_API_PORT, or LENSFLOW_API_IN_WORKER=false") from None
     w = Worker(app_, loglevel=s.log_level.upper(), logging_config=logging_config, redirect_stdouts=False, quiet=True)
     w.execute_from_commandline()
 
@@ -385,23 +401,17 @@ def run_worker(s: Settings, stages: list[str] | None) -> None:
 # submit
 # ----------------------------------------------------------------------------------------------
 
-#: the extensions a stored original keeps (the worker sniffs the format from the bytes; a file's name is
-#: the user's text and never part of the stored name otherwise)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".avif"})
-
-
 def _uploads(s: Settings, user: str, items: list[str]) -> list[dict]:
     from rich.markup import escape
 
     from .errors import StageFailure
-    from .records import check_user_id, image_id_for
-    from .storage import Storage
+    from .uploads import storage_for, store_upload
 
     try:
         check_user_id(user)  # it names the user's storage folder: checked before anything is written
     except StageFailure as exc:
         raise CliError(escape(exc.message)) from None  # rich markup: the id is the user's text
-    storage = Storage(s.roots, allow_private_redirects=s.storage_allow_private_redirects, per_user=s.per_user_storage)
+    storage = storage_for(s)
     uploads = []
     for item in items:
         if "://" in item:
@@ -412,10 +422,8 @@ def _uploads(s: Settings, user: str, items: list[str]) -> list[dict]:
         if not path.is_file():
             raise CliError(f"{item}: no such file")
         data = path.read_bytes()
-        image_id = image_id_for(user, hashlib.sha256(data).hexdigest())
-        suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_EXTENSIONS else ""
-        try:  # the same ownership check the worker makes: the stored copy lies in the user's own area
-            uri = storage.write(storage.check_owned(f"{s.storage}/uploads/{user}/{image_id}{suffix}", user, per_user=True), data)
+        try:
+            image_id, uri = store_upload(s, storage, user, data, path.suffix)
         except StageFailure as exc:
             raise CliError(escape(exc.message)) from None
         uploads.append({"image_id": image_id, "uri": uri, "name": str(path), "size": len(data)})
@@ -431,15 +439,16 @@ def submit(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON lines."),
     stages: Optional[str] = typer.Option(None, help="Comma-separated stages for these images (default: configured)."),
     timeout: float = typer.Option(300.0, help="--wait: give up after this many seconds (exit 4)."),
+    via_api: bool = typer.Option(False, "--via-api", help="Upload each file over HTTP to the read service "
+                                 "(POST /v1/images) instead of producing to Kafka directly."),
 ) -> None:
-    """Upload images: produce one ImageUploaded event per image (idempotent producer)."""
+    """Upload images: produce one ImageUploaded event per image (idempotent producer), or with --via-api
+    post them to the read service, which does the same."""
     from rich.markup import escape
 
-    from .codec import Codec
     from .errors import StageFailure
-    from .kafka import end_offsets_consumer, producer
-    from .records import check_user_id, now
-    from .topology import ANALYZED, UPLOADED, plan_for
+    from .topology import plan_for
+    from .uploads import AnalyzedWatch, NotDelivered, Publisher, new_run_id, upload_record
 
     try:
         check_user_id(user)
@@ -452,39 +461,33 @@ def submit(
             plan_for(stage_list, s.stages)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    codec = Codec.for_settings(s)
+    if via_api:
+        if stage_list is not None:
+            raise CliError("--stages cannot be chosen with --via-api (the read service runs the configured stages)")
+        _submit_via_api(s, user, paths, wait, as_json, timeout)
+        return
+    publisher = Publisher.for_settings(s)
     uploads = _uploads(s, user, paths)
-    consumer = end_offsets_consumer(s, [ANALYZED]) if wait else None
-    prod = producer(s)
-    failures: list[str] = []
-
-    def delivered(error, msg):
-        if error is not None:
-            failures.append(f"{msg.key().decode()}: {error}")
-
-    run_id = str(uuid.uuid4())
+    watch = AnalyzedWatch(s, publisher.codec) if wait else None
+    batch = str(uuid.uuid4())
+    records = []
+    for u in uploads:
+        u["run_id"] = new_run_id(u["image_id"], batch)
+        records.append(upload_record(user, u["image_id"], u["uri"], u["size"], u["run_id"], stage_list, "lensflow-cli",
+                                     {"file": Path(u["name"]).name}))
     started = time.monotonic()
     with _progress(as_json) as progress:
         task = progress.add_task("submitting", total=len(uploads))
-        for u in uploads:
-            record = {"image_id": u["image_id"], "user_id": user, "run_id": f"{run_id}:{u['image_id'][:8]}", "uri": u["uri"],
-                      "content_type": None, "size_bytes": u["size"], "uploaded_at": now(), "stages": stage_list,
-                      "source": "lensflow-cli", "attributes": {"file": Path(u["name"]).name}}
-            u["run_id"] = record["run_id"]
-            prod.produce(s.topic(UPLOADED), key=u["image_id"].encode(), on_delivery=delivered,
-                         value=codec.encode("ImageUploaded", record, topic=s.topic(UPLOADED)))
-            prod.poll(0)
-            progress.advance(task)
-        remaining = prod.flush(30)
-    if remaining or failures:
-        raise CliError(f"{remaining + len(failures)} upload event(s) not delivered: {'; '.join(failures[:3]) or 'Kafka unreachable'}")
+        try:
+            publisher.upload(records, advance=lambda: progress.advance(task))
+        except NotDelivered as exc:
+            raise CliError(str(exc)) from None
     if not wait:
         for u in uploads:
             _emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "file": u["name"], "status": "submitted"},
                   f"{u['image_id']}  submitted  {u['name']}")
         return
-    results = _await_analyzed(consumer, codec, uploads, timeout, started, as_json)
-    consumer.close()
+    results = _await_analyzed(watch, uploads, timeout, started, as_json)
     for u in uploads:
         r = results.get(u["image_id"])
         if r is None:
@@ -502,30 +505,63 @@ def submit(
         raise typer.Exit(1)
 
 
+def _submit_via_api(s: Settings, user: str, paths: list[str], wait: bool, as_json: bool, timeout: float) -> None:
+    """``submit --via-api``: POST each file to /v1/images; with ``wait``, each analysis from Kafka."""
+    from .codec import Codec
+    from .uploads import AnalyzedWatch
+
+    files = []
+    for item in paths:
+        path = Path(item).expanduser()
+        if "://" in item or not path.is_file():
+            raise CliError(f"{item}: no such file (--via-api uploads local files)")
+        files.append(path)
+    watch = AnalyzedWatch(s, Codec.for_settings(s)) if wait else None
+    uploads = []
+    started = time.monotonic()
+    try:
+        with _progress(as_json) as progress:
+            task = progress.add_task("uploading", total=len(files))
+            for path in files:
+                r = _api_call(s, "POST", "/v1/images", user, content=path.read_bytes(),
+                              headers={"Content-Type": "application/octet-stream"})
+                uploads.append({"image_id": r["image_id"], "run_id": r["run_id"], "name": str(path)})
+                progress.advance(task)
+    except BaseException:
+        if watch is not None:
+            watch.close()
+        raise
+    if watch is None:
+        for u in uploads:
+            _emit(as_json, {**u, "file": u["name"], "status": "submitted"}, f"{u['image_id']}  submitted  {u['name']}")
+        return
+    results = _await_analyzed(watch, uploads, timeout, started, as_json)
+    for u in uploads:
+        r = results.get(u["image_id"])
+        status = r["status"] if r else "timeout"
+        _emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "file": u["name"], "status": status,
+                        "seconds": round(r["seconds"], 3) if r else None, "error": r.get("error") if r else None},
+              f"{u['image_id']}  {status:<8}  {u['name']}")
+    if len(results) < len(uploads):
+        raise CliError(f"{len(uploads) - len(results)} image(s) not analyzed within {timeout:.0f}s", 4)
+    if any(r["status"] == "failed" for r in results.values()):
+        raise typer.Exit(1)
+
+
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=True, disable=quiet or not err.is_terminal)
 
 
-def _await_analyzed(consumer, codec, uploads: list[dict], timeout: float, started: float, quiet: bool) -> dict:
-    wanted = {u["image_id"]: u["run_id"] for u in uploads}
-    results: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout
-    with _progress(quiet) as progress:
-        task = progress.add_task("analyzing", total=len(wanted))
-        while len(results) < len(wanted) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            try:
-                _, rec = codec.decode(msg.value(), expect="ImageAnalyzed")
-            except Exception:
-                continue
-            if wanted.get(rec["image_id"]) == rec["run_id"] and rec["image_id"] not in results:
-                rec["seconds"] = time.monotonic() - started
-                results[rec["image_id"]] = rec
-                progress.advance(task)
-    return results
+def _await_analyzed(watch, uploads: list[dict], timeout: float, started: float, quiet: bool) -> dict:
+    """Wait (with a progress bar) for the ``images.analyzed`` of each upload's run; closes ``watch``."""
+    try:
+        with _progress(quiet) as progress:
+            task = progress.add_task("analyzing", total=len(uploads))
+            return watch.wait({u["image_id"]: u["run_id"] for u in uploads}, timeout,
+                              advance=lambda: progress.advance(task), started=started)
+    finally:
+        watch.close()
 
 
 def _emit(as_json: bool, obj: dict, line: str) -> None:
@@ -546,22 +582,22 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
               as_json: bool = typer.Option(False, "--json", help="One JSON line per image (sent, or its outcome with --wait).")) -> None:
     """Run one stage again on stored images; the join merges the new result into each stored aggregate
     (other stages untouched), bumps analysis_version and last_analyzed, and emits the invalidation."""
-    from .codec import Codec
-    from .kafka import end_offsets_consumer, producer
     from .records import now
-    from .topology import ANALYZED, AVAILABLE_STAGES, PREPARED, STAGES, StageKind
+    from .topology import AVAILABLE_STAGES, PREPARED, STAGES, StageKind
+    from .uploads import AnalyzedWatch, NotDelivered, Publisher
 
     s = settings()
     if stage not in AVAILABLE_STAGES or STAGES[stage].kind != StageKind.PIXEL:
         pixel = [x for x in AVAILABLE_STAGES if STAGES[x].kind == StageKind.PIXEL]
         raise CliError(f"--stage must be one of {pixel} (metadata and describe follow a re-submission)")
-    codec = Codec.for_settings(s)
+    publisher = Publisher.for_settings(s)
+    codec = publisher.codec
     store = cassandra_store(s)
     try:
         rows = [r for r in store.images_of(user)
                 if older_than_version is None or (r.analysis_version or 0) < older_than_version]
-        consumer = end_offsets_consumer(s, [ANALYZED]) if wait else None
-        prod = producer(s)
+        watch = AnalyzedWatch(s, codec) if wait else None
+        requests: list[tuple[str, dict]] = []
         batch_id = uuid.uuid4().hex[:12]
         uploads, skipped = [], 0
         with _progress(False) as progress:
@@ -579,22 +615,25 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
                     continue
                 prepared.update(run_id=f"reanalyze-{batch_id}:{r.image_id[:8]}", expected_stages=[stage], derived_stages=[],
                                 mode="merge", produced_at=now())
-                prod.produce(s.topic(PREPARED), key=r.image_id.encode(),
-                             value=codec.encode("ImagePrepared", prepared, topic=s.topic(PREPARED)))
-                prod.poll(0)
+                requests.append((r.image_id, prepared))
                 uploads.append({"image_id": r.image_id, "run_id": prepared["run_id"], "name": r.image_id})
                 progress.advance(task)
-        if prod.flush(30):
-            raise CliError("re-analysis requests not delivered: Kafka unreachable")
+        try:
+            publisher.send(PREPARED, "ImagePrepared", requests)
+        except NotDelivered as exc:
+            if watch is not None:
+                watch.close()
+            raise CliError(f"re-analysis requests: {exc}") from None
     finally:
         store.close()
     err.print(f"lensflow: {len(uploads)} image(s) sent to {stage}" + (f", {skipped} skipped (failed or no stored run)" if skipped else ""))
     if not wait or not uploads:
+        if watch is not None:
+            watch.close()
         for u in uploads if as_json else []:
             _emit(True, {"image_id": u["image_id"], "run_id": u["run_id"], "status": "sent"}, "")
         return
-    results = _await_analyzed(consumer, codec, uploads, timeout, time.monotonic(), as_json)
-    consumer.close()
+    results = _await_analyzed(watch, uploads, timeout, time.monotonic(), as_json)
     for u in uploads:
         r = results.get(u["image_id"])
         _emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "status": r["status"] if r else "timeout",
@@ -636,15 +675,13 @@ def show(image_id: str = typer.Argument(..., help="Image id (as printed by submi
                                                   "and write it here (JPEG or PNG by extension).")) -> None:
     """The stored analysis of one image, from Cassandra: caption, objects, faces, text, scene, safety,
     metadata and every stage's outcome."""
-    from .view import analysis_of, without_vectors
+    from .view import document_of
 
     s = settings()
     image = fetch_image(s, image_id)
     if image is None:
         raise CliError(f"image {image_id} not found in Cassandra keyspace {s.cassandra_keyspace}")
-    aggregate = image.pop("aggregate", None)
-    image["analysis"] = analysis_of(aggregate) if aggregate else None
-    image["aggregate"] = without_vectors(aggregate) if aggregate else None
+    image = document_of(image)
     if render_to is not None:
         _render(s, image, render_to)
     if as_json:
@@ -783,58 +820,89 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     out.print(table)
 
 
-#: seconds the CLI waits for the worker's API to answer
-WORKER_CALL_TIMEOUT_S = 120.0
+#: seconds the CLI waits for the read service to answer
+API_CALL_TIMEOUT_S = 120.0
+#: lifetime of a token the CLI mints for one command
+CLI_TOKEN_TTL_S = 300
 
 
-def _worker_call(s: Settings, method: str, path: str, **kwargs) -> dict:
-    """A request to the worker that owns the stores (Qdrant local mode admits one process). Every failure
-    is a one-line CliError: 503 (a store or the models busy or down) says to try again."""
+def api_url(s: Settings) -> str:
+    """Where the read service answers: LENSFLOW_API_URL, else http://API_HOST:API_PORT."""
+    if s.api_url:
+        return s.api_url.rstrip("/")
+    from lensflow.api.server import url_of
+
+    return url_of(s)
+
+
+def _api_token(s: Settings, user: str | None) -> tuple[str, str]:
+    """(bearer token, its user) for a CLI command: LENSFLOW_API_TOKEN, else one minted for ``user`` from
+    the HS256 secret (configured, or the local one), valid a few minutes."""
+    import jwt
+
+    from lensflow.api import auth
+
+    if s.api_token is not None:
+        token = s.api_token.get_secret_value()
+        try:
+            sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
+        except jwt.InvalidTokenError:
+            raise CliError("LENSFLOW_API_TOKEN is not a JWT: get one with `lensflow token issue`") from None
+        if user is not None and sub != user:
+            raise CliError(f"LENSFLOW_API_TOKEN is {sub!r}'s token, not {user!r}'s: the user comes from the token")
+        return token, str(sub)
+    if user is None:
+        raise CliError("--user is required (or set LENSFLOW_API_TOKEN to a token of the user)")
+    try:
+        return auth.issue(s, user, CLI_TOKEN_TTL_S), user
+    except auth.AuthError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
+        from rich.markup import escape
+
+        raise CliError(escape(str(exc))) from None
+
+
+def _api_call(s: Settings, method: str, path: str, user: str | None, raw: bool = False, **kwargs):
+    """A request to the read service as ``user``. Every failure is a one-line CliError: 503 (a store or
+    the models busy or down) says to try again. ``raw``: the response itself (for images)."""
     import httpx
 
     from rich.markup import escape
 
-    host = f"[{s.web_host}]" if ":" in s.web_host and not s.web_host.startswith("[") else s.web_host
-    url = f"http://{host}:{s.web_port}{path}"
-    token = s.api_token.get_secret_value() if s.api_token is not None else ""
-    if token:  # the worker's API requires it when it has one (never printed)
-        kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Bearer {token}"}
+    url = f"{api_url(s)}{path}"
+    token, _ = _api_token(s, user)
+    kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Bearer {token}"}
     try:
-        resp = httpx.request(method, url, timeout=WORKER_CALL_TIMEOUT_S, **kwargs)
+        resp = httpx.request(method, url, timeout=API_CALL_TIMEOUT_S, **kwargs)
     except httpx.TimeoutException:
-        raise CliError(f"the worker at {url} did not answer within {WORKER_CALL_TIMEOUT_S:.0f} s: see the worker's log") from None
+        raise CliError(f"the read service at {url} did not answer within {API_CALL_TIMEOUT_S:.0f} s: see its log") from None
     except httpx.HTTPError:
-        raise CliError(f"no worker answers at {url}: start one (`lensflow worker --background`)") from None
-    if resp.status_code == 401:
-        raise CliError(f"the worker at {url} refused the API token: set LENSFLOW_API_TOKEN to the worker's"
-                       if token else f"the worker at {url} requires an API token: set LENSFLOW_API_TOKEN to the worker's")
-    if resp.status_code == 403:
-        try:
-            reason = str(resp.json().get("error") or "").strip().splitlines()[0]
-        except (ValueError, AttributeError, IndexError):
-            reason = ""
-        raise CliError(escape(reason) if reason else
-                       f"the worker at {url} refused the request (403): set LENSFLOW_API_TOKEN on the worker and here")
+        raise CliError(f"no read service answers at {api_url(s)}: start it (`lensflow worker --background` runs it "
+                       "locally; `lensflow api` with a Qdrant server)") from None
+    if raw and resp.status_code < 400:
+        return resp
     try:
         body = resp.json()
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise CliError(f"the worker at {url} answered HTTP {resp.status_code} without a JSON object: see the worker's log")
+        raise CliError(f"the read service at {url} answered HTTP {resp.status_code} without a JSON object: see its log")
     error = str(body.get("error") or "").strip()
     error = error.splitlines()[0] if error else ""
     if resp.status_code == 503:
         retry = resp.headers.get("Retry-After", "")
-        raise CliError(escape(f"the worker cannot answer now: {error or 'HTTP 503'} "
+        raise CliError(escape(f"the read service cannot answer now: {error or 'HTTP 503'} "
                               f"(try again{f' in {retry} s' if retry.isdigit() else ' later'})"))
     if resp.status_code >= 400:
-        raise CliError(escape(error) if error else f"the worker at {url} answered HTTP {resp.status_code}")
+        raise CliError(escape(error) if error else f"the read service at {url} answered HTTP {resp.status_code}")
     return body
 
 
 @app.command()
 @friendly
-def search(user: str = typer.Option(..., "--user", "-u", help="Whose images (never anyone else's)."),
+def search(user: Optional[str] = typer.Option(None, "--user", "-u", help="Whose images (never anyone else's); "
+                                              "default: the user of LENSFLOW_API_TOKEN."),
            text: Optional[str] = typer.Option(None, "--text", help="Describe what you look for."),
            like: Optional[str] = typer.Option(None, "--like", help="An image id: find similar images."),
            tag: Optional[str] = typer.Option(None, "--tag", help="A tag (object, place, event, camera, year …)."),
@@ -842,63 +910,210 @@ def search(user: str = typer.Option(..., "--user", "-u", help="Whose images (nev
            taken_after: Optional[str] = typer.Option(None, "--taken-after", help="ISO date, e.g. 2020-01-01."),
            near: Optional[str] = typer.Option(None, "--near", help="LAT,LON,KM"),
            limit: int = typer.Option(10, "--limit"),
+           cursor: Optional[str] = typer.Option(None, "--cursor", help="The next_cursor of an earlier page (with --json)."),
            safe: bool = typer.Option(False, "--safe", help="Only images the safety stage scored below "
                                      "LENSFLOW_SAFETY_THRESHOLD (unscored images are left out too)."),
-           as_json: bool = typer.Option(False, "--json")) -> None:
-    """Find a user's images by text, by example, by tag or by person (through the running worker)."""
+           as_json: bool = typer.Option(False, "--json", help="Print the hits as a JSON list (the next page's cursor on stderr).")) -> None:
+    """Find a user's images by text, by example, by tag or by person (through the read service)."""
     s = settings()
-    params = {k: v for k, v in {"user": user, "text": text, "like": like, "tag": tag, "person": person,
-                                "taken_after": taken_after, "near": near, "limit": str(limit),
+    params = {k: v for k, v in {"text": text, "like": like, "tag": tag, "person": person,
+                                "taken_after": taken_after, "near": near, "limit": str(limit), "cursor": cursor,
                                 "safe": "true" if safe else None}.items() if v}
     if sum(1 for k in ("text", "like", "tag", "person") if k in params) != 1:
         raise CliError("give exactly one of --text, --like, --tag, --person")
-    results = _worker_call(s, "GET", "/search", params=params)["results"]
+    answer = _api_call(s, "GET", "/v1/search", user, params=params)
+    results = answer["results"]
     if as_json:
         print(json.dumps(results, indent=2, default=str))
+        if answer.get("next_cursor"):
+            err.print(f"lensflow: more: --cursor {answer['next_cursor']}", highlight=False)
         return
     table = Table("image", "score", "taken", "caption")
     for r in results:
         table.add_row(r["image_id"], f"{r['score']:.3f}", str(r.get("taken_at") or ""), r.get("caption") or "")
     out.print(table)
+    if answer.get("next_cursor"):
+        err.print(f"lensflow: more: --cursor {answer['next_cursor']}", highlight=False)
+
+
+@app.command("open")
+@friendly
+def open_(image_id: str = typer.Argument(..., help="Image id (as printed by submit)."),
+          user: Optional[str] = typer.Option(None, "--user", "-u", help="Whose image (checked through the read service)."),
+          ) -> None:
+    """Print the image's page in the gallery (after checking, as the user, that it is there)."""
+    s = settings()
+    _api_call(s, "GET", f"/v1/images/{image_id}", user)
+    out.print(f"{api_url(s)}/#/image/{image_id}", highlight=False, soft_wrap=True)
 
 
 faces_app = typer.Typer(no_args_is_help=True, help="A user's face gallery: enroll named people, name clustered ones.")
 app.add_typer(faces_app, name="faces")
-from .deadletter import app as deadletter_app  # noqa: E402 (its commands import this module when they run)
-app.add_typer(deadletter_app, name="deadletter")
 
 
 @faces_app.command("enroll")
 @friendly
 def faces_enroll(photos: list[Path] = typer.Argument(..., help="Photos of the person (the largest face is used)."),
-                 user: str = typer.Option(..., "--user", "-u"), name: str = typer.Option(..., "--name")) -> None:
+                 user: Optional[str] = typer.Option(None, "--user", "-u"), name: str = typer.Option(..., "--name"),
+                 as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Add named reference faces for a user; later photos of that person are tagged with the name."""
-    import base64
-
     s = settings()
     for p in photos:
         if not p.is_file():
             raise CliError(f"{p}: no such file")
-    # one request per photo: each request fits one photo of up to LENSFLOW_MAX_BYTES
+    # one request per photo: each request carries one photo of up to LENSFLOW_MAX_BYTES
     faces, person = 0, None
     for p in photos:
-        body = {"user": user, "name": name, "images": [base64.b64encode(p.read_bytes()).decode()]}
         try:
-            r = _worker_call(s, "POST", "/faces/enroll", json=body)
+            r = _api_call(s, "POST", "/v1/faces/enroll", user, data={"name": name},
+                          files=[("photos", (p.name, p.read_bytes(), "application/octet-stream"))])
         except CliError as exc:
             raise CliError(f"{p}: {exc}", exc.code) from None
         faces, person = faces + r["faces"], r["person_id"]
-    out.print(f"enrolled {faces} face(s) of {name!r} for {user} (person {person})", highlight=False)
+    _emit(as_json, {"person_id": person, "faces": faces, "name": name},
+          f"enrolled {faces} face(s) of {name!r} (person {person})")
 
 
 @faces_app.command("name")
 @friendly
 def faces_name(person_id: str = typer.Argument(..., help="A person id (as shown in `show --json` faces)."),
-               name: str = typer.Argument(...), user: str = typer.Option(..., "--user", "-u")) -> None:
+               name: str = typer.Argument(...), user: Optional[str] = typer.Option(None, "--user", "-u"),
+               as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Name a clustered person; earlier matches are kept."""
     s = settings()
-    r = _worker_call(s, "POST", "/faces/name", json={"user": user, "person_id": person_id, "name": name})
-    out.print(f"{r['faces']} face(s) of person {person_id} are now {name!r}", highlight=False)
+    r = _api_call(s, "PUT", f"/v1/people/{person_id}/name", user, json={"name": name})
+    _emit(as_json, r, f"{r['faces']} face(s) of person {person_id} are now {name!r}")
+
+
+@faces_app.command("people")
+@friendly
+def faces_people(user: Optional[str] = typer.Option(None, "--user", "-u"),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON lines.")) -> None:
+    """A user's people, named and clustered (every page)."""
+    s = settings()
+    cursor = None
+    rows = []
+    while True:
+        r = _api_call(s, "GET", "/v1/people", user, params={"limit": "200", **({"cursor": cursor} if cursor else {})})
+        rows += r["people"]
+        cursor = r.get("next_cursor")
+        if not cursor:
+            break
+    if as_json:
+        for p in rows:
+            print(json.dumps(p))
+        return
+    table = Table("person", "name", "faces", "images")
+    for p in rows:
+        table.add_row(p["person_id"], p.get("name") or "", str(p["faces"]), str(p["images"]))
+    out.print(table)
+
+
+token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the read service.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("issue")
+@friendly
+def token_issue(user: str = typer.Option(..., "--user", "-u", help="The token's user (its `sub`)."),
+                ttl: str = typer.Option("1h", "--ttl", help="Lifetime: 90s, 15m, 1h, 7d …"),
+                scope: Optional[list[str]] = typer.Option(None, "--scope", help="A scope (repeatable): admin."),
+                as_json: bool = typer.Option(False, "--json", help="Print {token, user, expires_in, scopes}.")) -> None:
+    """Mint a token signed with the HS256 secret (LENSFLOW_API_JWT_SECRET, or the local one, made on
+    first use in DATA_DIR/api/jwt-secret). Print it; use it as `Authorization: Bearer <token>`."""
+    from rich.markup import escape
+
+    from lensflow.api import auth
+
+    s = settings()
+    try:
+        seconds = auth.parse_ttl(ttl)
+        token = auth.issue(s, user, seconds, scope or ())
+    except auth.AuthError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
+        raise CliError(escape(str(exc))) from None
+    if as_json:
+        print(json.dumps({"token": token, "user": user, "expires_in": seconds, "scopes": list(scope or [])}))
+    else:
+        print(token)
+
+
+def _api_pidfile(s: Settings) -> Path:
+    return s.data_path / "run" / "api.pid"
+
+
+@app.command("api")
+@friendly
+def api_cmd(background: bool = typer.Option(False, "--background", help="Run detached (log in DATA_DIR/logs/api.log); "
+                                             "return once ready."),
+            stop: bool = typer.Option(False, "--stop", help="Stop the background read service."),
+            ready_timeout: float = typer.Option(120.0, help="--background: seconds to wait for readiness.")) -> None:
+    """Run the read service: the HTTP API (docs/api.md) and the gallery, on LENSFLOW_API_HOST:LENSFLOW_API_PORT.
+    With Qdrant's local mode (the local default: one process only) it runs inside the worker that owns
+    Qdrant; then this prints where."""
+    s = settings()
+    url = api_url(s)
+    if s.qdrant_url is None and s.api_in_worker is not False:
+        if stop:
+            err.print("lensflow: with Qdrant's local mode the read service runs inside the worker; it stops with it "
+                      "(`lensflow worker --stop`)", highlight=False)
+            return
+        if _worker_alive(s) is None:
+            raise CliError("with Qdrant's local mode (LENSFLOW_QDRANT_URL unset) the read service runs inside the worker "
+                           "that owns Qdrant: start it with `lensflow worker --background`, or set LENSFLOW_QDRANT_URL "
+                           "to run `lensflow api` on its own")
+        outcome = poll_ready(f"{url}/readyz", ready_timeout if background else 5.0, lambda: _worker_alive(s) is None)
+        if outcome != "ready":
+            raise CliError(f"the worker runs but its read service is not ready at {url} ({outcome}); see "
+                           f"{s.data_path / 'logs' / 'worker.log'}")
+        out.print(f"the read service runs inside the worker: {url}", highlight=False)
+        return
+    pidfile = _api_pidfile(s)
+
+    def alive() -> int | None:
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    if stop:
+        pid = alive()
+        if pid is None:
+            err.print("lensflow: no background read service running")
+            return
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            if alive() is None:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        pidfile.unlink(missing_ok=True)
+        err.print(f"lensflow: read service {pid} stopped")
+        return
+    if background:
+        if (pid := alive()) is not None:
+            err.print(f"lensflow: read service already running (pid {pid}): {url}")
+            return
+        logs = s.data_path / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(logs / "api.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "lensflow.streams.cli", "api"], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        pidfile.write_text(str(proc.pid))
+        outcome = poll_ready(f"{url}/readyz", ready_timeout, lambda: proc.poll() is not None)
+        if outcome != "ready":
+            raise CliError(f"read service {'exited' if outcome == 'exited' else 'not ready'} ({url}); see {logs / 'api.log'}")
+        err.print(f"lensflow: read service {proc.pid} ready at {url} (log: {logs / 'api.log'}; stop: lensflow api --stop)")
+        return
+    from lensflow.api.server import serve
+    from .observability import configure_logging
+
+    configure_logging(s.log_level, s.log_json)
+    serve(s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1053,6 +1268,9 @@ def demo(
     else:
         out.print(f"the worker keeps running (try `lensflow search --user {user} --text \"a cat\"`); "
                   "stop: `lensflow worker --stop`, then `lensflow stack down`")
+        if hosts_api(s, {"cassandra", "qdrant"}):
+            out.print(f"gallery: {api_url(s)}/  (development login as {s.api_dev_user}; or "
+                      f"`lensflow token issue --user {user}`)", highlight=False, soft_wrap=True)
     if code not in (0, 1):
         raise typer.Exit(code)
 

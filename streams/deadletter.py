@@ -610,13 +610,12 @@ def replay(ids: Optional[list[str]] = typer.Argument(None, help="Only these dead
     from rich.markup import escape
 
     from . import cli
-    from .codec import Codec
-    from .kafka import end_offsets_consumer, producer
-    from .topology import ANALYZED, UPLOADED
+    from .uploads import AnalyzedWatch, NotDelivered, Publisher
 
     s = cli.settings()
     flt = _filter(stage, code, since, image, ids)
-    codec = Codec.for_settings(s)
+    publisher = Publisher.for_settings(s)
+    codec = publisher.codec
     letters = sorted(flt.select(read_letters(s, codec, flt.since, quiet=as_json)), key=_chronological)
     if flt.ids:
         missing = sorted(flt.ids - {x.id for x in letters})
@@ -624,27 +623,15 @@ def replay(ids: Optional[list[str]] = typer.Argument(None, help="Only these dead
             raise cli.CliError(f"no such dead letter(s) among those selected: {', '.join(missing)}")
     decisions = plan_replay(letters, codec)
     chosen = [d for d in decisions if d.replayed]
-    consumer = end_offsets_consumer(s, [ANALYZED]) if wait and chosen and not dry_run else None
-    failures: list[str] = []
+    watch = AnalyzedWatch(s, codec) if wait and chosen and not dry_run else None
     started = time.monotonic()
     if chosen and not dry_run:
-        prod = producer(s)
-
-        def delivered(error, msg):
-            if error is not None:
-                failures.append(f"{msg.key().decode()}: {error}")
-
-        topic = s.topic(UPLOADED)
-        for d in chosen:
-            prod.produce(topic, key=d.upload["image_id"].encode(), on_delivery=delivered,
-                         value=codec.encode("ImageUploaded", d.upload, topic=topic))
-            prod.poll(0)
-        remaining = prod.flush(30)
-        if remaining or failures:
-            if consumer is not None:
-                consumer.close()
-            raise cli.CliError(f"{remaining + len(failures)} replay event(s) not delivered: "
-                               f"{'; '.join(failures[:3]) or 'Kafka unreachable'}")
+        try:
+            publisher.upload([d.upload for d in chosen])
+        except NotDelivered as exc:
+            if watch is not None:
+                watch.close()
+            raise cli.CliError(f"replay: {exc}") from None
     done = "would replay" if dry_run else "replayed"
     for d in decisions:
         dl = d.letter.record or {}
@@ -660,11 +647,10 @@ def replay(ids: Optional[list[str]] = typer.Argument(None, help="Only these dead
     skipped = len(decisions) - len(chosen)
     cli.err.print(f"lensflow: {len(chosen)} image(s) {'would be replayed' if dry_run else 'replayed'}" + (f", {skipped} dead letter(s) skipped" if skipped else "")
                   + ("" if decisions else " (no dead letter matches)"), highlight=False)
-    if consumer is None:
+    if watch is None:
         return
     uploads = [{"image_id": d.upload["image_id"], "run_id": d.upload["run_id"], "name": d.letter.id} for d in chosen]
-    results = cli._await_analyzed(consumer, codec, uploads, timeout, started, as_json)
-    consumer.close()
+    results = cli._await_analyzed(watch, uploads, timeout, started, as_json)
     for u in uploads:
         r = results.get(u["image_id"])
         status = r["status"] if r else "timeout"

@@ -25,14 +25,17 @@ store calls (``search``) on their store threads, never on an event loop (``strea
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import heapq
+import json
 import math
 import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from .records import point_id
 
@@ -48,7 +51,17 @@ NEAR_POOL = 20
 #: Pages of 1,000 faces read to find the person ids behind a name.
 PERSON_SCROLL_PAGES = 20
 #: the parameters of a query (anything else is refused: a misspelt filter would be dropped silently)
-PARAMETERS = ("user", "text", "like", "tag", "person", "taken_after", "near", "limit", "safe")
+PARAMETERS = ("user", "text", "like", "tag", "person", "taken_after", "near", "limit", "safe", "cursor")
+#: Paging a text search: both rankings are read this deep on every page (the same pools whatever the
+#: page, so the fused order is the same from page to page: no repeat, no gap), and no deeper.
+TEXT_POOL = 300
+#: Paging a ``like`` search: results beyond this rank are not served (Qdrant reads offset + limit).
+MAX_VECTOR_OFFSET = 1_000
+
+
+class SearchPage(NamedTuple):
+    results: list[dict]
+    next_cursor: str | None
 
 
 @dataclass
@@ -62,6 +75,35 @@ class Query:
     near: tuple[float, float, float] | None = None  # lat, lon, km
     limit: int = 10
     safe: bool = False
+    cursor: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return next(k for k in ("text", "like", "tag", "person") if getattr(self, k))
+
+    def fingerprint(self) -> str:
+        """What a cursor is bound to: the user and the query, not the page size."""
+        key = json.dumps([self.user, self.mode, getattr(self, self.mode), self.taken_after.isoformat() if self.taken_after else None,
+                          self.near, self.safe])
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def make_cursor(self, position: dict) -> str:
+        """An opaque cursor for the page after ``position`` (base64url JSON bound to this query)."""
+        raw = json.dumps({"q": self.fingerprint(), **position}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def position(self) -> dict:
+        """The decoded cursor ({} for the first page); SearchError when it is not one of this query's."""
+        if not self.cursor:
+            return {}
+        try:
+            raw = base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4))
+            position = json.loads(raw)
+        except (ValueError, TypeError):
+            raise SearchError("cursor: not a cursor of this service (pass next_cursor as it was given)") from None
+        if not isinstance(position, dict) or position.pop("q", None) != self.fingerprint():
+            raise SearchError("cursor: it belongs to another query (a cursor only pages the query that gave it)")
+        return position
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> "Query":
@@ -106,9 +148,14 @@ class Query:
         safe = (params.get("safe") or "").strip().lower()
         if safe not in ("", "0", "1", "true", "false"):
             raise SearchError(f"safe: expected true or false, not {params['safe']!r}")
-        return cls(user=user, text=params.get("text"), like=params.get("like"), tag=params.get("tag"),
-                   person=params.get("person"), taken_after=taken_after, near=near, limit=max(1, min(limit, 100)),
-                   safe=safe in ("1", "true"))
+        cursor = (params.get("cursor") or "").strip() or None
+        if cursor is not None and len(cursor) > 512:
+            raise SearchError("cursor: too long (pass next_cursor as it was given)")
+        q = cls(user=user, text=params.get("text"), like=params.get("like"), tag=params.get("tag"),
+                person=params.get("person"), taken_after=taken_after, near=near, limit=max(1, min(limit, 100)),
+                safe=safe in ("1", "true"), cursor=cursor)
+        q.position()  # a bad cursor is a bad query: refused before any store is asked
+        return q
 
 
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -184,22 +231,23 @@ class SearchService:
         must_not = [m.HasIdCondition(has_id=[point_id(exclude)])] if exclude else []
         return m.Filter(must=must, must_not=must_not)
 
-    def _vector_search(self, vector_name: str, vector: list[float], q: Query, exclude: str | None = None) -> list[dict]:
-        hits = self.stores.qdrant.nearest(vector_name, vector, self._filter(q, exclude), q.limit)
+    def _vector_search(self, vector_name: str, vector: list[float], q: Query, exclude: str | None = None,
+                       offset: int = 0) -> list[dict]:
+        hits = self.stores.qdrant.nearest(vector_name, vector, self._filter(q, exclude), q.limit, offset)
         return [{"image_id": h.payload["image_id"], "score": round(float(h.score), 4), "taken_at": h.payload.get("taken_at"),
                  "tags": h.payload.get("tags", [])} for h in hits]
 
-    def _text_search(self, q: Query, vector: list[float] | None = None) -> list[dict]:
+    def _text_search(self, q: Query, vector: list[float] | None = None, pool: int | None = None) -> list[dict]:
         """Semantic and keyword rankings of a text query, fused by reciprocal rank (``vector``: the query's
-        embedding when already made)."""
-        pool = max(q.limit * 3, 30)
+        embedding when already made; ``pool``: how deep each ranking is read, default three pages)."""
+        pool = pool or max(q.limit * 3, 30)
         if vector is None:
             vector = self.embed(q.text)
         semantic = self._vector_search("semantic", vector, dataclasses.replace(q, limit=pool))
         words = query_words(q.text)
         keyword: list[dict] = []
         if words:
-            points = self.stores.qdrant.keyword_matches(words, self._filter(q), 200)
+            points = self.stores.qdrant.keyword_matches(words, self._filter(q), max(pool, 200))
             for p in points:
                 held = set(WORD.findall((p.payload.get("keywords") or "").lower()))
                 n = sum(1 for w in words if w in held)
@@ -209,30 +257,71 @@ class SearchService:
             keyword.sort(key=lambda h: (-h["matches"], h["image_id"]))
         return fuse(semantic, keyword, q.limit)
 
+    # -- pages (the read service) ------------------------------------------------------------------
+    def page(self, q: Query, text_vector: list[float] | None = None) -> SearchPage:
+        """One page of ``q``'s hits and the cursor of the next (None on the last page). Text: both
+        rankings read ``TEXT_POOL`` deep whatever the page, fused, then cut at the cursor's offset; like:
+        Qdrant's own offset; tag and person: keyset on (taken_at, image_id), newest first, so a page
+        never repeats or skips an image while the index stays as it was."""
+        position = q.position()
+        if q.text:
+            offset = int(position.get("o", 0))
+            fused = self._text_search(dataclasses.replace(q, limit=2 * TEXT_POOL), text_vector, pool=TEXT_POOL)
+            hits = fused[offset:offset + q.limit]
+            more = offset + q.limit < len(fused)
+            return SearchPage(self._with_rows(hits, q.user, q.safe), q.make_cursor({"o": offset + q.limit}) if more else None)
+        if q.like:
+            offset = int(position.get("o", 0))
+            if offset > MAX_VECTOR_OFFSET:
+                raise SearchError(f"cursor: results past rank {MAX_VECTOR_OFFSET} are not served; refine the query")
+            vector = self._like_vector(q)
+            hits = self._vector_search("visual", vector, dataclasses.replace(q, limit=q.limit + 1), exclude=q.like, offset=offset)
+            more = len(hits) > q.limit
+            return SearchPage(self._with_rows(hits[:q.limit], q.user, q.safe),
+                              q.make_cursor({"o": offset + q.limit}) if more else None)
+        after = (position["t"], position["i"]) if "i" in position else None
+        pool = q.limit * NEAR_POOL if q.near else q.limit
+        ordered = self._tag_search(q, after=after, keep=pool + 1)
+        full = len(ordered) > pool
+        ordered = ordered[:pool]
+        rows = self._with_rows(ordered, q.user, q.safe)
+        if not q.near:
+            hits, last = rows, ordered[-1] if full and ordered else None
+        else:
+            near = self.filter_near(rows, dataclasses.replace(q, limit=pool))
+            hits = near[:q.limit]
+            last = hits[-1] if len(near) > q.limit else (ordered[-1] if full and ordered else None)
+        cursor = q.make_cursor({"t": last["taken_at"] or "", "i": last["image_id"]}) if last is not None else None
+        return SearchPage(hits, cursor)
+
+    def _like_vector(self, q: Query) -> list[float]:
+        found = self.stores.qdrant.image_vector(q.like, "visual")
+        if found is None or found[0].get("user_id") != q.user:
+            raise SearchError(f"image {q.like} not found for user {q.user}")
+        if not found[1]:
+            raise SearchError(f"image {q.like} has no visual vector (analysed without the embedding stage)")
+        return found[1]
+
     # -- queries ---------------------------------------------------------------------------------
     def search(self, q: Query, text_vector: list[float] | None = None) -> list[dict]:
         """The hits of ``q`` (``text_vector``: a text query's embedding, from ``embed``; made here if None)."""
         if q.text:
             hits = self._text_search(q, text_vector)
         elif q.like:
-            found = self.stores.qdrant.image_vector(q.like, "visual")
-            if found is None or found[0].get("user_id") != q.user:
-                raise SearchError(f"image {q.like} not found for user {q.user}")
-            vector = found[1]
-            if not vector:
-                raise SearchError(f"image {q.like} has no visual vector (analysed without the embedding stage)")
-            hits = self._vector_search("visual", vector, q, exclude=q.like)
+            hits = self._vector_search("visual", self._like_vector(q), q, exclude=q.like)
         else:
             return self.filter_near(self._with_rows(self._tag_search(q), q.user, q.safe), q)
         return self._with_rows(hits, q.user, q.safe)
 
-    def _tag_search(self, q: Query) -> list[dict]:
+    def _tag_search(self, q: Query, after: tuple[str, str] | None = None, keep: int | None = None) -> list[dict]:
         """The newest ``limit`` images carrying the tag (or one of the person's tags), newest first. Rows are
         streamed from the driver's pages and only the newest ``keep`` are held (a heap), and at most
         ``TAG_SCAN_LIMIT`` index rows are read per query: a tag on a million images costs bounded
-        memory and time (it loaded every row before). With ``near`` more are kept, for the place filter."""
+        memory and time (it loaded every row before). With ``near`` more are kept, for the place filter.
+        ``after``: (taken_at, image_id) of the last hit of the previous page: only older ones are kept."""
         tags = [q.tag.lower().strip()] if q.tag else self._person_tags(q.user, q.person)
-        keep = q.limit * NEAR_POOL if q.near else q.limit
+        if keep is None:
+            keep = q.limit * NEAR_POOL if q.near else q.limit
         heap: list[tuple[str, str]] = []  # (taken_at, image_id) of the newest ``keep``
         hits: dict[str, dict] = {}
         scanned = 0
@@ -246,6 +335,8 @@ class SearchService:
                 if r.image_id in hits:
                     continue
                 taken = r.taken_at.isoformat() if r.taken_at else ""
+                if after is not None and (taken, r.image_id) >= after:
+                    continue
                 if len(heap) >= keep and (taken, r.image_id) <= heap[0]:
                     continue
                 hits[r.image_id] = {"image_id": r.image_id, "score": round(float(r.score or 1.0), 4),

@@ -133,7 +133,20 @@ class Settings(BaseSettings):
     # --- worker --------------------------------------------------------------------------------
     web_host: str = Field("127.0.0.1", description="Address of the worker's HTTP endpoint (/metrics, /healthz, /readyz).")
     web_port: int = Field(6066, description="Port of the worker's HTTP endpoint.")
-    api_token: SecretStr | None = Field(None, description="Bearer token the worker's API (/search, /faces/*) requires and the CLI sends. Unset: the API answers only when the worker listens on a loopback address (secret: never printed or logged).")
+    # --- the read service (`lensflow api`, docs/api.md) ------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the read service (`lensflow api`, or the worker that owns Qdrant local mode) listens on.")
+    api_port: int = Field(8080, ge=1, le=65535, description="Port of the read service.")
+    api_in_worker: bool | None = Field(None, description="Serve the read service inside the worker that owns the stores, on a thread and event loop of its own. Unset: yes when Qdrant runs in local mode (it admits one process) and this worker opens it; no with a Qdrant server, where `lensflow api` runs on its own.")
+    api_jwt_secret: SecretStr | None = Field(None, description="HS256 secret the read service verifies bearer tokens (JWTs) with, and `lensflow token issue` signs them with. Unset and no `api_jwks_url`: a secret is generated on first use into DATA_DIR/api/jwt-secret (secret: never printed or logged).")
+    api_jwks_url: str | None = Field(None, description="An OIDC issuer's JWKS URL: verify bearer tokens (RS256/ES256) with its keys instead of a shared secret.")
+    api_audience: str | None = Field(None, description="The `aud` a bearer token must carry (required with `api_jwks_url`).")
+    api_issuer: str | None = Field(None, description="The `iss` a bearer token must carry, when set.")
+    api_user_concurrency: int = Field(8, ge=1, description="Requests one user may have in flight at once on one API process (more answer 429).")
+    api_user_rate: float = Field(20.0, gt=0, description="Requests a second one user may make on one API process, with bursts of twice that (more answer 429 with Retry-After).")
+    api_sse_per_user: int = Field(4, ge=1, description="Open `/v1/events` streams one user may hold on one API process.")
+    api_dev_user: str = Field("demo", description="The user of the gallery's one-click development login (offered only on a loopback address with the locally generated secret).")
+    api_url: str | None = Field(None, description="Where the CLI reaches the read service. Unset: http://API_HOST:API_PORT (127.0.0.1 when API_HOST is 0.0.0.0).")
+    api_token: SecretStr | None = Field(None, description="A bearer token (JWT) the CLI sends to the read service. Unset: the CLI mints a short-lived one for `--user` from the HS256 secret (secret: never printed or logged).")
     min_insync_replicas: int = Field(1, ge=1, description="`min.insync.replicas` of the topics lensflow creates (with producers using acks=all and idempotence, a write is acknowledged by this many replicas).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_json: bool = Field(True, description="JSON logs (one object a line) instead of console-formatted ones.")
@@ -156,7 +169,7 @@ class Settings(BaseSettings):
     def _upper(cls, v: list[str]) -> list[str]:
         return [x.upper() for x in v]
 
-    @field_validator("api_token")
+    @field_validator("api_token", "api_jwt_secret")
     @classmethod
     def _token(cls, v: SecretStr | None) -> SecretStr | None:
         """Without surrounding whitespace (a token file's trailing newline is not part of it); blank is unset."""

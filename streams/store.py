@@ -311,6 +311,7 @@ class CassandraStore:
         self.select_image = p("SELECT * FROM {ks}.images WHERE image_id = ?")
         self.select_rows = p("SELECT image_id, user_id, caption, uri, gps_lat, gps_lon, taken_at, nsfw_score FROM {ks}.images WHERE image_id IN ?")
         self.select_by_user = p("SELECT image_id, run_id, analysis_version FROM {ks}.images_by_user WHERE user_id = ?")
+        self.select_user_page = p("SELECT image_id FROM {ks}.images_by_user WHERE user_id = ? AND image_id > ? LIMIT ?")
         self.select_all = p("SELECT image_id, user_id, run_id, analysis_version FROM {ks}.images")
         #: image_id -> (monotonic time, StoredImage) of the rows current() read, for the write that follows
         self._known: OrderedDict[str, tuple[float, StoredImage]] = OrderedDict()
@@ -498,6 +499,10 @@ class CassandraStore:
         return [SimpleRow(r.image_id, user_id, r.run_id, r.analysis_version)
                 for r in self.session.execute(self.select_by_user, (user_id,))]
 
+    def image_ids_page(self, user_id: str, after: str, limit: int) -> list[str]:
+        """A user's image ids in id order, after ``after`` ("" for the first page): the read service's list."""
+        return [r.image_id for r in self.session.execute(self.select_user_page, (user_id, after, limit))]
+
     def stored_records(self, image_id: str, run_id: str) -> dict[str, bytes]:
         row = self.session.execute(self.select_run, (image_id, run_id)).one()
         return dict(row.stage_records or {}) if row else {}
@@ -660,9 +665,9 @@ class QdrantStore:
             return None
         return pts[0].payload, (pts[0].vector or {}).get(vector_name)
 
-    def nearest(self, vector_name: str, vector: list[float], query_filter, limit: int) -> list:
+    def nearest(self, vector_name: str, vector: list[float], query_filter, limit: int, offset: int = 0) -> list:
         return self.run(lambda c: c.query_points("images", query=vector, using=vector_name, query_filter=query_filter,
-                                                 limit=limit, with_payload=True).points)
+                                                 limit=limit, offset=offset or None, with_payload=True).points)
 
     def keyword_matches(self, words: list[str], query_filter, limit: int) -> list:
         """Points whose ``keywords`` hold any of ``words`` (Qdrant full-text match; the caller checks

@@ -119,6 +119,16 @@ def without_vectors(aggregate: dict) -> dict:
 COLOURS = {"object": (255, 176, 0), "face": (0, 200, 255), "text": (120, 255, 120)}
 
 
+def document_of(image: dict) -> dict:
+    """A stored image (``CassandraStore.image``) as ``lensflow show --json`` prints it and the read service
+    answers it: the row, its tags and stages, the analysis sections (``analysis_of``) and the stored
+    aggregate without its vectors. ``image`` is changed in place and returned."""
+    aggregate = image.pop("aggregate", None)
+    image["analysis"] = analysis_of(aggregate) if aggregate else None
+    image["aggregate"] = without_vectors(aggregate) if aggregate else None
+    return image
+
+
 def boxes_of(analysis: dict) -> list[tuple[str, dict, str]]:
     """(kind, box, label) of everything that has a box."""
     out = []
