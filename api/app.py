@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lensflow.streams.app import is_loopback
 from lensflow.streams.errors import is_transient
-from lensflow.streams.search import Query, SearchError
+from lensflow.streams.search import Query, SearchError, SearchNotFound
 from lensflow.streams.settings import Settings
 
 from . import auth
@@ -262,6 +262,8 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
             return error(exc.status, str(exc), exc.parameter, exc.headers)
         if isinstance(exc, auth.AuthError):
             return error(exc.status, str(exc), headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+        if isinstance(exc, SearchNotFound):
+            return error(404, str(exc))
         if isinstance(exc, SearchError):
             return error(400, str(exc), _parameter_of(str(exc)))
         if isinstance(exc, ImageRejected):
@@ -274,7 +276,7 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
         if is_transient(exc):
             reason = (str(exc).strip().splitlines() or [""])[0][:200]
             log.warning("api_unavailable", path=request.url.path, error=repr(exc)[:500])
-            return error(503, f"a store is unavailable ({type(exc).__name__}: {reason})",
+            return error(503, f"{_store_of(exc)} is unavailable ({type(exc).__name__}: {reason})",
                          headers={"Retry-After": str(RETRY_AFTER_S)})
         log.error("api_failed", path=request.url.path, error=repr(exc)[:500], exc_info=exc)
         return error(500, f"internal error ({type(exc).__name__}); see the service's log")
@@ -376,9 +378,18 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
 
     @app.post("/v1/dev/login", response_model=DevLogin, responses={404: {"model": ErrorBody}}, tags=["credentials"],
               summary="The gallery's development login (loopback, locally generated secret only)")
-    async def dev_login():
+    async def dev_login(request: Request):
         if not (auth.uses_local_secret(settings) and is_loopback(settings.api_host)):
             raise NotFound("no development login here: sign in with a token")
+        # a page of another site must not get a token: neither under its own name resolved to 127.0.0.1
+        # (DNS rebinding: its Host), nor by posting here from its own origin
+        name = _host_name(request.headers.get("Host"))
+        if name is None or not is_loopback(name):
+            raise auth.AuthError("the development login answers only requests whose Host is a loopback address "
+                                 "(127.0.0.1, [::1] or localhost)", status=403)
+        origin = request.headers.get("Origin")
+        if origin is not None and not _loopback_origin(origin):
+            raise auth.AuthError("the development login refuses requests from pages of another origin", status=403)
         token = auth.issue(settings, settings.api_dev_user, 3600)
         return DevLogin(token=token, user=settings.api_dev_user, expires_in=3600)
 
@@ -584,6 +595,43 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
             return ReanalyzeAnswer(results=results)
 
     return app
+
+
+def _host_name(host: str | None) -> str | None:
+    """The name in a Host header ("name", "name:port", "[v6]", "[v6]:port"); None when absent or malformed."""
+    host = (host or "").strip()
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return None
+        return name or None
+    name, colon, port = host.partition(":")
+    if colon and not port.isdigit():
+        return None
+    return name or None
+
+
+def _loopback_origin(origin: str) -> bool:
+    """Whether an Origin header names an http(s) page served from a loopback address ("null" does not)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip())
+        parts.port  # noqa: B018  (ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and is_loopback(parts.hostname)
+
+
+def _store_of(exc: BaseException) -> str:
+    module = type(exc).__module__ or ""
+    if module.startswith("cassandra"):
+        return "Cassandra"
+    if module.startswith(("qdrant_client", "grpc", "httpx", "httpcore")):
+        return "Qdrant"
+    if module.startswith(("confluent_kafka", "aiokafka")):
+        return "Kafka"
+    return "a store"
 
 
 def _area(face: dict) -> float:

@@ -786,7 +786,8 @@ def bench_env(prefix: str, port: int, work: Path, overrides: list[str] = ()) -> 
     env.update(STACK["env"])
     env.update(LENSFLOW_STACK_DIR=str(STACK["dir"]), LENSFLOW_DATA_DIR=str(work / "data"),
                LENSFLOW_TOPIC_PREFIX=f"{prefix}{tag}.", LENSFLOW_CASSANDRA_KEYSPACE=f"{prefix}_{tag}",
-               LENSFLOW_APP_ID=f"bench-{tag}", LENSFLOW_WEB_PORT=str(port), LENSFLOW_LOG_LEVEL="warning")
+               LENSFLOW_APP_ID=f"bench-{tag}", LENSFLOW_WEB_PORT=str(port), LENSFLOW_LOG_LEVEL="warning",
+               LENSFLOW_API_IN_WORKER="false")  # the stream alone (bench/api.py measures the read service)
     for item in overrides:
         name, _, value = item.partition("=")
         env[f"LENSFLOW_{name.upper()}"] = value

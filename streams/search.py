@@ -44,6 +44,10 @@ class SearchError(ValueError):
     """A bad query: one clear line for the user."""
 
 
+class SearchNotFound(SearchError):
+    """The query names an image that is not the user's (or does not exist): not found, either way."""
+
+
 #: Index rows a tag or person search reads at most (the newest ``limit`` of them are answered).
 TAG_SCAN_LIMIT = 50_000
 #: With ``near``, tag hits kept per answer wanted, before the place filter.
@@ -297,7 +301,7 @@ class SearchService:
     def _like_vector(self, q: Query) -> list[float]:
         found = self.stores.qdrant.image_vector(q.like, "visual")
         if found is None or found[0].get("user_id") != q.user:
-            raise SearchError(f"image {q.like} not found for user {q.user}")
+            raise SearchNotFound(f"image {q.like} not found for user {q.user}")
         if not found[1]:
             raise SearchError(f"image {q.like} has no visual vector (analysed without the embedding stage)")
         return found[1]

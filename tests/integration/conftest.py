@@ -79,6 +79,7 @@ class Namespace:
             "LENSFLOW_CASSANDRA_KEYSPACE": f"t_{tag}",
             "LENSFLOW_APP_ID": f"lensflow-t{tag}",
             "LENSFLOW_WEB_PORT": str(free_port()),
+            "LENSFLOW_API_PORT": str(free_port()),  # the read service, served by the worker that owns Qdrant
             "LENSFLOW_LOG_JSON": "true",
             # EXIF only unless a test asks for more (per upload with --stages, or with stages=…): fast and model-free
             "LENSFLOW_STAGES": "metadata",
@@ -93,6 +94,16 @@ class Namespace:
 
     def topic(self, name: str) -> str:
         return self.prefix + name
+
+    @property
+    def api(self) -> str:
+        """The read service's base URL (served by this namespace's worker)."""
+        return f"http://127.0.0.1:{self.env['LENSFLOW_API_PORT']}"
+
+    def token(self, user: str, ttl: str = "1h", *scopes: str) -> str:
+        """A bearer token of ``user`` minted by the CLI from this namespace's local secret."""
+        args = ["token", "issue", "--user", user, "--ttl", ttl] + [a for s in scopes for a in ("--scope", s)]
+        return self.cli(*args).stdout.strip()
 
     def cli(self, *args, check=True, timeout=600):
         return run(args, self.env, check=check, timeout=timeout)

@@ -1,6 +1,7 @@
-"""The worker's API under a store outage: Cassandra frozen (SIGSTOP) for 30 s while images flow and a
-user searches every second. ``/healthz`` answers within 1 s throughout (the API's store calls run off
-the web thread's event loop, which also answers the probes), every search answers in bounded time (503
+"""The read service under a store outage: Cassandra frozen (SIGSTOP) for 30 s while images flow and a
+user searches every second. The worker's and the read service's ``/healthz`` answer within 1 s
+throughout (the service's store calls run off its event loop, on a bounded pool, and it runs on a
+thread and loop of its own in the worker), every search answers in bounded time (503
 with a JSON error while Cassandra is frozen, never a bare 500), the CLI says to try again, and every
 image completes."""
 
@@ -23,7 +24,7 @@ from .promise import (dead_letters, fresh_namespace, photos, report, results_of,
 pytestmark = pytest.mark.integration
 
 FROZEN_S = 30
-#: the API's store deadline (streams/app.py API_STORE_TIMEOUT_S) plus slack for 2 busy cores
+#: the read service's store deadline (api/service.py STORE_TIMEOUT_S) plus slack for 2 busy cores
 SEARCH_BOUND_S = 14.0
 
 
@@ -37,10 +38,11 @@ def test_search_while_cassandra_is_frozen(ns, tmp_path):
     files = photos(tmp_path / "in", 40, size=(640, 480), seed=7)
     ns.start_worker()
     base = f"http://127.0.0.1:{ns.env['LENSFLOW_WEB_PORT']}"
+    auth = {"Authorization": f"Bearer {ns.token('searcher')}"}
     wait_stored(ns, submit(ns, "searcher", files[:10]), 120)
-    params = {"user": "searcher", "tag": "nothing-tagged-so"}
-    before = httpx.get(f"{base}/search", params=params, timeout=30)
-    assert before.status_code == 200 and before.json() == {"results": []}, before.text
+    params = {"tag": "nothing-tagged-so"}
+    before = httpx.get(f"{ns.api}/v1/search", params=params, headers=auth, timeout=30)
+    assert before.status_code == 200 and before.json() == {"results": [], "next_cursor": None}, before.text
 
     flowing = [submit_waiting(ns, "searcher", files[10:25], timeout=600)]  # and 15 more while Cassandra is frozen
     time.sleep(1)
@@ -53,7 +55,7 @@ def test_search_while_cassandra_is_frozen(ns, tmp_path):
     def search() -> None:
         t0 = time.monotonic()
         try:
-            r = httpx.get(f"{base}/search", params=params, timeout=60)
+            r = httpx.get(f"{ns.api}/v1/search", params=params, headers=auth, timeout=60)
             status, body = r.status_code, r.text
         except httpx.HTTPError as exc:
             status, body = None, repr(exc)
@@ -79,12 +81,13 @@ def test_search_while_cassandra_is_frozen(ns, tmp_path):
                 threads.append(threading.Thread(target=cli_search))
                 threads[-1].start()
                 flowing.append(submit_waiting(ns, "searcher", files[25:], timeout=600))
-            t0 = time.monotonic()
-            try:
-                status = httpx.get(f"{base}/healthz", timeout=5).status_code
-            except httpx.HTTPError:
-                status = None
-            probes.append((time.monotonic() - t0, status))
+            for url in (f"{base}/healthz", f"{ns.api}/healthz"):
+                t0 = time.monotonic()
+                try:
+                    status = httpx.get(url, timeout=5).status_code
+                except httpx.HTTPError:
+                    status = None
+                probes.append((time.monotonic() - t0, status))
             time.sleep(0.25)
         assert ns.worker.poll() is None, "the worker died during the outage:\n" + ns.log_tail()
     finally:
@@ -117,8 +120,8 @@ def test_search_while_cassandra_is_frozen(ns, tmp_path):
     assert len(results) == 30 and {r["status"] for r in results.values()} == {"complete"}, \
         {i: r for i, r in results.items() if r["status"] != "complete"}
     assert dead_letters(ns) == []
-    after = httpx.get(f"{base}/search", params=params, timeout=30)
-    assert after.status_code == 200 and after.json() == {"results": []}, after.text
+    after = httpx.get(f"{ns.api}/v1/search", params=params, headers=auth, timeout=30)
+    assert after.status_code == 200 and after.json() == {"results": [], "next_cursor": None}, after.text
     log = ns.log_path.read_text(errors="replace")
     assert "Thread keepalive is not responding" not in log, ns.log_tail()
     assert ns.worker.poll() is None, "the worker restarted"
