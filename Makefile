@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LENSFLOW := $(VENV)/bin/lensflow
 
-.PHONY: setup demo test unit integration bench stop clean
+.PHONY: setup browser demo test unit integration bench stop clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "lensflow: $(PYTHON) (3.11+) is required" >&2; exit 2; }
@@ -20,16 +20,29 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+# The gallery's browser test (tests/integration/test_gallery.py) drives Debian's chromium through
+# Playwright's executable_path (Playwright's own browser download is not used): installed here when
+# missing and we are root (CI on a fresh machine), else one line saying what to run.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "lensflow: installing Debian's chromium for the gallery test (apt-get, log in /tmp/lensflow-chromium-apt.log)"; \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } \
+	    >/tmp/lensflow-chromium-apt.log 2>&1 && [ -x $(CHROMIUM) ] \
+	  || { echo "lensflow: apt-get install chromium failed, see /tmp/lensflow-chromium-apt.log" >&2; exit 2; }; \
+	else echo "lensflow: the gallery test needs $(CHROMIUM): run 'sudo apt-get install --no-install-recommends chromium' (or make test as root)" >&2; exit 2; fi
+
 demo: setup
 	$(LENSFLOW) demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 unit: setup
 	$(PY) -m pytest tests/unit
 
-integration: setup
+integration: setup browser
 	$(PY) -m pytest tests/integration
 
 bench: setup
