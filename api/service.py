@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from lensflow.agents.faces import FaceGallery, face_model as make_face_model
+from lensflow.agents.faces import face_model as make_face_model
 from lensflow.agents.preprocess import Limits, decode_cost, prepare
 from lensflow.streams.budget import MemoryBudget
 from lensflow.streams.errors import StageFailure
+from lensflow.streams.faces_store import FaceGallery
 from lensflow.streams.models import ModelCache
 from lensflow.streams.search import Query, SearchPage, SearchService
 from lensflow.streams.settings import Settings

@@ -1241,7 +1241,8 @@ def demo(
     err.print(f"lensflow: submitting {len(files)} photos as user {user!r} through stages {', '.join(stages)}")
     code = 0
     try:
-        submit(paths=[str(p) for p in files], user=user, wait=True, as_json=False, stages=",".join(stages), timeout=600.0)
+        submit(paths=[str(p) for p in files], user=user, wait=True, as_json=False, stages=",".join(stages), timeout=600.0,
+               via_api=False)
     except typer.Exit as exc:
         code = exc.exit_code
     from lensflow.agents.metadata import camera_name

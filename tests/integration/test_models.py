@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from lensflow.agents.faces import MATCH_THRESHOLDS, SFaceModel
+from lensflow.agents.faces import SFaceModel
+from lensflow.streams.faces_store import MATCH_THRESHOLDS
 from tests.conftest import PHOTOS
 
 from .conftest import run

@@ -13,6 +13,7 @@ import dlib  # noqa: F401
 import qdrant_client  # noqa: F401
 
 from lensflow.agents import faces as F  # noqa: E402
+from lensflow.streams import faces_store as G  # noqa: E402
 from lensflow.builders import faces as build  # noqa: E402
 from lensflow.builders.registry import models_for_stages, preparer  # noqa: E402
 from lensflow.streams.models import ModelCache, ModelError  # noqa: E402
@@ -75,12 +76,12 @@ def client():
 
 @pytest.fixture
 def gallery(client):
-    return F.FaceGallery(client, model=F.FaceModel.name)
+    return G.FaceGallery(client, model=F.FaceModel.name)
 
 
 @pytest.fixture
 def sgallery(client):
-    return F.FaceGallery(client, model=F.SFaceModel.name)
+    return G.FaceGallery(client, model=F.SFaceModel.name)
 
 
 # -- preparer and model --------------------------------------------------------------------------
@@ -133,16 +134,16 @@ def test_boxes_are_in_the_given_image_pixels(model, detected):
     (half,) = model.predict([img.resize((img.width // 2, img.height // 2), Image.Resampling.BILINEAR)])[0]
     for k in ("x1", "y1", "x2", "y2"):
         assert half["box"][k] == pytest.approx(full["box"][k] / 2, abs=12)
-    assert F.distance(full["encoding"], half["encoding"]) < 0.2
+    assert G.distance(full["encoding"], half["encoding"]) < 0.2
 
 
 def test_same_person_close_different_people_far(detected):
-    assert F.distance(enc(detected, "obama_portrait.jpg"), enc(detected, "obama_podium.jpg")) < F.MATCH_THRESHOLD
-    assert F.distance(enc(detected, "biden_blue_room.jpg"), enc(detected, "man_portrait_giunchedi.jpg")) > F.MATCH_THRESHOLD
+    assert G.distance(enc(detected, "obama_portrait.jpg"), enc(detected, "obama_podium.jpg")) < F.MATCH_THRESHOLD
+    assert G.distance(enc(detected, "biden_blue_room.jpg"), enc(detected, "man_portrait_giunchedi.jpg")) > F.MATCH_THRESHOLD
     people = ["obama_portrait.jpg", "biden_blue_room.jpg", "man_portrait_giunchedi.jpg", "hopper_face_orientation6.jpg"]
     for i, a in enumerate(people):
         for b in people[i + 1:]:
-            assert F.distance(enc(detected, a), enc(detected, b)) > F.MATCH_THRESHOLD, (a, b)
+            assert G.distance(enc(detected, a), enc(detected, b)) > F.MATCH_THRESHOLD, (a, b)
 
 
 def test_rotated_face_found_only_after_exif_transpose(model, detected):
@@ -179,7 +180,7 @@ def test_enrolled_person_matches_for_that_user_only(gallery, detected):
     # enrolling the same name again adds a reference to the same person; the same descriptor twice is a no-op
     assert gallery.enroll("A", "Obama", enc(detected, "obama_podium.jpg")) == obama
     assert gallery.enroll("A", "Obama", enc(detected, "obama_podium.jpg")) == obama
-    assert gallery.client.count(F.COLLECTION, exact=True).count == 2
+    assert gallery.client.count(G.COLLECTION, exact=True).count == 2
 
     (a,) = gallery.assign("A", "img-podium", detected["obama_podium.jpg"])
     assert (a["person_id"], a["person_name"]) == (obama, "Obama")
@@ -191,7 +192,7 @@ def test_clustering_within_a_user_only(gallery, detected):
     (b1,) = gallery.assign("B", "b1", detected["obama_portrait.jpg"])
     (b2,) = gallery.assign("B", "b2", detected["obama_podium.jpg"])
     (b3,) = gallery.assign("B", "b3", detected["biden_blue_room.jpg"])
-    assert b1["person_id"] == F.new_person_id("B", F.face_point_id("B", "b1", 0)) and b1["match_distance"] is None
+    assert b1["person_id"] == G.new_person_id("B", G.face_point_id("B", "b1", 0)) and b1["match_distance"] is None
     assert b2["person_id"] == b1["person_id"] and b2["match_distance"] < F.MATCH_THRESHOLD
     assert b3["person_id"] != b1["person_id"]
     # user A has the same photos but none of B's people
@@ -220,16 +221,16 @@ def test_rename_keeps_earlier_matches_and_names_new_ones(gallery, detected):
 def test_reassign_is_idempotent(gallery, detected):
     gallery.assign("A", "x", detected["obama_portrait.jpg"])
     first = gallery.assign("A", "y", detected["obama_podium.jpg"] + detected["biden_blue_room.jpg"])
-    n = gallery.client.count(F.COLLECTION, exact=True).count
+    n = gallery.client.count(G.COLLECTION, exact=True).count
     assert n == 3
     second = gallery.assign("A", "y", detected["obama_podium.jpg"] + detected["biden_blue_room.jpg"])
     assert second == first
-    assert gallery.client.count(F.COLLECTION, exact=True).count == n
+    assert gallery.client.count(G.COLLECTION, exact=True).count == n
     # fewer faces on a later analysis: the stale point goes
     gallery.assign("A", "y", detected["obama_podium.jpg"])
-    assert gallery.client.count(F.COLLECTION, exact=True).count == 2
-    ids = {str(p.id) for p in gallery.client.scroll(F.COLLECTION, limit=10)[0]}
-    assert ids == {F.face_point_id("A", "x", 0), F.face_point_id("A", "y", 0)}
+    assert gallery.client.count(G.COLLECTION, exact=True).count == 2
+    ids = {str(p.id) for p in gallery.client.scroll(G.COLLECTION, limit=10)[0]}
+    assert ids == {G.face_point_id("A", "x", 0), G.face_point_id("A", "y", 0)}
 
 
 def test_faces_of_one_image_are_different_people(gallery, detected):
@@ -257,7 +258,7 @@ def test_encoding_must_be_128_d(gallery):
 
 
 def test_face_points_of_two_users_with_one_image_id_never_collide():
-    assert F.face_point_id("A", "img", 0) != F.face_point_id("B", "img", 0)
+    assert G.face_point_id("A", "img", 0) != G.face_point_id("B", "img", 0)
 
 
 # -- YuNet + SFace -------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def test_sface_boxes_are_in_the_given_image_pixels(sface, sdetected):
         assert half["box"][k] == pytest.approx(full["box"][k] / 2, abs=6)
     for p, q in zip(full["landmarks"], half["landmarks"]):
         assert q["x"] == pytest.approx(p["x"] / 2, abs=6) and q["y"] == pytest.approx(p["y"] / 2, abs=6)
-    assert F.distance(full["encoding"], half["encoding"]) < 0.5
+    assert G.distance(full["encoding"], half["encoding"]) < 0.5
 
 
 def test_sface_same_person_close_different_people_far(sdetected):
@@ -348,13 +349,13 @@ def test_sface_same_person_close_different_people_far(sdetected):
         return sdetected[name][0]["encoding"]
 
     assert F.SFaceModel.match_threshold == F.SFACE_MATCH_THRESHOLD == pytest.approx(math.sqrt(2 - 2 * 0.363), abs=1e-3)
-    assert F.distance(enc("obama_portrait.jpg"), enc("obama_podium.jpg")) < F.SFACE_MATCH_THRESHOLD
+    assert G.distance(enc("obama_portrait.jpg"), enc("obama_podium.jpg")) < F.SFACE_MATCH_THRESHOLD
     people = ["obama_podium.jpg", "obama_portrait.jpg", "biden_blue_room.jpg", "man_portrait_giunchedi.jpg",
               "hopper_face_orientation6.jpg"]
     for i, a in enumerate(people):
         for b in people[i + 1:]:
             if {a, b} != {"obama_portrait.jpg", "obama_podium.jpg"}:
-                assert F.distance(enc(a), enc(b)) > F.SFACE_MATCH_THRESHOLD, (a, b)
+                assert G.distance(enc(a), enc(b)) > F.SFACE_MATCH_THRESHOLD, (a, b)
 
 
 @pytest.mark.parametrize("degrees", [30, -45])
@@ -366,7 +367,7 @@ def test_sface_tilted_face_is_found_levelled_and_matched(sface, sdetected, degre
     (face,) = sface.predict([rotated])[0]
     assert _eye_angle(face) == pytest.approx(-degrees, abs=8)  # PIL turns counter-clockwise; y points down
     (upright,) = sdetected["man_portrait_giunchedi.jpg"]
-    assert F.distance(face["encoding"], upright["encoding"]) < 0.6
+    assert G.distance(face["encoding"], upright["encoding"]) < 0.6
 
 
 def test_sface_small_face_is_found(sface, sdetected):
@@ -379,7 +380,7 @@ def test_sface_small_face_is_found(sface, sdetected):
     canvas.paste(small, (700, 600))
     (face,) = sface.predict([canvas])[0]
     assert 700 + upright["box"]["x1"] * s - 5 < face["box"]["x1"] < 700 + upright["box"]["x1"] * s + 5
-    assert F.distance(face["encoding"], upright["encoding"]) < F.SFACE_MATCH_THRESHOLD
+    assert G.distance(face["encoding"], upright["encoding"]) < F.SFACE_MATCH_THRESHOLD
 
 
 @pytest.mark.parametrize("name", NO_FACES + ["office_kitchen_fruit.jpg"])
@@ -434,7 +435,7 @@ def test_gallery_never_compares_faces_of_two_models(gallery, sgallery, detected,
     # a dlib query does not see SFace's point either
     (d,) = gallery.assign("A", "other", detected["obama_podium.jpg"])
     assert (d["person_id"], d["person_name"]) == (obama, "Obama")
-    payloads = {str(p.id): p.payload for p in gallery.client.scroll(F.COLLECTION, limit=10)[0]}
+    payloads = {str(p.id): p.payload for p in gallery.client.scroll(G.COLLECTION, limit=10)[0]}
     assert sorted(p["model"] for p in payloads.values()) == sorted([F.FaceModel.name] * 2 + [F.SFaceModel.name])
     # enrolling the name again under SFace joins the same person (a name is the user's), in SFace's space
     assert sgallery.enroll("A", "Obama", sdetected["obama_portrait.jpg"][0]["encoding"]) == obama
@@ -450,7 +451,7 @@ def test_reanalysis_with_another_model_replaces_the_image_points(gallery, sgalle
     (s,) = sgallery.assign("A", "x", sdetected["obama_portrait.jpg"])
     assert s["face_id"] == d["face_id"]  # one point per face: the latest analysis's
     assert s["person_id"] != d["person_id"]  # a new person in the new space, never the old one's id
-    (point,) = gallery.client.scroll(F.COLLECTION, limit=10)[0]
+    (point,) = gallery.client.scroll(G.COLLECTION, limit=10)[0]
     assert point.payload["model"] == F.SFaceModel.name
     # and analysing it with SFace again is idempotent
     assert sgallery.assign("A", "x", sdetected["obama_portrait.jpg"]) == [s]
@@ -459,8 +460,8 @@ def test_reanalysis_with_another_model_replaces_the_image_points(gallery, sgalle
 def test_points_without_a_model_are_dlib_s(gallery, sgallery, detected, sdetected):
     from qdrant_client import models as m
 
-    gallery.client.upsert(F.COLLECTION, wait=True, points=[m.PointStruct(
-        id=F.face_point_id("A", "old", 0), vector=enc(detected, "obama_portrait.jpg"), payload={
+    gallery.client.upsert(G.COLLECTION, wait=True, points=[m.PointStruct(
+        id=G.face_point_id("A", "old", 0), vector=enc(detected, "obama_portrait.jpg"), payload={
             "user_id": "A", "image_id": "old", "face_index": 0, "box": None, "person_id": "p-old",
             "person_name": "Barack", "enrolled": False, "match_distance": None})])
     assert gallery.match("A", enc(detected, "obama_podium.jpg"))[:2] == ("p-old", "Barack")
@@ -468,13 +469,13 @@ def test_points_without_a_model_are_dlib_s(gallery, sgallery, detected, sdetecte
 
 
 def test_a_gallery_without_a_model_only_renames(client, detected):
-    bare = F.FaceGallery(client)
+    bare = G.FaceGallery(client)
     for call in (lambda: bare.enroll("A", "X", enc(detected, "obama_portrait.jpg")),
                  lambda: bare.match("A", enc(detected, "obama_portrait.jpg")),
                  lambda: bare.assign("A", "i", detected["obama_portrait.jpg"])):
         with pytest.raises(ValueError, match="model"):
             call()
-    (f,) = F.FaceGallery(client, model=F.FaceModel.name).assign("A", "i", detected["obama_portrait.jpg"])
+    (f,) = G.FaceGallery(client, model=F.FaceModel.name).assign("A", "i", detected["obama_portrait.jpg"])
     assert bare.rename("A", f["person_id"], "Barack") == 1
 
 
