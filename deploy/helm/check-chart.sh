@@ -164,4 +164,34 @@ expect_fail "bad digest" "/image/digest" --set image.digest=latest
 expect_fail "unknown secret setting" "'api_tokn' not allowed" --set secretKeyRefs.api_tokn.name=s --set secretKeyRefs.api_tokn.key=k
 expect_fail "replication class" "/cassandra/replication/class" --set cassandra.replication.class=LocalStrategy
 expect_fail "unknown model" "/stageGroups/0/models/0" --set 'stageGroups[0].name=v' --set 'stageGroups[0].stages[0]=objects' --set 'stageGroups[0].models[0]=coco'
+# --- the read API (api.*) ------------------------------------------------------------------------
+# ci/api-secret-values.yaml (HS256 from an existing Secret) and ci/api-jwks-values.yaml (JWKS, Ingress
+# with TLS) are rendered above; here the Secret the chart creates from a value, and the guards.
+render api-created-secret --set api.enabled=true --set api.auth.jwtSecret.value=0123456789abcdef0123456789abcdef \
+  --set api.autoscaling.enabled=false --set serviceMonitor.enabled=true
+expect_fail "api without token verification (schema)" "at '/api/auth': 'anyOf' failed" --set api.enabled=true
+expect_fail "api without token verification (template, schema skipped)" "api.enabled needs a way to verify bearer tokens" \
+  --set api.enabled=true --skip-schema-validation
+expect_fail "api JWKS without audience" "/api/auth/jwks/audience" --set api.enabled=true --set api.auth.jwks.url=https://issuer.example/jwks
+expect_fail "api HS256 secret and JWKS at once" "give an HS256 secret (jwtSecret) or a JWKS URL (jwks.url), not both" \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set api.auth.jwks.url=https://issuer.example/jwks \
+  --set api.auth.jwks.audience=lensflow
+expect_fail "api existing Secret and value at once" "give existingSecret or value, not both" \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set api.auth.jwtSecret.value=v
+expect_fail "api JWT secret as a setting" "LENSFLOW_API_JWT_SECRET is set by api.auth.jwtSecret" \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set api.settings.api_jwt_secret=hunter2
+expect_fail "api port as a setting" "LENSFLOW_API_PORT is set by api.port" --set settings.api_port=9000
+expect_fail "api without a Qdrant server" "api.enabled needs qdrant.url" \
+  -f "$tmp/no-qdrant.yaml" --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s
+expect_fail "stage group named api" 'a stage group is named "api"' \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set 'stageGroups[0].name=api' --set 'stageGroups[0].stages[0]=preprocess'
+expect_fail "api HPA bounds" "api.autoscaling.minReplicas (5) is above api.autoscaling.maxReplicas (3)" \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set api.autoscaling.minReplicas=5 --set api.autoscaling.maxReplicas=3
+expect_fail "api HPA without a CPU request" "set api.resources.requests.cpu" \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set api.resources.requests.cpu=null
+expect_fail "api Ingress without hosts" "api.ingress.enabled needs at least one entry in api.ingress.hosts" \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set api.ingress.enabled=true --set-json 'api.ingress.hosts=[]'
+expect_fail "misspelt api Ingress TLS key" "'secretname' not allowed" \
+  --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set 'api.ingress.tls[0].secretname=x'
+expect_fail "misspelt api key" "'replica' not allowed" --set api.replica=3
 echo "chart checks passed"

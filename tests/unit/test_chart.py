@@ -38,6 +38,9 @@ PENDING_SETTINGS: set[str] = set()
 SECRET_ENV = {"LENSFLOW_API_TOKEN", "LENSFLOW_QDRANT_API_KEY", "LENSFLOW_KAFKA_SASL_USERNAME",
               "LENSFLOW_KAFKA_SASL_PASSWORD", "LENSFLOW_KAFKA_TLS_KEY_PASSWORD", "LENSFLOW_CASSANDRA_USERNAME",
               "LENSFLOW_CASSANDRA_PASSWORD", "LENSFLOW_SCHEMA_REGISTRY_USERNAME", "LENSFLOW_SCHEMA_REGISTRY_PASSWORD"}
+#: secret settings the chart takes from dedicated values rather than secretKeyRefs (refused as plain
+#: settings all the same): the read service's HS256 secret, only its pods get it (api.auth.jwtSecret)
+CHART_OWNED_SECRETS = {"api_jwt_secret"}
 
 
 # --- drift ---------------------------------------------------------------------------------------
@@ -72,7 +75,11 @@ def test_values_schema_knows_the_models_and_the_secret_settings():
     assert chart_secrets == {line.strip()[2:] for line in block.splitlines() if line.strip().startswith("- ")}
     assert {f"LENSFLOW_{n.upper()}" for n in chart_secrets} == SECRET_ENV
     python_secrets = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
-    assert python_secrets <= chart_secrets, f"secret settings the chart does not treat as secrets: {python_secrets - chart_secrets}"
+    owned = chart_secrets | CHART_OWNED_SECRETS
+    assert python_secrets <= owned, f"secret settings the chart does not treat as secrets: {python_secrets - owned}"
+    reserved = helpers.split('define "lensflow.reservedSettings"')[1].split("{{- end -}}")[0]
+    for name in CHART_OWNED_SECRETS:
+        assert f"LENSFLOW_{name.upper()}: " in reserved, f"{name} must be refused in settings maps and env lists"
 
 
 # --- check-chart.sh --------------------------------------------------------------------------------
@@ -257,3 +264,214 @@ def test_by_default_the_models_come_from_the_image(rendered):
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "LENSFLOW_MODELS_DIR=/opt/lensflow-models/models" in dockerfile
     assert "lensflow models prepare" in dockerfile
+
+
+# --- the read API (`lensflow api`) -----------------------------------------------------------------
+
+#: renders of check-chart.sh with api.enabled: HS256 from an existing Secret (+ NetworkPolicy,
+#: ServiceMonitor, Kafka/Cassandra TLS), JWKS behind an Ingress with TLS, and the Secret the chart creates
+API_RENDERS = ("ci-api-secret-values", "ci-api-jwks-values", "api-created-secret")
+API_ENV = {"LENSFLOW_API_HOST", "LENSFLOW_API_PORT", "LENSFLOW_API_JWT_SECRET", "LENSFLOW_API_JWKS_URL",
+           "LENSFLOW_API_AUDIENCE", "LENSFLOW_API_ISSUER"}
+
+
+def api_objects(docs) -> dict[str, dict]:
+    """The read service's objects (component api), by kind: one of each."""
+    out: dict[str, dict] = {}
+    for d in docs:
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "api":
+            assert d["kind"] not in out, d["kind"]
+            out[d["kind"]] = d
+    return out
+
+
+def worker_objects(docs, kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"]
+
+
+def test_api_is_a_deployment_of_its_own(rendered):
+    assert set(API_RENDERS) <= set(rendered)
+    for name in ("defaults", "ci-full-values", "ci-secure-values", "no-qdrant-split"):
+        assert not api_objects(rendered[name]), f"{name}: api.enabled is false by default"
+    for name in API_RENDERS:
+        docs = rendered[name]
+        api = api_objects(docs)
+        assert {"Deployment", "Service", "PodDisruptionBudget"} <= set(api), name
+        pod = api["Deployment"]["spec"]["template"]
+        (c,) = pod["spec"]["containers"]
+        worker = worker_objects(docs, "Deployment")[0]["spec"]["template"]
+        (wc,) = worker["spec"]["containers"]
+        # the image's entrypoint is `lensflow`: the API passes its command as the workers do, in args
+        assert c["args"] == ["api"] and "command" not in c and "command" not in wc and wc["args"][0] == "worker"
+        assert c["image"] == wc["image"]
+        env = {e["name"]: e for e in c["env"]}
+        port = c["ports"][0]["containerPort"]
+        assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        assert env["LENSFLOW_API_HOST"]["value"] == "0.0.0.0" and env["LENSFLOW_API_PORT"]["value"] == str(port)
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        # the same stores as the workers: their ConfigMap (LENSFLOW_QDRANT_URL, Kafka, Cassandra, …),
+        # their Secrets and their TLS mounts; the same security contexts and ServiceAccount
+        assert c["envFrom"] == wc["envFrom"]
+        config = next(d for d in docs if d["kind"] == "ConfigMap")
+        assert c["envFrom"][0] == {"configMapRef": {"name": config["metadata"]["name"]}}
+        assert config["data"]["LENSFLOW_QDRANT_URL"]
+        worker_env = {e["name"]: e for e in wc.get("env", [])}
+        assert {n: e for n, e in worker_env.items() if n in SECRET_ENV} == {n: e for n, e in env.items() if n in SECRET_ENV}
+        tls = [m for m in wc["volumeMounts"] if m["name"].endswith("-tls")]
+        assert [m for m in c["volumeMounts"] if m["name"].endswith("-tls")] == tls
+        assert c["securityContext"] == wc["securityContext"] and c["securityContext"]["readOnlyRootFilesystem"]
+        assert pod["spec"]["securityContext"] == worker["spec"]["securityContext"]
+        assert pod["spec"]["serviceAccountName"] == worker["spec"]["serviceAccountName"]
+        assert c["resources"]["requests"]["cpu"]
+        # the Service and the PDB select the API's pods, and only them
+        labels = pod["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == "api"
+        for selector in (api["Service"]["spec"]["selector"], api["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+                         api["Deployment"]["spec"]["selector"]["matchLabels"]):
+            assert selector.items() <= labels.items() and selector["app.kubernetes.io/component"] == "api"
+        (sport,) = api["Service"]["spec"]["ports"]
+        assert sport["targetPort"] == "http" and sport["name"] == "http"
+        # the JWT secret comes from a Secret, never a plain value, and only the API gets it
+        if "LENSFLOW_API_JWT_SECRET" in env:
+            assert set(env["LENSFLOW_API_JWT_SECRET"]["valueFrom"]) == {"secretKeyRef"}
+        for d in docs:
+            if d["kind"] == "ConfigMap":
+                assert not API_ENV & set(d["data"])
+
+
+def test_api_hs256_secret_hpa_and_service_monitor(rendered):
+    docs = rendered["ci-api-secret-values"]
+    api = api_objects(docs)
+    deploy = api["Deployment"]
+    env = env_of(deploy)
+    assert env["LENSFLOW_API_JWT_SECRET"]["valueFrom"] == {"secretKeyRef": {"name": "lensflow-api-jwt", "key": "hs256"}}
+    assert not {"LENSFLOW_API_JWKS_URL", "LENSFLOW_API_AUDIENCE", "LENSFLOW_API_ISSUER"} & set(env)
+    assert "Secret" not in api  # an existing Secret: the chart creates none
+    # api.settings: the API's own environment, not the ConfigMap every worker loads
+    assert env["LENSFLOW_API_USER_RATE"]["value"] == "20" and env["LENSFLOW_API_USER_CONCURRENCY"]["value"] == "8"
+    # HPA on CPU: the Deployment leaves its replica count to it
+    hpa = api["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2" and "replicas" not in deploy["spec"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deploy["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]
+    assert api["PodDisruptionBudget"]["spec"]["minAvailable"] == 2
+    # /metrics of the API: a ServiceMonitor of its own, on the API Service's port
+    sm = api["ServiceMonitor"]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= api["Service"]["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == api["Service"]["spec"]["ports"][0]["name"] == "http"
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (workers_sm,) = [d for d in docs if d["kind"] == "ServiceMonitor" and d is not sm]
+    assert workers_sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    # the shared storage volume: uploads are written under it
+    mounts = {m["name"]: m["mountPath"] for m in deploy["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["storage"] == "/data/storage"
+
+
+def test_api_secret_the_chart_creates(rendered):
+    import base64
+
+    docs = rendered["api-created-secret"]
+    api = api_objects(docs)
+    value = "0123456789abcdef0123456789abcdef"
+    secret = api["Secret"]
+    assert secret["metadata"]["name"] == "ci-lensflow-api-jwt"
+    assert secret["data"] == {"jwt-secret": base64.b64encode(value.encode()).decode()}
+    env = env_of(api["Deployment"])
+    assert env["LENSFLOW_API_JWT_SECRET"]["valueFrom"] == {"secretKeyRef": {"name": "ci-lensflow-api-jwt", "key": "jwt-secret"}}
+    # the value is in the Secret only, not in the pod template
+    assert value not in yaml.safe_dump(api["Deployment"]) and value not in yaml.safe_dump(api["Service"])
+    # autoscaling off: the fixed replica count (default 2), no HPA
+    assert api["Deployment"]["spec"]["replicas"] == 2 and "HorizontalPodAutoscaler" not in api
+
+
+def test_api_jwks_and_ingress_with_tls(rendered):
+    docs = rendered["ci-api-jwks-values"]
+    api = api_objects(docs)
+    env = env_of(api["Deployment"])
+    assert env["LENSFLOW_API_JWKS_URL"]["value"] == "https://login.example.com/realms/photos/protocol/openid-connect/certs"
+    assert env["LENSFLOW_API_AUDIENCE"]["value"] == "lensflow"
+    assert env["LENSFLOW_API_ISSUER"]["value"] == "https://login.example.com/realms/photos"
+    assert "LENSFLOW_API_JWT_SECRET" not in env and "Secret" not in api
+    assert env["LENSFLOW_API_PORT"]["value"] == "9000"
+    assert api["Deployment"]["spec"]["replicas"] == 3 and "HorizontalPodAutoscaler" not in api
+    assert api["Service"]["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    # object storage: no volume to mount, the credentials' Secret as the workers get it
+    spec = api["Deployment"]["spec"]["template"]["spec"]
+    assert "storage" not in {v["name"] for v in spec["volumes"]}
+    assert {"secretRef": {"name": "lensflow-s3"}} in spec["containers"][0]["envFrom"]
+    ing = api["Ingress"]
+    assert ing["apiVersion"] == "networking.k8s.io/v1" and ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["tls"] == [{"hosts": ["photos.example.com"], "secretName": "photos-example-tls"}]
+    assert ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "photos.example.com"
+    assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/v1", "Prefix"), ("/openapi.json", "Exact")]
+    for p in rule["http"]["paths"]:
+        assert p["backend"] == {"service": {"name": api["Service"]["metadata"]["name"], "port": {"name": "http"}}}
+
+
+def test_stream_groups_carry_no_api(rendered):
+    """The workers' HTTP port serves /metrics, /healthz and /readyz only: their Services and containers
+    expose that port alone, they get none of the API's settings, and nothing in the chart sends clients
+    to /search or /faces on them."""
+    import re
+
+    for name, docs in rendered.items():
+        config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+        web_port = int(config["LENSFLOW_WEB_PORT"])
+        services = worker_objects(docs, "Service")
+        assert services, name
+        for svc in services:
+            assert svc["spec"]["ports"] == [{"name": "http", "port": web_port, "targetPort": "http", "protocol": "TCP"}], name
+        for w in worker_objects(docs, "Deployment") + worker_objects(docs, "StatefulSet"):
+            (c,) = w["spec"]["template"]["spec"]["containers"]
+            assert c["ports"] == [{"name": "http", "containerPort": web_port, "protocol": "TCP"}], name
+            assert c["args"][0] == "worker"
+            assert not API_ENV & set(env_of(w)), (name, w["metadata"]["name"])
+    worker_routes = re.compile(r"(?<!/v1)/(search|faces)\b")
+    texts = [CHART / "README.md", CHART / "values.yaml", *sorted((CHART / "templates").iterdir())]
+    for path in texts:
+        hits = worker_routes.findall(path.read_text())
+        assert not hits, f"{path.relative_to(ROOT)} still points at the workers' /search or /faces"
+
+
+def test_network_policy_admits_the_api_port(rendered):
+    def policy(docs, component):
+        (np,) = [d for d in docs if d["kind"] == "NetworkPolicy"
+                 and d["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component]
+        return np
+
+    def ns(peer):
+        return peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+
+    docs = rendered["ci-api-secret-values"]
+    workers, api = policy(docs, "worker"), policy(docs, "api")
+    assert api is api_objects(docs)["NetworkPolicy"]
+    # the API's policy: its one port (named http: api.port, 8080), from the release namespace, the ingress
+    # controller's namespace and the monitoring namespace (its /metrics)
+    (rule,) = api["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    (c,) = api_objects(docs)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert {"podSelector": {}} in rule["from"] and {ns(p) for p in rule["from"]} >= {"ingress-nginx", "monitoring"}
+    # the workers' policy is as before: their port, from the release namespace and Prometheus only
+    (wrule,) = workers["spec"]["ingress"]
+    assert wrule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert wrule["from"] == [{"podSelector": {}}, {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # the API talks to the same stores: the same egress as the workers'
+    assert api["spec"]["egress"] == workers["spec"]["egress"]
+    assert {p["port"] for r in api["spec"]["egress"] for p in r["ports"]} == {53, 9093, 9042, 6334, 8081}
+
+    docs = rendered["ci-api-jwks-values"]
+    workers, api = policy(docs, "worker"), policy(docs, "api")
+    # fromAnywhere: a rule with the port and no `from` (every source) — for the API port only
+    assert api["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    assert workers["spec"]["ingress"][0]["from"], "the workers' port must stay closed to clients"
+    # egress: the workers' plus the JWKS URL's port (https: 443)
+    assert api["spec"]["egress"][:len(workers["spec"]["egress"])] == workers["spec"]["egress"]
+    assert len(api["spec"]["egress"]) == len(workers["spec"]["egress"]) + 1
+    assert api["spec"]["egress"][-1] == {"ports": [{"port": 443, "protocol": "TCP"}]}

@@ -169,6 +169,12 @@ LENSFLOW_WEB_HOST: "(fixed to 0.0.0.0 by the chart)"
 LENSFLOW_WEB_PORT: webPort
 LENSFLOW_DATA_DIR: dirs.dataDir
 LENSFLOW_CACHE_DIR: dirs.cacheDir
+LENSFLOW_API_HOST: "(fixed to 0.0.0.0 in the api pods by the chart)"
+LENSFLOW_API_PORT: api.port
+LENSFLOW_API_JWT_SECRET: "api.auth.jwtSecret (a Secret), never a plain value"
+LENSFLOW_API_JWKS_URL: api.auth.jwks.url
+LENSFLOW_API_AUDIENCE: api.auth.jwks.audience
+LENSFLOW_API_ISSUER: api.auth.jwks.issuer
 {{- range (include "lensflow.secretSettings" . | fromYamlArray) }}
 {{ include "lensflow.settingEnvName" . }}: "a Secret (existingSecret or secretKeyRefs), never a plain value"
 {{- end }}
@@ -542,4 +548,79 @@ LENSFLOW_CACHE_DIR: dirs.cacheDir
 {{- if and $v.initJob.enabled (not $v.initJob.topics) (not $v.initJob.cql) -}}
 {{- fail "lensflow: initJob.enabled with neither initJob.topics nor initJob.cql; disable the Job instead." -}}
 {{- end -}}
+{{- end -}}
+
+{{/* ============================================================================================
+     The read service (`lensflow api`)
+     ============================================================================================ */}}
+
+{{- define "lensflow.apiFullname" -}}
+{{- printf "%s-api" (include "lensflow.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lensflow.apiSelectorLabels" -}}
+{{ include "lensflow.selectorLabels" . }}
+app.kubernetes.io/component: api
+{{- end -}}
+
+{{- define "lensflow.apiLabels" -}}
+{{ include "lensflow.labels" . }}
+app.kubernetes.io/component: api
+{{- end -}}
+
+{{/* Name of the Secret holding LENSFLOW_API_JWT_SECRET ("" with JWKS). */}}
+{{- define "lensflow.apiJwtSecretName" -}}
+{{- $s := .Values.api.auth.jwtSecret -}}
+{{- if $s.existingSecret -}}
+{{- $s.existingSecret -}}
+{{- else if $s.value -}}
+{{- printf "%s-jwt" (include "lensflow.apiFullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Guards of the api values (rendered from every api template). The schema already requires a
+     JWT secret or a JWKS URL; these hold with --skip-schema-validation too. */}}
+{{- define "lensflow.validateApi" -}}
+{{- $a := .Values.api -}}
+{{- $s := $a.auth.jwtSecret -}}
+{{- $j := $a.auth.jwks -}}
+{{- if not (or $s.existingSecret $s.value $j.url) -}}
+{{- fail "lensflow: api.enabled needs a way to verify bearer tokens: an HS256 secret (api.auth.jwtSecret.existingSecret + key, or api.auth.jwtSecret.value) or an OIDC issuer's JWKS (api.auth.jwks.url + api.auth.jwks.audience)." -}}
+{{- end -}}
+{{- if and $s.existingSecret $s.value -}}
+{{- fail "lensflow: api.auth.jwtSecret: give existingSecret or value, not both." -}}
+{{- end -}}
+{{- if and (or $s.existingSecret $s.value) $j.url -}}
+{{- fail "lensflow: api.auth: give an HS256 secret (jwtSecret) or a JWKS URL (jwks.url), not both." -}}
+{{- end -}}
+{{- if and (or $s.existingSecret $s.value) (not $s.key) -}}
+{{- fail "lensflow: api.auth.jwtSecret.key is empty: name the Secret's key holding the HS256 secret." -}}
+{{- end -}}
+{{- if and $j.url (not $j.audience) -}}
+{{- fail "lensflow: api.auth.jwks.url needs api.auth.jwks.audience (the `aud` the tokens must carry)." -}}
+{{- end -}}
+{{- if not .Values.qdrant.url -}}
+{{- fail "lensflow: api.enabled needs qdrant.url: the read service runs on its own only against a Qdrant server (with qdrant-client's local mode the worker that runs the join serves it)." -}}
+{{- end -}}
+{{- range .Values.stageGroups -}}
+{{- if eq (toString .name) "api" -}}
+{{- fail "lensflow: a stage group is named \"api\": its objects would take the names of the read service's (api.enabled); rename the group." -}}
+{{- end -}}
+{{- end -}}
+{{- if and $a.autoscaling.enabled (gt (int64 $a.autoscaling.minReplicas) (int64 $a.autoscaling.maxReplicas)) -}}
+{{- fail (printf "lensflow: api.autoscaling.minReplicas (%d) is above api.autoscaling.maxReplicas (%d)." (int64 $a.autoscaling.minReplicas) (int64 $a.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- if and $a.autoscaling.enabled (not (dig "requests" "cpu" "" ($a.resources | default dict))) -}}
+{{- fail "lensflow: api.autoscaling scales on CPU utilisation, relative to the pods' CPU request: set api.resources.requests.cpu." -}}
+{{- end -}}
+{{- if and $a.autoscaling.enabled (not (kindIs "invalid" $a.autoscaling.targetMemoryUtilizationPercentage)) (not (dig "requests" "memory" "" ($a.resources | default dict))) -}}
+{{- fail "lensflow: api.autoscaling.targetMemoryUtilizationPercentage needs api.resources.requests.memory." -}}
+{{- end -}}
+{{- if and (not .Values.models.fromImage) (not $a.models) (not .Values.dirs.cacheExistingClaim) -}}
+{{- fail "lensflow: api.enabled with models.fromImage false: the API embeds text queries (minilm-l6-v2) and enrolment faces (yunet-sface); list them in api.models or mount prepared models with dirs.cacheExistingClaim." -}}
+{{- end -}}
+{{- $_ := include "lensflow.settingsEnv" (dict "settings" ($a.settings | default dict) "where" "api.settings") -}}
+{{- $envNames := list -}}
+{{- range ($a.env | default list) }}{{ $envNames = append $envNames .name }}{{ end -}}
+{{- include "lensflow.checkEnvNames" (dict "names" $envNames "where" "api.env") -}}
 {{- end -}}
