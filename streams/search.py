@@ -33,6 +33,7 @@ import json
 import math
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -59,6 +60,9 @@ PARAMETERS = ("user", "text", "like", "tag", "person", "taken_after", "near", "l
 #: Paging a text search: both rankings are read this deep on every page (the same pools whatever the
 #: page, so the fused order is the same from page to page: no repeat, no gap), and no deeper.
 TEXT_POOL = 300
+#: Query embeddings kept (LRU): each page of a text search embeds the same text again, and users repeat
+#: queries; a 384-d embedding is ~3 KiB, so this is ~3 MiB at most.
+EMBED_CACHE = 1_024
 #: Paging a ``like`` search: results beyond this rank are not served (Qdrant reads offset + limit).
 MAX_VECTOR_OFFSET = 1_000
 
@@ -204,11 +208,16 @@ class SearchService:
         self._embedder_factory = embedder_factory
         self._embedder = None
         self._lock = threading.Lock()
+        self._embedded: OrderedDict[str, list[float]] = OrderedDict()
 
     # -- helpers ---------------------------------------------------------------------------------
     def embed(self, text: str) -> list[float]:
-        """The query's sentence embedding (loads the model on first use): a model call, no store."""
+        """The query's sentence embedding (loads the model on first use): a model call, no store. The
+        last ``EMBED_CACHE`` texts are remembered (the next page of a search embeds the same text)."""
         with self._lock:
+            if text in self._embedded:
+                self._embedded.move_to_end(text)
+                return self._embedded[text]
             if self._embedder is None:
                 if self._embedder_factory is None:
                     from lensflow.agents.textembed import TextEmbedder
@@ -218,7 +227,11 @@ class SearchService:
                     self._embedder = TextEmbedder(ModelCache(self.settings.models_path)).load()
                 else:
                     self._embedder = self._embedder_factory()
-            return self._embedder.predict([text])[0]
+            vector = self._embedder.predict([text])[0]
+            self._embedded[text] = vector
+            while len(self._embedded) > EMBED_CACHE:
+                self._embedded.popitem(last=False)
+            return vector
 
     def _filter(self, q: Query, exclude: str | None = None):
         from qdrant_client import models as m
