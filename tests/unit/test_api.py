@@ -342,7 +342,7 @@ def test_a_frozen_store_answers_503_in_bounded_time_and_never_stalls_the_service
         served.stop()
     for r, took in answers:
         assert r.status_code == 503 and "Cassandra" in r.json()["error"], (r.status_code, r.text[:300])
-        assert r.headers.get("Retry-After") and took < 3.0, took
+        assert r.headers.get("Retry-After") and took < 5.0, took  # the frozen call holds 8 s
     # a stalled loop would hold every probe until the searches gave up (1 s); on 2 busy cores one probe
     # may still be slow, so the median is what is asserted
     took = sorted(t for _, t in probes)
