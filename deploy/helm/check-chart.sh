@@ -5,9 +5,12 @@
 #   * every rendered object validated by kubeconform -strict against the Kubernetes $K8S_VERSION
 #     schemas (PyPI kubernetes-validate, made standalone by tools.sh) and the CRD schemas in
 #     deploy/helm/schemas/ (KEDA, Prometheus Operator); an object without a schema fails;
-#   * the guards (template `fail`s and schema errors) refuse what they must, with their message.
-# Tools: helm and kubeconform from tools.sh (built once into ~/.cache/lensflow/tools), unless HELM,
-# KUBECONFORM and K8S_SCHEMAS are all given. Needs python3 with PyYAML ($PYTHON, default python3).
+#   * the guards (template `fail`s and schema errors) refuse what they must, with their message;
+#   * the PrometheusRule: `promtool check rules` on every rendered one, and `promtool test rules` with
+#     deploy/helm/tests/rules/*.test.yaml on the one rendered from deploy/helm/tests/rules/values.yaml
+#     (each alert must have a case that fires and one that does not).
+# Tools: helm, kubeconform and promtool from tools.sh (built once into ~/.cache/lensflow/tools), unless
+# HELM, KUBECONFORM, PROMTOOL and K8S_SCHEMAS are all given. Needs python3 with PyYAML ($PYTHON, default python3).
 #   deploy/helm/check-chart.sh
 #   RENDER_DIR=/tmp/out deploy/helm/check-chart.sh     # keep the rendered manifests (NAME.yaml)
 set -euo pipefail
@@ -15,15 +18,15 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 CHART="$HERE/lensflow"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-if [[ -z ${HELM:-} || -z ${KUBECONFORM:-} || -z ${K8S_SCHEMAS:-} ]]; then
-  tools=$("$HERE/tools.sh") || fail "deploy/helm/tools.sh could not install helm/kubeconform/schemas (see above)"
+if [[ -z ${HELM:-} || -z ${KUBECONFORM:-} || -z ${PROMTOOL:-} || -z ${K8S_SCHEMAS:-} ]]; then
+  tools=$("$HERE/tools.sh") || fail "deploy/helm/tools.sh could not install helm/kubeconform/promtool/schemas (see above)"
   eval "$tools"
 fi
 K8S_VERSION=${K8S_VERSION:-1.29.0}
 PYTHON=${PYTHON:-python3}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 out=${RENDER_DIR:-$tmp/rendered}; mkdir -p "$out"
-echo "helm $("$HELM" version --template '{{.Version}}'), kubeconform, Kubernetes $K8S_VERSION schemas"
+echo "helm $("$HELM" version --template '{{.Version}}'), kubeconform, promtool $("$PROMTOOL" --version 2>&1 | awk 'NR == 1 {print $3}'), Kubernetes $K8S_VERSION schemas"
 
 kubeconform() {  # kubeconform FILE: every object must have a schema and match it
   "$KUBECONFORM" -strict -summary -output text -kubernetes-version "$K8S_VERSION" \
@@ -94,6 +97,45 @@ stageGroups:
 YAML
 render no-qdrant-split -f "$tmp/no-qdrant.yaml"
 
+# --- alerts: promtool ----------------------------------------------------------------------------
+# The rule groups of each rendered PrometheusRule go into a Prometheus rules file: `promtool check
+# rules` on all of them, and the unit tests of deploy/helm/tests/rules/ (their rule_files name
+# lensflow-rules.yaml, the render of tests/rules/values.yaml) run beside a copy of that file.
+TESTS="$HERE/tests/rules"
+render alert-rules -f "$TESTS/values.yaml"
+rules="$tmp/rules"; mkdir -p "$rules"
+for f in "$out"/*.yaml; do
+  "$PYTHON" - "$f" "$rules/$(basename "$f" .yaml).rules.yaml" <<'PY' || fail "PrometheusRule of $(basename "$f")"
+import sys, yaml
+rules = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PrometheusRule"]
+assert len(rules) <= 1, "more than one PrometheusRule"
+if rules:
+    yaml.safe_dump({"groups": rules[0]["spec"]["groups"]}, open(sys.argv[2], "w"), sort_keys=False)
+PY
+done
+[[ -f $rules/alert-rules.rules.yaml ]] || fail "tests/rules/values.yaml rendered no PrometheusRule"
+for f in "$rules"/*.rules.yaml; do
+  "$PROMTOOL" check rules "$f" >"$tmp/promtool.txt" 2>&1 || { cat "$tmp/promtool.txt" >&2; fail "promtool check rules ($(basename "$f"))"; }
+  echo "ok   promtool check rules $(basename "$f" .rules.yaml): $(grep -o 'SUCCESS: [0-9]* rules found' "$tmp/promtool.txt")"
+done
+"$PYTHON" - "$rules/alert-rules.rules.yaml" "$TESTS"/*.test.yaml <<'PY' || fail "the rule unit tests do not cover every alert"
+import sys, yaml
+alerts = [r["alert"] for g in yaml.safe_load(open(sys.argv[1]))["groups"] for r in g["rules"] if "alert" in r]
+cases = [t for f in sys.argv[2:] for test in yaml.safe_load(open(f))["tests"] for t in test.get("alert_rule_test", [])]
+fires = {t["alertname"] for t in cases if t.get("exp_alerts")}
+quiet = {t["alertname"] for t in cases if not t.get("exp_alerts")}
+missing = [f"{a} ({' and '.join(w for w, s in (('fires', fires), ('stays quiet', quiet)) if a not in s)})"
+           for a in alerts if a not in fires or a not in quiet]
+assert not missing, "no test case in which " + ", ".join(missing)
+unknown = (fires | quiet) - set(alerts)
+assert not unknown, f"tests of alerts the rules do not have: {sorted(unknown)}"
+PY
+cp "$TESTS"/*.test.yaml "$rules/"
+cp "$rules/alert-rules.rules.yaml" "$rules/lensflow-rules.yaml"
+(cd "$rules" && "$PROMTOOL" test rules ./*.test.yaml) >"$tmp/promtool.txt" 2>&1 \
+  || { cat "$tmp/promtool.txt" >&2; fail "promtool test rules (deploy/helm/tests/rules)"; }
+echo "ok   promtool test rules: $(ls "$TESTS"/*.test.yaml | wc -l) files, every alert has a case that fires and one that does not"
+
 # --- template guards ---------------------------------------------------------------------------
 expect_fail "empty qdrant.url" "qdrant.url is required" --set qdrant.url=
 cat >"$tmp/faces.yaml" <<'YAML'
@@ -158,6 +200,9 @@ expect_fail "KEDA TriggerAuthentication without Secret" "kedaTriggerAuthenticati
 # --- values.schema.json ------------------------------------------------------------------------
 expect_fail "misspelt key" "'bootstap' not allowed" --set kafka.bootstap=kafka:9092
 expect_fail "removed key" "'stageInputTopics' not allowed" --set stageInputTopics.preprocess[0]=images.uploaded
+expect_fail "removed lag-exporter alert" "'consumerLag' not allowed" --set prometheusRule.consumerLag.lagMetric=kafka_consumergroup_lag
+expect_fail "misspelt alert setting" "'treshold' not allowed" --set alerts.consumerLagGrowing.treshold=10
+expect_fail "runbook URL with an anchor" "/alerts/runbookBaseUrl" --set alerts.runbookBaseUrl=https://x.example/runbooks.md#top
 expect_fail "misspelt group key" "'replica' not allowed" --set 'stageGroups[0].name=preprocess' --set 'stageGroups[0].stages[0]=preprocess' --set 'stageGroups[0].replica=2'
 expect_fail "wrong type" "/kafka/partitions" --set-string kafka.partitions=six
 expect_fail "bad digest" "/image/digest" --set image.digest=latest

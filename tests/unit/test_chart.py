@@ -4,11 +4,14 @@
   chart's stage groups, KEDA topics and stage-name checks cannot drift from streams/topology.py;
 * deploy/helm/check-chart.sh passes: helm lint --strict + helm template with the default values and
   every ci/*.yaml, kubeconform -strict on every rendered object, and every guard refusing what it must.
-  Its tools (helm, kubeconform, Kubernetes schemas) are installed by deploy/helm/tools.sh into
-  ~/.cache/lensflow/tools on the first run (a few minutes; Go module proxy + PyPI); when that is
+  Its tools (helm, kubeconform, promtool, Kubernetes schemas) are installed by deploy/helm/tools.sh into
+  ~/.cache/lensflow/tools on the first run (10-20 minutes; Go module proxy + PyPI); when that is
   impossible this test FAILS with tools.sh's message — it never skips;
 * the rendered manifests do what the values promise (consumer group per stage group, secrets only from
   Secrets, static membership, models prepared before the worker, …);
+* the PrometheusRule: check-chart.sh runs `promtool check rules` and `promtool test rules`
+  (deploy/helm/tests/rules/); here, every alert has a severity, a summary, a description and a
+  runbook_url whose section exists in docs/runbooks.md, and queries only series something exports;
 * lists the chart keeps in step with Python (models, secret settings, the CRD schemas) match it.
 """
 
@@ -88,8 +91,9 @@ def test_values_schema_knows_the_models_and_the_secret_settings():
 def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     out = tmp_path_factory.mktemp("chart")
     env = {**os.environ, "RENDER_DIR": str(out), "PYTHON": sys.executable}
+    # the first run on a machine builds helm, kubeconform and promtool (tools.sh): 10-20 minutes on 2 cores
     proc = subprocess.run(["bash", str(HELM / "check-chart.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=2400)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         pytest.fail("deploy/helm/check-chart.sh failed. When the tools could not be installed, see the "
@@ -108,7 +112,7 @@ def env_of(workload) -> dict[str, dict]:
 
 
 def test_check_chart_passes(rendered):
-    assert {"defaults", "ci-full-values", "ci-secure-values", "no-qdrant-split"} <= set(rendered)
+    assert {"defaults", "ci-full-values", "ci-secure-values", "no-qdrant-split", "alert-rules"} <= set(rendered)
 
 
 def worker_consumer_group(docs, workload) -> str:
@@ -220,22 +224,78 @@ def test_network_policy_and_alerts(rendered):
     assert egress_ports == {53, 9093, 9042, 6334, 8081}
     (rule,) = [d for d in secure if d["kind"] == "PrometheusRule"]
     exprs = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
-    assert "lensflow_deadletters_total" in exprs["LensflowDeadLettersGrowing"]
+    assert "lensflow_deadletters_total" in exprs["LensflowDeadLettersHigh"]
     assert 'status="failed"' in exprs["LensflowStageErrorRate"]
     assert 'stage="join", status="partial"' in exprs["LensflowJoinPartials"]
     assert "lensflow_delivery_failures_total" in exprs["LensflowDeliveryFailures"]
-    assert 'consumergroup=~"photos-preprocess|' in exprs["LensflowConsumerLagStalled"]
+    # alerts.groupLabel=service: the groups' Services, and the consumer group named from kafka.appId
+    assert 'service=~"ci-lensflow-preprocess|ci-lensflow-vision|' in exprs["LensflowConsumerLagGrowing"]
+    assert '"consumer_group", "photos-$1", "service", "ci-lensflow-(.*)"' in exprs["LensflowConsumerLagGrowing"]
+    assert 'absent(up{namespace="lensflow", service="ci-lensflow-join"})' in exprs["LensflowWorkerTargetsAbsent"]
+    # the join keeps its state (StatefulSet); kubeStateMetricsSelector is added to every matcher
+    assert 'kube_statefulset_status_replicas_ready{job="kube-state-metrics", namespace="lensflow", statefulset=~"ci-lensflow-join"}' \
+        in exprs["LensflowGroupUnavailable"]
     assert not any(d["kind"] in ("NetworkPolicy", "PrometheusRule") for d in rendered["defaults"])
 
 
+def alert_rules(docs) -> list[dict]:
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    return [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_every_alert_has_a_runbook(rendered):
+    """Each alert: a severity, a summary, a description, and a runbook_url under alerts.runbookBaseUrl whose
+    section (the alert's name in lower case, GitHub's anchor of a `## <name>` heading) is in docs/runbooks.md."""
+    import re
+
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#{2,3} (.+)$", runbooks, re.M)}
+    assert "objectives" in anchors
+    cases = {"alert-rules": ("https://github.com/lensflow/lensflow/blob/main/docs/runbooks.md", {}),
+             "ci-secure-values": ("https://wiki.example/lensflow/runbooks.md", {"team": "images"})}
+    for render, (base, extra) in cases.items():
+        alerts = alert_rules(rendered[render])
+        assert len(alerts) == 14, [a["alert"] for a in alerts]
+        for a in alerts:
+            name = a["alert"]
+            assert set(a["labels"]) == {"severity", *extra} and a["labels"]["severity"] in ("critical", "warning"), name
+            assert {k: a["labels"][k] for k in extra} == extra, name
+            assert set(a["annotations"]) == {"summary", "description", "runbook_url"}, name
+            assert a["annotations"]["runbook_url"] == f"{base}#{name.lower()}", name
+            assert name.lower() in anchors, f"docs/runbooks.md has no section '## {name}'"
+    severities = {a["alert"]: a["labels"]["severity"] for a in alert_rules(rendered["ci-secure-values"])}
+    assert severities["LensflowRebalanceStorm"] == "critical" and severities["LensflowWorkerDown"] == "warning"
+
+
+def test_consumer_lag_needs_no_exporter(rendered):
+    """Lag comes from the workers' own Faust gauges; nothing the chart does not install (kafka_exporter,
+    Burrow, KMinion) is queried."""
+    for render in ("alert-rules", "ci-secure-values"):
+        exprs = " ".join(a["expr"] for a in alert_rules(rendered[render]))
+        assert "faust_topic_partition_end_offset" in exprs and "faust_topic_partition_offset_commited" in exprs
+        assert not any(m in exprs for m in ("kafka_consumergroup", "burrow_", "kminion_")), render
+
+
+#: the read service's metrics (docs/api.md; api/app.py defines them on the process's default registry)
+API_SERIES = {"lensflow_api_requests_total", "lensflow_api_request_seconds_bucket", "lensflow_api_request_seconds_sum",
+              "lensflow_api_request_seconds_count", "lensflow_api_sse_clients"}
+
+
 def exported_series() -> set[str]:
-    """Every series name the workers' /metrics can carry (streams/observability.py)."""
+    """Every series name the workers' /metrics can carry: streams/observability.py's and Faust's sensor as
+    the worker installs it on the same registry (streams/app.py _faust_sensor)."""
+    from types import SimpleNamespace
+
+    from lensflow.streams.app import _faust_sensor
     from lensflow.streams.observability import Metrics
 
     suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"],
                 "gauge": [""], "summary": ["", "_sum", "_count", "_created"]}
+    metrics = Metrics()
+    _faust_sensor(SimpleNamespace(), metrics)
     names = set()
-    for family in Metrics().registry.collect():
+    for family in metrics.registry.collect():
         names |= {family.name + s for s in suffixes.get(family.type, [""])}
     return names
 
@@ -243,13 +303,20 @@ def exported_series() -> set[str]:
 def test_dashboard_and_alerts_query_exported_metrics(rendered):
     import re
 
-    exported = exported_series()
+    exported = exported_series() | API_SERIES
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "lensflow.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    rule = next(d for d in rendered["ci-secure-values"] if d["kind"] == "PrometheusRule")
-    exprs += [r["expr"] for r in rule["spec"]["groups"][0]["rules"]]
-    used = {m for e in exprs for m in re.findall(r"\blensflow_[a-z_]+\b", e)} - {"lensflow_io_stage_group"}  # a label
+    for render in ("ci-secure-values", "alert-rules"):
+        exprs += [r["expr"] for r in alert_rules(rendered[render])]
+    used = {m for e in exprs for m in re.findall(r"\b(?:lensflow|faust)_[a-z_]+\b", e)} - {"lensflow_io_stage_group"}  # a label
     assert used and not used - exported, f"queried but not exported: {sorted(used - exported)}"
+    assert {"faust_topic_partition_end_offset", "faust_topic_partition_offset_commited",
+            "faust_rebalance_done_consumer_latency_count", "lensflow_end_to_end_seconds_bucket"} <= used
+    api = ROOT / "api" / "app.py"
+    if api.exists():  # the read service's own definitions match the names the alerts use
+        source = api.read_text()
+        for name in ("lensflow_api_requests", "lensflow_api_request_seconds", "lensflow_api_sse_clients"):
+            assert f'"{name}"' in source, name
 
 
 def test_by_default_the_models_come_from_the_image(rendered):
