@@ -18,7 +18,9 @@ from typing import Any, Callable
 from PIL import Image, UnidentifiedImageError
 
 from lensflow.agents.faces import face_model as make_face_model
-from lensflow.agents.preprocess import Limits, decode_cost, prepare
+from lensflow.agents.preprocess import Limits, prepare
+from lensflow.agents.textembed import TextEmbedder
+from lensflow.streams.decode_cost import decode_cost
 from lensflow.streams.budget import MemoryBudget
 from lensflow.streams.errors import StageFailure
 from lensflow.streams.faces_store import FaceGallery
@@ -206,7 +208,8 @@ class ReadService:
     def __init__(self, settings: Settings, stores, budget_ctx=None):
         self.settings = settings
         self.stores = stores
-        self.searcher = SearchService(stores, settings)
+        self.searcher = SearchService(stores, settings, embedder_factory=lambda: TextEmbedder(
+            ModelCache(settings.models_path)).load())
         self.store_calls = Offload("stores", STORE_THREADS, STORE_TIMEOUT_S, "Cassandra or Qdrant")
         self.model_calls = Offload("models", MODEL_THREADS, MODEL_TIMEOUT_S, "the models")
         self.storage = storage_for(settings)

@@ -801,7 +801,7 @@ def bench_worker(env: dict, port: int, work: Path, stages: str | None = None, cl
     /readyz answers; afterwards stopped, and (``cleanup``) the run's topics and keyspace removed. Exits
     with the log's path if the worker dies or is not ready within 300 s. ``probe``: the worker counts
     its CQL requests and times its steps (``install_probe``), dumping them to this file."""
-    from lensflow.streams.cli import poll_ready
+    from lensflow.cli.supervise import poll_ready
 
     env = {**env, "LENSFLOW_WEB_PORT": str(port)}
     if probe is not None:
@@ -815,7 +815,7 @@ def bench_worker(env: dict, port: int, work: Path, stages: str | None = None, cl
             f"    spine.use_store(os.environ[{STORE_ENV!r}])\n"
             f"spine.install_probe(os.environ[{PROBE_ENV!r}])\n")
         env.update({PROBE_ENV: str(probe), "PYTHONPATH": os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))})
-    worker = subprocess.Popen([sys.executable, "-m", "lensflow.streams.cli", "worker"] + (["--stages", stages] if stages else []),
+    worker = subprocess.Popen([sys.executable, "-m", "lensflow.cli", "worker"] + (["--stages", stages] if stages else []),
                               env=env, stdout=open(work / log, "wb"), stderr=subprocess.STDOUT)
     try:
         outcome = poll_ready(f"http://127.0.0.1:{port}/readyz", 300, lambda: worker.poll() is not None)
@@ -907,7 +907,7 @@ def run_pipeline(env: dict, files: list[Path], timeout_s: float, user: str = "be
     codec = Codec()
     t0 = time.perf_counter()
     extra = ["--stages", stages] if stages else []
-    proc = subprocess.run([sys.executable, "-m", "lensflow.streams.cli", "submit", "--user", user, "--json", *extra,
+    proc = subprocess.run([sys.executable, "-m", "lensflow.cli", "submit", "--user", user, "--json", *extra,
                            *map(str, files)], env=env, capture_output=True, text=True, check=True)
     submitted = time.perf_counter()
     ids = {json.loads(line)["image_id"] for line in proc.stdout.splitlines() if line.startswith("{")}
@@ -995,7 +995,7 @@ def main() -> None:
         use_store(str(args.store.resolve()))
         env[STORE_ENV] = str(args.store.resolve())
         print(f"streams/store.py replaced by {args.store} (worker and sink-alone run)")
-    cli = [sys.executable, "-m", "lensflow.streams.cli"]
+    cli = [sys.executable, "-m", "lensflow.cli"]
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
 
     print("making synthetic photos ...", flush=True)

@@ -311,7 +311,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="lensflow-bench-stages-"))
     env = bench_env("s", 6098, work, args.set)
-    cli = [sys.executable, "-m", "lensflow.streams.cli"]
+    cli = [sys.executable, "-m", "lensflow.cli"]
     subprocess.run(cli + ["stack", "up"], env=env, check=True)
     subprocess.run(cli + ["models", "prepare"], env=env, check=True)
     files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".png", ".webp", ".tif"))

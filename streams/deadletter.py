@@ -1,4 +1,5 @@
-"""`lensflow deadletter list|show|replay`: look at what the stages gave up on, and run it again.
+"""Dead letters, read and planned for replay (the commands, `lensflow deadletter list|show|replay`, are
+``cli/deadletter.py``): look at what the stages gave up on, and run it again.
 
 Every stage sends a record it could not process to ``images.deadletter`` as a ``DeadLetter``: the
 source record's bytes as received (``value``), why (``error``), the image/user/run when the record
@@ -35,15 +36,12 @@ Exit codes as the rest of the CLI: 0 ok (skipped dead letters included), 2 error
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Optional
-
-import typer
+from contextlib import nullcontext
+from typing import Any
 
 #: ``source`` of the ImageUploaded events a replay produces.
 REPLAY_SOURCE = "lensflow-deadletter-replay"
@@ -54,7 +52,19 @@ AGGREGATED_RECORD = "lensflow.v1.ImageAggregated"
 #: exactly on ``failed_at``: a record is timestamped when produced, just after its ``failed_at``.
 SINCE_MARGIN = timedelta(minutes=5)
 
-app = typer.Typer(no_args_is_help=True, help="Dead letters (images.deadletter): list, show, replay as new runs.")
+
+
+class DeadLetterError(Exception):
+    """The dead-letter topic cannot be read as asked (Kafka down, no such topic, partition or offset):
+    one line for the user."""
+
+
+class _NoProgress:
+    def add_task(self, *a, **k):
+        return None
+
+    def advance(self, *a, **k):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,29 +374,27 @@ def _consumer(s):
 
     return Consumer({**kafka_conf(s), "group.id": "lensflow-cli-deadletter",
                      "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
-                     "log_level": 2})  # connection failures are reported as one CliError line, not rdkafka logs
+                     "log_level": 2})  # connection failures are reported as one line (DeadLetterError), not rdkafka logs
 
 
 def _partitions(consumer, s, topic: str) -> list[int]:
     from confluent_kafka import KafkaException
 
-    from .cli import CliError
-
     try:
         meta = consumer.list_topics(timeout=10)  # all topics: asking for one could auto-create it
     except KafkaException as exc:
-        raise CliError(f"Kafka at {s.kafka_bootstrap} did not answer ({exc})") from None
+        raise DeadLetterError(f"Kafka at {s.kafka_bootstrap} did not answer ({exc})") from None
     if topic not in meta.topics or meta.topics[topic].error is not None:
-        raise CliError(f"topic {topic} does not exist (create the topics: `lensflow init --topics-only`)")
+        raise DeadLetterError(f"topic {topic} does not exist (create the topics: `lensflow init --topics-only`)")
     return sorted(meta.topics[topic].partitions)
 
 
-def read_letters(s, codec, since: datetime | None = None, quiet: bool = False, stall_s: float = 20.0) -> list[Letter]:
+def read_letters(s, codec, since: datetime | None = None, progress=None, stall_s: float = 20.0) -> list[Letter]:
     """Every dead letter from the start of the topic (or from about ``since``) up to the high watermarks
-    captured now: what arrives meanwhile is not waited for."""
+    captured now: what arrives meanwhile is not waited for. ``progress``: a rich ``Progress`` (a context
+    manager with ``add_task``/``advance``) to show the reading on; none by default."""
     from confluent_kafka import TopicPartition
 
-    from . import cli
     from .codec import CodecError
     from .records import ms
     from .topology import DEADLETTER
@@ -407,14 +415,14 @@ def read_letters(s, codec, since: datetime | None = None, quiet: bool = False, s
             return letters
         consumer.assign([TopicPartition(topic, p, max(start[p], bounds[p][0])) for p in end])
         last_progress = time.monotonic()
-        with cli._progress(quiet) as progress:
-            task = progress.add_task("reading dead letters", total=sum(end[p] - max(start[p], bounds[p][0]) for p in end))
+        with (progress if progress is not None else nullcontext(_NoProgress())) as bar:
+            task = bar.add_task("reading dead letters", total=sum(end[p] - max(start[p], bounds[p][0]) for p in end))
             while end:
                 msgs = consumer.consume(500, timeout=1.0)
                 for msg in msgs:
                     if msg.error() is not None:
                         if msg.error().fatal():
-                            raise cli.CliError(f"reading {topic}: {msg.error()}")
+                            raise DeadLetterError(f"reading {topic}: {msg.error()}")
                         continue
                     p, off = msg.partition(), msg.offset()
                     if p not in end or off >= end[p]:
@@ -425,7 +433,7 @@ def read_letters(s, codec, since: datetime | None = None, quiet: bool = False, s
                         letters.append(Letter(p, off, rec, ts if ts_type else None))
                     except CodecError as exc:
                         letters.append(Letter(p, off, None, ts if ts_type else None, error=str(exc)))
-                    progress.advance(task)
+                    bar.advance(task)
                     last_progress = time.monotonic()
                     if off + 1 >= end[p]:
                         del end[p]
@@ -436,7 +444,7 @@ def read_letters(s, codec, since: datetime | None = None, quiet: bool = False, s
                             end.pop(tp.partition, None)
                     if end and time.monotonic() - last_progress > stall_s:
                         left = ", ".join(f"{p}@{end[p]}" for p in sorted(end))
-                        raise cli.CliError(f"reading {topic} stalled for {stall_s:.0f}s before the end of partition(s) {left}")
+                        raise DeadLetterError(f"reading {topic} stalled for {stall_s:.0f}s before the end of partition(s) {left}")
     finally:
         consumer.close()
     return letters
@@ -445,7 +453,6 @@ def read_letters(s, codec, since: datetime | None = None, quiet: bool = False, s
 def read_one(s, codec, partition: int, offset: int, timeout_s: float = 20.0) -> Letter:
     from confluent_kafka import TopicPartition
 
-    from .cli import CliError
     from .codec import CodecError
     from .topology import DEADLETTER
 
@@ -454,11 +461,11 @@ def read_one(s, codec, partition: int, offset: int, timeout_s: float = 20.0) -> 
     try:
         partitions = _partitions(consumer, s, topic)
         if partition not in partitions:
-            raise CliError(f"{topic} has no partition {partition} (partitions {partitions[0]}..{partitions[-1]})")
+            raise DeadLetterError(f"{topic} has no partition {partition} (partitions {partitions[0]}..{partitions[-1]})")
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         if not low <= offset < high:
             held = f"offsets {low}..{high - 1}" if high > low else "no records"
-            raise CliError(f"no dead letter {letter_id(partition, offset)}: partition {partition} of {topic} holds {held}")
+            raise DeadLetterError(f"no dead letter {letter_id(partition, offset)}: partition {partition} of {topic} holds {held}")
         consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -466,199 +473,13 @@ def read_one(s, codec, partition: int, offset: int, timeout_s: float = 20.0) -> 
             if msg is None or msg.error() is not None:
                 continue
             if msg.offset() != offset:
-                raise CliError(f"no dead letter {letter_id(partition, offset)} (the next record is at offset {msg.offset()})")
+                raise DeadLetterError(f"no dead letter {letter_id(partition, offset)} (the next record is at offset {msg.offset()})")
             ts_type, ts = msg.timestamp()
             try:
                 _, rec = codec.decode(msg.value(), expect="DeadLetter")
                 return Letter(partition, offset, rec, ts if ts_type else None)
             except CodecError as exc:
                 return Letter(partition, offset, None, ts if ts_type else None, error=str(exc))
-        raise CliError(f"dead letter {letter_id(partition, offset)} not read within {timeout_s:.0f}s")
+        raise DeadLetterError(f"dead letter {letter_id(partition, offset)} not read within {timeout_s:.0f}s")
     finally:
         consumer.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# commands
-# ----------------------------------------------------------------------------------------------
-
-def _friendly(fn):
-    """cli.friendly, looked up when the command runs (cli imports this module while it loads)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from . import cli
-
-        return cli.friendly(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _filter(stage: str | None, code: str | None, since: str | None, image: str | None, ids: list[str] | None = None) -> Filter:
-    from .cli import CliError
-    from .errors import ErrorCode
-    from .topology import STAGES
-
-    if stage is not None and stage not in STAGES:
-        raise CliError(f"--stage {stage!r}: unknown; stages: {', '.join(STAGES)}")
-    known = {str(c) for c in ErrorCode}
-    if code is not None and code not in known:
-        raise CliError(f"--code {code!r}: unknown; codes: {', '.join(sorted(known))}")
-    try:
-        when = parse_since(since) if since else None
-        names = frozenset(letter_id(*parse_letter_id(x)) for x in ids or [])
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    return Filter(stage=stage, code=code, since=when, image=image, ids=names)
-
-
-def _line(letter: Letter) -> str:
-    from rich.markup import escape
-
-    dl = letter.record
-    if dl is None:
-        return escape(f"{letter.id:<8} {_when(letter.failed_at)}  (undecodable dead letter: {letter.error})")
-    err = dl.get("error") or {}
-    source = f"{dl.get('topic')}/{dl.get('partition')}@{dl.get('offset')}"
-    return escape(f"{letter.id:<8} {_when(letter.failed_at)}  {dl.get('stage') or '-':<10} {err.get('code') or '-':<14} "
-                  f"{dl.get('image_id') or '-':<36}  {source}  {err.get('message') or ''}")
-
-
-StageOpt = typer.Option(None, "--stage", help="Only dead letters of this stage (preprocess, join, objects, …).")
-CodeOpt = typer.Option(None, "--code", help="Only this error code (fetch_failed, poison, internal, …).")
-SinceOpt = typer.Option(None, "--since", help="Only those failed since: an age (30m, 2h, 1d) or an ISO date/datetime (UTC unless an offset is given).")
-ImageOpt = typer.Option(None, "--image", help="Only this image id.")
-JsonOpt = typer.Option(False, "--json", help="JSON lines.")
-
-
-@app.command("list")
-@_friendly
-def list_(stage: Optional[str] = StageOpt, code: Optional[str] = CodeOpt, since: Optional[str] = SinceOpt,
-          image: Optional[str] = ImageOpt, as_json: bool = JsonOpt) -> None:
-    """One line per dead letter (id PARTITION:OFFSET, time, stage, code, image, source record, message), then a count."""
-    from . import cli
-    from .codec import Codec
-
-    s = cli.settings()
-    flt = _filter(stage, code, since, image)
-    codec = Codec.for_settings(s)
-    letters = sorted(flt.select(read_letters(s, codec, flt.since, quiet=as_json)), key=_chronological)
-    for letter in letters:
-        cli._emit(as_json, summary(letter), _line(letter))
-    undecodable = sum(1 for x in letters if x.record is None)
-    count = f"{len(letters)} dead letter(s)" + (f", {undecodable} undecodable" if undecodable else "")
-    (cli.err if as_json else cli.out).print(count, highlight=False)
-
-
-@app.command("show")
-@_friendly
-def show(letter: str = typer.Argument(..., help="PARTITION:OFFSET of the dead letter (as `list` prints it)."),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """One dead letter whole: why, where from, its original record and every input, decoded."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from . import cli
-    from .codec import Codec
-
-    s = cli.settings()
-    try:
-        partition, offset = parse_letter_id(letter)
-    except ValueError as exc:
-        raise cli.CliError(str(exc)) from None
-    codec = Codec.for_settings(s)
-    got = read_one(s, codec, partition, offset)
-    if got.record is None:
-        raise cli.CliError(f"dead letter {got.id} does not decode: {got.error}")
-    full = jsonable(expand(got.record, codec))
-    if as_json:
-        print(json.dumps({"id": got.id, **full}, indent=2))  # partition/offset/topic: the source record's
-        return
-    dl, err = got.record, got.record.get("error") or {}
-    table = Table(title=f"dead letter {got.id}", show_header=False)
-    rows = [("stage", dl.get("stage")), ("code", err.get("code")), ("message", err.get("message")),
-            ("retryable", err.get("retryable")), ("attempts", err.get("attempts")), ("failed_at", _when(got.failed_at)),
-            ("first_failed_at", _when(_aware(dl.get("first_failed_at"))) if dl.get("first_failed_at") else None),
-            ("image_id", dl.get("image_id")), ("user_id", dl.get("user_id")), ("run_id", dl.get("run_id")),
-            ("record", dl.get("record")), ("source", f"{dl.get('topic')} partition {dl.get('partition')} offset {dl.get('offset')}"),
-            ("key", full.get("key")), ("inputs", len(full["inputs"]))]
-    for k, v in rows:
-        if v is not None:
-            table.add_row(k, escape(str(v)))
-    cli.out.print(table)
-    value = full["value"]
-    cli.out.print(escape(f"original record: {value['record'] or 'not decodable (' + str(value['error']) + ')'}"), highlight=False)
-    print(json.dumps(_abbreviate(value.get("decoded", {"hex": value.get("hex")})), indent=2))
-    for i, item in enumerate(full["inputs"], 1):
-        cli.out.print(escape(f"input {i}/{len(full['inputs'])}: {item['topic']} key {item['key']}: "
-                             f"{item['record'] or 'not decodable (' + str(item['error']) + ')'}"), highlight=False)
-        print(json.dumps(_abbreviate(item.get("decoded", {"hex": item.get("hex")})), indent=2))
-
-
-@app.command("replay")
-@_friendly
-def replay(ids: Optional[list[str]] = typer.Argument(None, help="Only these dead letters (PARTITION:OFFSET); default: all selected."),
-           stage: Optional[str] = StageOpt, code: Optional[str] = CodeOpt, since: Optional[str] = SinceOpt,
-           image: Optional[str] = ImageOpt,
-           dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be replayed; produce nothing."),
-           wait: bool = typer.Option(False, "--wait", help="Block until every replayed image is analyzed again."),
-           timeout: float = typer.Option(600.0, help="--wait: give up after this many seconds (exit 4)."),
-           as_json: bool = JsonOpt) -> None:
-    """Re-run each selected image from its upload, as a new run (one per image: its newest dead letter).
-
-    The run id is <original run>~replay-<partition>-<offset>: replaying a dead letter twice is one run."""
-    from rich.markup import escape
-
-    from . import cli
-    from .uploads import AnalyzedWatch, NotDelivered, Publisher
-
-    s = cli.settings()
-    flt = _filter(stage, code, since, image, ids)
-    publisher = Publisher.for_settings(s)
-    codec = publisher.codec
-    letters = sorted(flt.select(read_letters(s, codec, flt.since, quiet=as_json)), key=_chronological)
-    if flt.ids:
-        missing = sorted(flt.ids - {x.id for x in letters})
-        if missing:
-            raise cli.CliError(f"no such dead letter(s) among those selected: {', '.join(missing)}")
-    decisions = plan_replay(letters, codec)
-    chosen = [d for d in decisions if d.replayed]
-    watch = AnalyzedWatch(s, codec) if wait and chosen and not dry_run else None
-    started = time.monotonic()
-    if chosen and not dry_run:
-        try:
-            publisher.upload([d.upload for d in chosen])
-        except NotDelivered as exc:
-            if watch is not None:
-                watch.close()
-            raise cli.CliError(f"replay: {exc}") from None
-    done = "would replay" if dry_run else "replayed"
-    for d in decisions:
-        dl = d.letter.record or {}
-        code_ = (dl.get("error") or {}).get("code")
-        obj = {"id": d.letter.id, "image_id": d.image_id, "stage": dl.get("stage"), "code": code_,
-               "status": done.replace(" ", "_") if d.replayed else "skipped",
-               "run_id": d.upload["run_id"] if d.replayed else None, "reason": d.reason}
-        if d.replayed:
-            line = f"{done:<12} {d.letter.id:<8} {d.image_id}  run {d.upload['run_id']}  ({dl.get('stage')} {code_}; {d.reason})"
-        else:
-            line = f"{'skipped':<12} {d.letter.id:<8} {d.image_id or '-'}  {d.reason}"
-        cli._emit(as_json, obj, escape(line))
-    skipped = len(decisions) - len(chosen)
-    cli.err.print(f"lensflow: {len(chosen)} image(s) {'would be replayed' if dry_run else 'replayed'}" + (f", {skipped} dead letter(s) skipped" if skipped else "")
-                  + ("" if decisions else " (no dead letter matches)"), highlight=False)
-    if watch is None:
-        return
-    uploads = [{"image_id": d.upload["image_id"], "run_id": d.upload["run_id"], "name": d.letter.id} for d in chosen]
-    results = cli._await_analyzed(watch, uploads, timeout, started, as_json)
-    for u in uploads:
-        r = results.get(u["image_id"])
-        status = r["status"] if r else "timeout"
-        cli._emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "id": u["name"], "status": status,
-                            "error": r.get("error") if r else None},
-                  escape(f"{u['image_id']}  {status}  run {u['run_id']}"))
-    if len(results) < len(uploads):
-        raise cli.CliError(f"{len(uploads) - len(results)} replayed image(s) not analyzed within {timeout:.0f}s "
-                           "(is a worker running? `lensflow worker`)", 4)
-    if any(r["status"] == "failed" for r in results.values()):
-        raise typer.Exit(1)

@@ -39,6 +39,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, record_fault, retry_sync
+from .decode_cost import decode_cost
 from .budget import MemoryBudget, decode_budget, run_within
 from .records import Status, result
 from .runner import Item, Outcome, Output, Stage, run
@@ -153,8 +154,6 @@ def _decode_checked(data: bytes, derivative: Derivative, limits: DecodeLimits) -
                                                          f"{derivative.width}x{derivative.height}: not decoded")
     admitted = nullcontext()
     if limits.budget is not None:
-        from lensflow.agents.preprocess import decode_cost  # the calibrated estimate (it lives with preprocess)
-
         cost = decode_cost(img, "JPEG", (w, h), reuse=True) + (0 if img.mode == "RGB" else 4 * w * h)  # + convert()
         admitted = limits.budget.reserve(cost, what=f"derivative {w}x{h} {img.mode}")
     with admitted:

@@ -1,11 +1,9 @@
 """Search over a user's analysed images: by text, by example, by tag, by person, with time and place
 filters. Never returns another user's images: every query is filtered by ``user_id``.
 
-Served by the worker that owns the stores (``GET /search``, ``POST /faces/enroll``, ``POST
-/faces/name``): qdrant-client's local mode locks its folder to one process, so the CLI goes
-through that worker; with a Qdrant server it is the same code path. ``SearchService`` is
-synchronous: the web views run the query's embedding (``embed``) on their model thread and the
-store calls (``search``) on their store threads, never on an event loop (``streams/app.py``).
+Served by the read service (``GET /v1/search``, ``api/``), which runs the query's embedding
+(``embed``) on its model thread and the store calls (``page``) on its store threads, never on an
+event loop. ``SearchService`` is synchronous.
 
 * ``text``: two rankings fused by reciprocal rank (RRF, k = 60): all-MiniLM-L6-v2 of the query
   against the ``semantic`` named vector (caption, tags, place, OCR text and people, written by the
@@ -203,6 +201,9 @@ def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 class SearchService:
     def __init__(self, stores, settings, embedder_factory=None):
+        """``embedder_factory``: makes the loaded text-embedding model (the describe stage's, so queries
+        and images share one space), on first use; the caller (the read service) provides it: the
+        runtime never imports a stage."""
         self.stores = stores
         self.settings = settings
         self._embedder_factory = embedder_factory
@@ -220,13 +221,8 @@ class SearchService:
                 return self._embedded[text]
             if self._embedder is None:
                 if self._embedder_factory is None:
-                    from lensflow.agents.textembed import TextEmbedder
-
-                    from .models import ModelCache
-
-                    self._embedder = TextEmbedder(ModelCache(self.settings.models_path)).load()
-                else:
-                    self._embedder = self._embedder_factory()
+                    raise RuntimeError("this SearchService was made without a text embedder (embedder_factory)")
+                self._embedder = self._embedder_factory()
             vector = self._embedder.predict([text])[0]
             self._embedded[text] = vector
             while len(self._embedded) > EMBED_CACHE:

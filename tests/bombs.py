@@ -3,7 +3,7 @@
 Test-only. The PNG bombs are written row by row through a streaming zlib compressor, so a
 10000x10000 RGBA bomb (400 MB decoded) is generated in ~one row of memory and is a few hundred KB
 on disk. ``python -m tests.bombs measure`` re-runs the peak-memory calibration quoted in
-``lensflow.agents.preprocess.decode_cost`` (each case in a fresh interpreter).
+``lensflow.streams.decode_cost.decode_cost`` (each case in a fresh interpreter).
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def garbage(size: int = 4096, seed: int = 0, magic: str | None = None) -> bytes:
 
 _PROBE = r"""
 import json, resource, sys
-from lensflow.agents.preprocess import Limits, prepare, decode_cost, _target
+from lensflow.agents.preprocess import Limits, prepare, _target
+from lensflow.streams.decode_cost import decode_cost
 from PIL import Image
 import io, cv2, numpy
 L = Limits(max_bytes=1 << 30, max_pixels=200_000_000, max_side=1600, jpeg_quality=85,

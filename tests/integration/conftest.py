@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lensflow.streams.cli import poll_ready
+from lensflow.cli.supervise import poll_ready
 
 ROOT = Path(__file__).resolve().parents[2]
-LENSFLOW = [sys.executable, "-m", "lensflow.streams.cli"]
+LENSFLOW = [sys.executable, "-m", "lensflow.cli"]
 STACK_DIR = ROOT / ".lensflow" / "stack"
 
 pytestmark = pytest.mark.integration

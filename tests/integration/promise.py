@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from lensflow.streams.cli import poll_ready
+from lensflow.cli.supervise import poll_ready
 
 from .conftest import LENSFLOW, Namespace, free_port
 from .helpers import read_topic, wait_for

@@ -29,7 +29,7 @@ from lensflow.api import auth
 from lensflow.api.app import ApiError, UserLimits, create_app
 from lensflow.api.events import BadPosition, format_position, parse_position
 from lensflow.api.service import ImageRejected, ReadService, open_checked
-from lensflow.streams.cli import CliError
+from lensflow.cli.core import CliError
 from lensflow.streams.search import Query, SearchError, SearchService
 from lensflow.streams.settings import Settings
 
@@ -447,7 +447,7 @@ def fake_service(monkeypatch, status: int, body, headers=None):
 
 
 def test_the_cli_mints_a_token_for_the_user_and_sends_it(monkeypatch, tmp_path):
-    from lensflow.streams.cli import _api_call
+    from lensflow.cli.client import api_call as _api_call
 
     s = settings(tmp_path, api_port=8181)
     sent = fake_service(monkeypatch, 200, {"results": []})
@@ -459,7 +459,7 @@ def test_the_cli_mints_a_token_for_the_user_and_sends_it(monkeypatch, tmp_path):
 
 
 def test_the_cli_uses_lensflow_api_token_and_refuses_another_users(monkeypatch, tmp_path):
-    from lensflow.streams.cli import _api_call
+    from lensflow.cli.client import api_call as _api_call
 
     s0 = settings(tmp_path)
     token = auth.issue(s0, "bob", 60)
@@ -473,7 +473,7 @@ def test_the_cli_uses_lensflow_api_token_and_refuses_another_users(monkeypatch, 
 
 
 def test_the_cli_turns_failures_into_one_line(monkeypatch, tmp_path):
-    from lensflow.streams.cli import _api_call
+    from lensflow.cli.client import api_call as _api_call
 
     s = settings(tmp_path)
     fake_service(monkeypatch, 503, {"error": "Cassandra did not answer within 10 s"}, {"Retry-After": "5"})

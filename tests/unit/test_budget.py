@@ -7,7 +7,8 @@ import time
 import pytest
 from PIL import Image, ImageFile
 
-from lensflow.agents.preprocess import Limits, _jpeg_scale, _target, decode_cost, prepare
+from lensflow.agents.preprocess import Limits, _target, prepare
+from lensflow.streams.decode_cost import _jpeg_scale, decode_cost
 from lensflow.streams.budget import MemoryBudget
 from lensflow.streams.errors import ErrorCode, StageFailure
 from tests.bombs import garbage, jpeg, jpeg_claiming, near_limit_png, png_bomb, truncated_jpeg

@@ -7,7 +7,7 @@ from tests.conftest import ROOT
 
 
 def test_readme_settings_table_matches_the_code():
-    table = subprocess.run([sys.executable, "-m", "lensflow.streams.cli", "config", "--markdown"],
+    table = subprocess.run([sys.executable, "-m", "lensflow.cli", "config", "--markdown"],
                            capture_output=True, text=True, check=True).stdout.strip().splitlines()
     readme = (ROOT / "README.md").read_text()
     missing = [line for line in table if line not in readme]

@@ -3,7 +3,7 @@ when one cannot be prepared (here: npm missing for the object detector)."""
 
 import pytest
 
-from lensflow.streams import cli
+from lensflow.cli import worker as cli
 from lensflow.streams.models import ModelCache
 from lensflow.streams.settings import Settings
 

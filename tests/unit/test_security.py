@@ -82,7 +82,7 @@ def test_keyspace_replication_strategy():
 
 
 def test_no_security_secret_is_printed(monkeypatch):
-    from lensflow.streams.cli import app
+    from lensflow.cli import app
 
     secrets = {"LENSFLOW_KAFKA_SASL_PASSWORD": "kafka-secret-1", "LENSFLOW_KAFKA_TLS_KEY_PASSWORD": "key-secret-2",
                "LENSFLOW_CASSANDRA_PASSWORD": "cass-secret-3", "LENSFLOW_SCHEMA_REGISTRY_PASSWORD": "reg-secret-4"}

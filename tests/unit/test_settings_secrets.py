@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from lensflow.streams.cli import app
+from lensflow.cli import app
 from lensflow.streams.settings import get_settings
 
 QDRANT_KEY = "qdrant-key-5f3a9c1e7b"

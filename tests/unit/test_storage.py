@@ -200,17 +200,19 @@ def _settings(tmp_path, **kw):
 def test_cli_refuses_an_unsafe_user_before_writing(tmp_path):
     from typer.testing import CliRunner
 
-    from lensflow.streams import cli
+    from lensflow import cli
+    from lensflow.cli.core import CliError
+    from lensflow.cli.submit import _uploads
 
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"\xff\xd8\xff")
-    with pytest.raises(cli.CliError, match="not allowed") as exc:
-        cli._uploads(_settings(tmp_path), "../bob", [str(photo)])
+    with pytest.raises(CliError, match="not allowed") as exc:
+        _uploads(_settings(tmp_path), "../bob", [str(photo)])
     assert exc.value.code == 2
     assert not (tmp_path / "storage").exists()
     result = CliRunner().invoke(cli.app, ["submit", str(photo), "--user", "[/x]/../.."])
     assert result.exit_code == 2 and "not allowed" in result.output
-    assert cli._uploads(_settings(tmp_path), "alice", [str(photo)])[0]["uri"].startswith(
+    assert _uploads(_settings(tmp_path), "alice", [str(photo)])[0]["uri"].startswith(
         f"file://{tmp_path}/storage/uploads/alice/")
 
 
@@ -473,12 +475,12 @@ def test_http_urls_are_never_written_and_need_a_writable_root_for_derivatives(ar
                                          ("c.jpeg", ".jpeg"), ("d.png", ".png"), ("e.exe", ""), ("f", ""),
                                          ("g.%2fjpg", ""), ("h.tar.gz", "")])
 def test_submit_stores_a_file_under_its_id_and_an_allowed_extension_only(tmp_path, name, suffix):
-    from lensflow.streams import cli
+    from lensflow.cli.submit import _uploads
 
     photo = tmp_path / "in" / name
     photo.parent.mkdir()
     photo.write_bytes(b"\xff\xd8\xff" + name.encode())
-    (u,) = cli._uploads(_settings(tmp_path), "mallory", [str(photo)])
+    (u,) = _uploads(_settings(tmp_path), "mallory", [str(photo)])
     area = tmp_path / "storage" / "uploads" / "mallory"
     assert u["uri"] == f"file://{area}/{u['image_id']}{suffix}", u["uri"]
     assert [p.relative_to(tmp_path / "storage") for p in (tmp_path / "storage").rglob("*") if p.is_file()] == [

@@ -18,7 +18,8 @@ from pydantic import SecretStr
 
 from lensflow.streams import app as app_module
 from lensflow.streams.app import build, is_loopback, liveness
-from lensflow.streams.cli import CliError, check_web_port
+from lensflow.cli.core import CliError
+from lensflow.cli.supervise import check_web_port
 from lensflow.streams.kafka import topic_config
 from lensflow.streams.settings import Settings
 
