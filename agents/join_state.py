@@ -50,7 +50,7 @@ class JoinAction(StrEnum):
     UNPREPARED = "unprepared"  # results without images.prepared past the deadline: late or orphan
 
 
-class StageResult(TypedDict):
+class HeldResult(TypedDict):
     run_id: str
     at: int
     b64: str
@@ -69,10 +69,10 @@ class Entry(TypedDict, total=False):
     expected: list[str]
     derived: list[str]
     aggregated: bool
-    results: dict[str, StageResult]
+    results: dict[str, HeldResult]
     uploaded_at: int  # of the run being analysed (which of two runs is newer)
     superseded: list[dict]  # other runs of the image that arrived meanwhile: {"run_id", "b64" (their images.prepared)}
-    others: dict[str, dict[str, StageResult]]  # results of runs whose images.prepared has not come yet, by run
+    others: dict[str, dict[str, HeldResult]]  # results of runs whose images.prepared has not come yet, by run
 
 
 @dataclass
@@ -198,7 +198,7 @@ def merge(entry: Entry | None, stage: str, raw: bytes, record: dict, now: int, t
     return entry, True
 
 
-def all_results(entry: Entry) -> list[tuple[str, StageResult]]:
+def all_results(entry: Entry) -> list[tuple[str, HeldResult]]:
     """Every stage result the entry holds, of its run and of runs whose images.prepared has not come."""
     out = list(entry["results"].items())
     for results in (entry.get("others") or {}).values():

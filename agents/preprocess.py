@@ -36,8 +36,7 @@ from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, 
 from lensflow.streams.budget import MemoryBudget, decode_budget, run_within
 from lensflow.streams.decode_cost import decode_cost
 from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, now, result
-from lensflow.streams.runner import Item, Output, Stage, run
-from lensflow.streams.runner import Outcome as StageOutcome
+from lensflow.streams.runner import Item, Outcome, Output, Stage, run
 from lensflow.streams.storage import derivative_url
 from lensflow.streams.topology import PREPARED, UPLOADED, plan_for
 
@@ -99,8 +98,9 @@ class Limits:
 
 
 @dataclass
-class Outcome:
-    """What preprocess learned about one original. ``error`` set means the image failed."""
+class Normalised:
+    """What preprocess learned about one original (its normalised derivative and fields; the runner's
+    per-image ``Outcome`` is another thing, imported here as ``Outcome``). ``error`` set means the image failed."""
 
     fields: dict[str, Any] = field(default_factory=dict)  # ImagePrepared-specific fields
     metadata: dict[str, Any] | None = None  # MetadataResult-specific fields, when EXIF could be read
@@ -119,7 +119,7 @@ def _target(w: int, h: int, max_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def prepare(data: bytes, limits: Limits, budget: MemoryBudget | None = None) -> Outcome:
+def prepare(data: bytes, limits: Limits, budget: MemoryBudget | None = None) -> Normalised:
     """Validate and normalise one original. Pure: bytes in, derivative bytes and fields out.
 
     ``budget``: the decode (decode, convert, resize, encode) holds ``decode_cost`` bytes of it, as
@@ -132,8 +132,8 @@ def prepare(data: bytes, limits: Limits, budget: MemoryBudget | None = None) -> 
     part of the budget until then (Python cannot stop a decode running in C)."""
     fields = {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
-    def attempt() -> Outcome:
-        out = Outcome(fields=dict(fields))  # its own: an abandoned attempt writes to nobody's outcome
+    def attempt() -> Normalised:
+        out = Normalised(fields=dict(fields))  # its own: an abandoned attempt writes to nobody's outcome
         try:
             _prepare(data, limits, out, budget)
         except StageFailure as exc:
@@ -146,10 +146,10 @@ def prepare(data: bytes, limits: Limits, budget: MemoryBudget | None = None) -> 
         return run_within(limits.decode_timeout_s, attempt, what=f"{len(data)} byte original",
                           account=budget.account(STAGE) if budget is not None else None)
     except StageFailure as exc:  # decode_timeout
-        return Outcome(fields=dict(fields), error=exc.with_traceback(None))
+        return Normalised(fields=dict(fields), error=exc.with_traceback(None))
 
 
-def _prepare(data: bytes, limits: Limits, out: Outcome, budget: MemoryBudget | None = None) -> None:
+def _prepare(data: bytes, limits: Limits, out: Normalised, budget: MemoryBudget | None = None) -> None:
     if len(data) > limits.max_bytes:
         raise StageFailure("too_large", f"original is {len(data)} bytes, over the {limits.max_bytes} byte limit")
     if not data:
@@ -379,7 +379,7 @@ class Preprocess(Stage):
             self.log.warning("geocoder_unavailable", reason="the GeoNames data is not prepared: photos get no place",
                              fix="lensflow models prepare geonames")
 
-    def records(self, upload: ImageUploaded, outcome: Outcome, source: str, plan, duration: float) -> list[Output]:
+    def records(self, upload: ImageUploaded, outcome: Normalised, source: str, plan, duration: float) -> list[Output]:
         """analysis.metadata and images.prepared for one upload (the join needs both, in either order)."""
         image_id, user_id, run_id = upload["image_id"], upload["user_id"], upload["run_id"]
         error = None
@@ -406,10 +406,10 @@ class Preprocess(Stage):
 
     def failed(self, item: Item, verdict: Verdict) -> list[Output]:
         upload = item.record
-        out = Outcome(error=StageFailure(verdict.code, verdict.message, verdict.retryable))
+        out = Normalised(error=StageFailure(verdict.code, verdict.message, verdict.retryable))
         return self.records(upload, out, upload["uri"], None, 0.0)
 
-    async def one(self, item: Item) -> StageOutcome:
+    async def one(self, item: Item) -> Outcome:
         """The outcome of one upload; never raises for a fault of that image alone."""
         upload: ImageUploaded = item.record
         s = self.settings
@@ -430,16 +430,16 @@ class Preprocess(Stage):
             # storage down is an outage, not this image's fault: record_fault raises it, and the runner retries
             # the whole batch un-acked (a minute's S3 or NFS outage no longer fails every upload read in it)
             verdict = classify(record_fault(exc, attempts, "reading the original"))
-            outcome = Outcome(error=StageFailure(verdict.code, verdict.message, verdict.retryable), attempts=attempts)
+            outcome = Normalised(error=StageFailure(verdict.code, verdict.message, verdict.retryable), attempts=attempts)
             dead = verdict if verdict.dead_letter else None
         if outcome.error is not None:
             self.log.warning("image_failed", image_id=upload["image_id"], code=outcome.error.code, reason=outcome.error.message)
         # the stage's own time (fetch + decode + encode + store), not time queued behind other images
         duration = outcome.work_ms if outcome.work_ms else (time.perf_counter() - t0) * 1000
-        return StageOutcome(self.records(upload, outcome, source, plan, duration), dead, outcome.attempts,
+        return Outcome(self.records(upload, outcome, source, plan, duration), dead, outcome.attempts,
                             first_failed_at=started if dead is not None else None)
 
-    async def process(self, items: list[Item]) -> list[StageOutcome]:
+    async def process(self, items: list[Item]) -> list[Outcome]:
         return list(await asyncio.gather(*(self.one(item) for item in items)))
 
 
@@ -447,7 +447,7 @@ def register(ctx, stages: list[str] | None = None) -> None:
     run(ctx, Preprocess(ctx))
 
 
-def _work(storage, source: str, limits: Limits, fetch_attempts: int, budget: MemoryBudget | None = None) -> Outcome:
+def _work(storage, source: str, limits: Limits, fetch_attempts: int, budget: MemoryBudget | None = None) -> Normalised:
     """Everything for one image that runs off the event loop, in one thread hop, timed. ``budget``
     (one per worker, shared by the pool's threads) admits the decode: see ``prepare``."""
     t0 = time.perf_counter()

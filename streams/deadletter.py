@@ -253,7 +253,7 @@ def upload_from_deadletter(dl: dict, codec, partition: int, offset: int) -> tupl
 
 
 @dataclass
-class Decision:
+class ReplayDecision:
     """What ``replay`` does with one selected dead letter."""
 
     letter: Letter
@@ -271,17 +271,17 @@ class Decision:
         return (self.letter.record or {}).get("image_id")
 
 
-def plan_replay(letters: list[Letter], codec) -> list[Decision]:
+def plan_replay(letters: list[Letter], codec) -> list[ReplayDecision]:
     """One decision per dead letter, in the order given: the newest replayable dead letter of each
     image is replayed (by ``failed_at``, then position), every other one is skipped with the reason."""
     decisions = []
     for letter in letters:
         if letter.record is None:
-            decisions.append(Decision(letter, None, f"the dead letter itself does not decode ({letter.error})"))
+            decisions.append(ReplayDecision(letter, None, f"the dead letter itself does not decode ({letter.error})"))
             continue
         upload, how = upload_from_deadletter(letter.record, codec, letter.partition, letter.offset)
-        decisions.append(Decision(letter, upload, how))
-    newest: dict[str, Decision] = {}
+        decisions.append(ReplayDecision(letter, upload, how))
+    newest: dict[str, ReplayDecision] = {}
     for d in decisions:
         if d.replayed:
             best = newest.get(d.image_id)
