@@ -41,7 +41,7 @@ from typing import Any
 
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, is_transient
 from lensflow.streams.records import ImageStatus, ms
-from lensflow.streams.runner import Item, Outcome, Output, Stage, run
+from lensflow.streams.runner import Item, Outcome, Output, Stage, run, use_event
 from lensflow.streams.topology import (AGGREGATED, ANALYZED, INVALIDATIONS, JOIN_TICKS, PREPARED, RESULT_TOPIC,
                                        STAGES)
 
@@ -140,8 +140,6 @@ class Join(Stage):
 
     # --- one batch ------------------------------------------------------------------------------
     async def process(self, items: list[Item]) -> list[Outcome]:
-        from lensflow.streams.app import use_event
-
         now = now_ms()
         if self.stalled:  # the join was not consuming until now: silence counts from here
             self.progress.resume(now)
@@ -459,8 +457,6 @@ class Join(Stage):
         them, and the retry then found nothing to do: the batch was acked with its results never written
         to the table (images ended ``partial`` for stages that had succeeded) and its finished images kept
         in the table, announced a second time later."""
-        from lensflow.streams.app import use_event
-
         p = self.pending
         if not p:
             return

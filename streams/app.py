@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -115,20 +114,6 @@ class Context:
     async def send(self, topic: str, image_id: str, record_name: str, record: dict) -> None:
         """Produce one record and wait until the broker has it (for code outside a stage runner)."""
         await (await self.produce(topic, image_id, record_name, record))
-
-
-def use_event(event) -> None:
-    """Make ``event`` Faust's *current event* for this task, so a table write inside a take() batch lands
-    in that event's partition store (the rocksdb store picks its partition from the current event).
-
-    Only the context variable is set. ``Stream._set_current_event`` would also overwrite the stream's
-    ``current_event`` attribute, which take()'s background buffer-filler reads to record each new
-    event: setting it from the batch body races with that filler and silently swaps events out of
-    the batch (seen as lost records before this helper existed).
-    """
-    from faust.streams import _current_event
-
-    _current_event.set(weakref.ref(event))
 
 
 def build(settings: Settings, stages: list[str] | None = None) -> tuple[faust.App, Context]:

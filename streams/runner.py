@@ -38,9 +38,12 @@ The contract the runner owns:
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
+
+from faust.streams import _current_event
 
 from .errors import EXIT_BUG, ErrorCode, RetryPolicy, StageFailure, Verdict, classify, fatal, is_transient
 from .records import DeadLetter, now
@@ -288,3 +291,14 @@ def run(ctx, stage: Stage) -> Runner:
     runner.register()
     return runner
 
+
+def use_event(event) -> None:
+    """Make ``event`` Faust's *current event* for this task, so a table write inside a take() batch lands
+    in that event's partition store (the rocksdb store picks its partition from the current event).
+
+    Only the context variable is set. ``Stream._set_current_event`` would also overwrite the stream's
+    ``current_event`` attribute, which take()'s background buffer-filler reads to record each new
+    event: setting it from the batch body races with that filler and silently swaps events out of
+    the batch (seen as lost records before this helper existed).
+    """
+    _current_event.set(weakref.ref(event))
