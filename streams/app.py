@@ -25,18 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import faust
+import mode
 import structlog
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.transport.drivers import aiokafka as driver
+from faust.web import Request, Response, View
 
 from .codec import Codec
+from .errors import fatal
+from .kafka import topic_config
 from .observability import Metrics
+from .offsets import consumer_class
+from .security import cassandra_options, faust_credentials
 from .settings import Settings
 from .storage import Storage
-from .security import cassandra_options, faust_credentials
+from .store import CassandraStore, QdrantStore
 from .topology import RUNNABLE, STAGES, TOPICS, consumer_group, split_problem
 
 log = structlog.get_logger("lensflow")
@@ -51,8 +61,6 @@ class Stores:
     """
 
     def __init__(self, settings: Settings):
-        import asyncio
-
         self.settings = settings
         self.wanted: set[str] = set()
         self.cassandra = None
@@ -63,8 +71,6 @@ class Stores:
         self.wanted.update(names)
 
     def open(self) -> None:
-        from .store import CassandraStore, QdrantStore
-
         s = self.settings
         if "cassandra" in self.wanted:
             self.cassandra = CassandraStore(s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace,
@@ -196,15 +202,11 @@ def _idempotent_transport(app: faust.App):
     Transport subclass, installed through the public ``App.transport`` setter right after the App is
     made (the transport resolves its event loop lazily, so making it here is safe).
     """
-    from faust.transport.drivers import aiokafka as driver
-
     class IdempotentProducer(driver.Producer):
         def _settings_extra(self):
             return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
     IdempotentProducer.logger = driver.Producer.logger  # mode names a subclass's logger after its module
-
-    from .offsets import consumer_class
 
     class IdempotentTransport(driver.Transport):
         Producer = IdempotentProducer
@@ -224,8 +226,6 @@ def _changelog_config(app: faust.App, settings: Settings) -> None:
     an existing one keeps its config. Faust's leader topic (``<app_id>-__assignor-__leader``) is not
     covered (no table; it carries no data lensflow needs).
     """
-    from .kafka import topic_config
-
     extra = topic_config(settings)
     for table in app.tables.values():
         table.extra_topic_configs = {**extra, **(table.extra_topic_configs or {})}
@@ -236,17 +236,11 @@ def _faust_sensor(app: faust.App, metrics: Metrics) -> None:
     """Faust's own Prometheus sensor (rebalances, committed offsets, topic/partition end offsets, events
     and sends per topic, table operations) on lensflow's registry, so /metrics serves both. The prefix is
     ``faust_`` for every group (not the app id), so dashboards and alerts need no per-group names."""
-    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.registry, "faust"))
 
 
 def _open_stores(app: faust.App, ctx: Context) -> None:
-    import asyncio
 
-    import mode
-
-    from .errors import fatal
 
     @app.task
     async def open_stores() -> None:
@@ -282,7 +276,6 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
     """/metrics, /healthz, /readyz: all a stream worker serves (the read service is ``lensflow api``). They run in Faust's web thread (web_in_thread=True),
     which answers even while the worker's event loop is blocked, so both probes judge the worker's loop
     by a heartbeat it runs every second:
-
     * /healthz: 200 ``{"ok": true, "loop_lag_s": …}`` while the last beat is at most
       ``LIVENESS_THRESHOLD_S`` (10 s) old, else 503 ``{"ok": false, "loop_lag_s": …}``;
     * /readyz: the readiness snapshot the heartbeat made (``recovered``, ``rebalancing``, one key per
@@ -293,10 +286,6 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
     App starts: an ``@app.timer`` only starts after table recovery (faust/app/base.py ``App.on_started``),
     and a long recovery would then fail the liveness/startup probes instead of just keeping the pod unready.
     """
-    import time
-
-    import mode
-    from faust.web import Request, Response, View
 
     @app.page("/metrics")
     class MetricsView(View):
@@ -359,8 +348,6 @@ def _web(app: faust.App, ctx: Context, stages: list[str]) -> None:
 
 def is_loopback(host: str) -> bool:
     """Whether the web server's bind address is loopback only: 127.0.0.0/8, ::1 or "localhost"."""
-    import ipaddress
-
     host = host.strip().strip("[]")
     if host.lower() == "localhost":
         return True

@@ -38,10 +38,17 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from contextlib import nullcontext
 from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from .codec import CodecError
+from .kafka import kafka_conf
+from .records import ms
+from .topology import DEADLETTER
 
 #: ``source`` of the ImageUploaded events a replay produces.
 REPLAY_SOURCE = "lensflow-deadletter-replay"
@@ -117,7 +124,6 @@ def replay_run_id(original_run_id: str, partition: int, offset: int) -> str:
 class Letter:
     """One record of the dead-letter topic: where it lies and what it says (``record`` is the decoded
     DeadLetter; None with ``error`` when the dead letter itself does not decode)."""
-
     partition: int
     offset: int
     record: dict | None
@@ -148,7 +154,6 @@ def _aware(value: Any) -> datetime | None:
 @dataclass(frozen=True)
 class Filter:
     """The selection of ``--stage``, ``--code``, ``--since``, ``--image`` (and replay's ids); unset = any."""
-
     stage: str | None = None
     code: str | None = None
     since: datetime | None = None
@@ -183,8 +188,6 @@ class Filter:
 
 def decode_value(codec, data: bytes | None) -> tuple[str | None, dict | None, str | None]:
     """(record name, record, None) for lensflow bytes; (None, None, why) otherwise (a poison record)."""
-    from .codec import CodecError
-
     try:
         name, rec = codec.decode(data)
         return name, rec, None
@@ -255,7 +258,6 @@ def upload_from_deadletter(dl: dict, codec, partition: int, offset: int) -> tupl
 @dataclass
 class ReplayDecision:
     """What ``replay`` does with one selected dead letter."""
-
     letter: Letter
     upload: dict | None  # set when it is replayed
     reason: str  # how the upload was rebuilt, or why it is skipped
@@ -368,9 +370,6 @@ def _when(dt: datetime | None) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def _consumer(s):
-    from confluent_kafka import Consumer
-
-    from .kafka import kafka_conf
 
     return Consumer({**kafka_conf(s), "group.id": "lensflow-cli-deadletter",
                      "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
@@ -378,8 +377,6 @@ def _consumer(s):
 
 
 def _partitions(consumer, s, topic: str) -> list[int]:
-    from confluent_kafka import KafkaException
-
     try:
         meta = consumer.list_topics(timeout=10)  # all topics: asking for one could auto-create it
     except KafkaException as exc:
@@ -393,11 +390,6 @@ def read_letters(s, codec, since: datetime | None = None, progress=None, stall_s
     """Every dead letter from the start of the topic (or from about ``since``) up to the high watermarks
     captured now: what arrives meanwhile is not waited for. ``progress``: a rich ``Progress`` (a context
     manager with ``add_task``/``advance``) to show the reading on; none by default."""
-    from confluent_kafka import TopicPartition
-
-    from .codec import CodecError
-    from .records import ms
-    from .topology import DEADLETTER
 
     topic = s.topic(DEADLETTER)
     consumer = _consumer(s)
@@ -451,10 +443,6 @@ def read_letters(s, codec, since: datetime | None = None, progress=None, stall_s
 
 
 def read_one(s, codec, partition: int, offset: int, timeout_s: float = 20.0) -> Letter:
-    from confluent_kafka import TopicPartition
-
-    from .codec import CodecError
-    from .topology import DEADLETTER
 
     topic = s.topic(DEADLETTER)
     consumer = _consumer(s)

@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Sequence
 
 import numpy as np
+from qdrant_client import models as m
 
 from .records import LENSFLOW_NS
 from .store import FACE_DIM
@@ -77,8 +78,6 @@ class FaceGallery:
             self.ensure()
 
     def ensure(self) -> None:
-        from qdrant_client import models as m
-
         if not self.client.collection_exists(self.collection):
             self.client.create_collection(self.collection,
                                           vectors_config=m.VectorParams(size=FACE_DIM, distance=m.Distance.EUCLID))
@@ -89,14 +88,10 @@ class FaceGallery:
     # filters ------------------------------------------------------------------------------------
     @staticmethod
     def _is(key: str, value: Any):
-        from qdrant_client import models as m
-
         return m.FieldCondition(key=key, match=m.MatchValue(value=value))
 
     def _space(self):
         """The condition "stored by this gallery's model" (points without a model are dlib's)."""
-        from qdrant_client import models as m
-
         if self.model is None:
             raise ValueError("this FaceGallery has no model: pass model=<Model.name> to compare encodings")
         if self.model != LEGACY_MODEL:
@@ -104,8 +99,6 @@ class FaceGallery:
         return m.Filter(should=[self._is("model", self.model), m.IsEmptyCondition(is_empty=m.PayloadField(key="model"))])
 
     def _filter(self, user_id: str, named: bool | None = None, exclude_image: str | None = None):
-        from qdrant_client import models as m
-
         must: list[Any] = [self._is("user_id", user_id), self._space()]
         must_not: list[Any] = []
         unnamed = m.IsEmptyCondition(is_empty=m.PayloadField(key="person_name"))
@@ -128,8 +121,6 @@ class FaceGallery:
         user, else a new one). Enrolling the same descriptor again is a no-op. The user's unnamed
         people with a face within ``threshold`` (default: the model's) of the reference are given the
         name too: photos analysed before the enrolment are found by ``search --person NAME``."""
-        from qdrant_client import models as m
-
         if not name:
             raise ValueError("enroll needs a name")
         vector = _vector(encoding)
@@ -171,8 +162,6 @@ class FaceGallery:
         faces with ``face_id``, ``person_id``, ``person_name`` and ``match_distance`` filled in.
         Points of this image left over from an earlier analysis with more faces (or by another
         model: the points of an image are those of its latest analysis) are deleted."""
-        from qdrant_client import models as m
-
         threshold = self._threshold(threshold)
         self._space()  # a model is required
 
@@ -225,8 +214,6 @@ class FaceGallery:
     def people(self, user_id: str) -> dict[str, dict[str, Any]]:
         """person_id → {"name", "faces", "images"} for one user (a scroll over the user's points, those
         of the gallery's model when it has one)."""
-        from qdrant_client import models as m
-
         people: dict[str, dict[str, Any]] = {}
         offset = None
         must = [self._is("user_id", user_id)] + ([self._space()] if self.model is not None else [])
@@ -243,6 +230,4 @@ class FaceGallery:
                 return people
 
     def _person_filter(self, user_id: str, person_id: str):
-        from qdrant_client import models as m
-
         return m.Filter(must=[self._is("user_id", user_id), self._is("person_id", person_id)])

@@ -36,7 +36,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from .records import point_id
+from qdrant_client import models as m
+
+from .errors import StageFailure
+from .records import check_user_id, point_id
 
 
 class SearchError(ValueError):
@@ -113,9 +116,6 @@ class Query:
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> "Query":
-        from .errors import StageFailure
-        from .records import check_user_id
-
         unknown = sorted(k for k in params if k not in PARAMETERS)
         if unknown:
             raise SearchError(f"unknown parameter(s) {', '.join(repr(k)[:40] for k in unknown[:5])}; "
@@ -230,8 +230,6 @@ class SearchService:
             return vector
 
     def _filter(self, q: Query, exclude: str | None = None):
-        from qdrant_client import models as m
-
         must: list[Any] = [m.FieldCondition(key="user_id", match=m.MatchValue(value=q.user))]
         if q.taken_after:
             must.append(m.FieldCondition(key="taken_at", range=m.DatetimeRange(gt=q.taken_after)))
@@ -360,8 +358,6 @@ class SearchService:
         return sorted(hits.values(), key=lambda h: (h["taken_at"] or "", h["image_id"]), reverse=True)
 
     def _person_tags(self, user: str, name: str) -> list[str]:
-        from qdrant_client import models as m
-
         flt = m.Filter(must=[m.FieldCondition(key="user_id", match=m.MatchValue(value=user)),
                              m.FieldCondition(key="person_name", match=m.MatchValue(value=name))])
         ids: set[str] = set()

@@ -55,7 +55,14 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 import structlog
+from cassandra import ConsistencyLevel
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
+from qdrant_client import QdrantClient
+from qdrant_client import models as m
 
+from .errors import StoreRejected, is_transient
 from .records import point_id
 
 log = structlog.get_logger("lensflow.store")
@@ -67,8 +74,6 @@ FACE_DIM = 128
 def check_vectors(vectors: dict) -> None:
     """Refuse (``StoreRejected``: permanent, that image alone) a named vector of the wrong dimension
     before a store sees it."""
-    from .errors import StoreRejected
-
     for name, vector in vectors.items():
         if vector is not None and len(vector) != IMAGE_VECTORS[name]:
             raise StoreRejected(f"{name} vector has {len(vector)} values, the store holds {IMAGE_VECTORS[name]}")
@@ -90,8 +95,6 @@ def bind_values(row: dict, columns: list[str], first_write: bool) -> list:
     *unset* (native protocol v4+), which writes nothing. With ~26 of the images row's columns null
     for a photo without EXIF, every first write left ~26 tombstones, which every scan of the table
     then reads past (Cassandra warns at 1,000 per query and fails it at 100,000)."""
-    from cassandra.query import UNSET_VALUE
-
     values = [row.get(c) for c in columns]
     return [UNSET_VALUE if v is None else v for v in values] if first_write else values
 
@@ -233,9 +236,6 @@ def cql_statements(keyspace: str, replication: int, strategy: dict | None = None
 
 def connect_cassandra(hosts: list[str], port: int, timeout: float = 10.0, **options):
     """A cluster and session; ``options``: auth provider and TLS (``security.cassandra_options``)."""
-    from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT
-    from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
-
     profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout)
     # reconnect within 10 s of a node coming back (the driver's default backs off to 10 minutes, which
     # would keep the join waiting long after an outage ended)
@@ -262,8 +262,6 @@ class CassandraStore:
     """Every CQL statement of lensflow (prepared once), awaited from asyncio or run synchronously."""
 
     def __init__(self, hosts: list[str], port: int, keyspace: str, session=None, **options):
-        from cassandra import ConsistencyLevel
-
         if session is None:
             self.cluster, self.session = connect_cassandra(hosts, port, **options)
         else:
@@ -386,8 +384,6 @@ class CassandraStore:
 
     def _batch(self, ops: list):
         """One request of ``ops`` ((statement name, values)): the statement alone, or an UNLOGGED batch."""
-        from cassandra.query import BatchStatement, BatchType
-
         if len(ops) == 1:
             name, values = ops[0]
             return getattr(self, name).bind(values)
@@ -441,8 +437,6 @@ class CassandraStore:
         await self._notify.add((image_id, run_id))
 
     async def _send_notified(self, items: list[tuple[str, str]]) -> list:
-        from .errors import is_transient
-
         async def chunk(part):
             try:
                 await _aio(self.session.execute_async(self._batch([("update_notified", (run_id, image_id)) for image_id, run_id in part])))
@@ -575,8 +569,6 @@ async def _gather_first_error(aws) -> None:
 
 
 def qdrant_client(url: str | None, path, api_key: str | None = None):
-    from qdrant_client import QdrantClient
-
     if url:
         return QdrantClient(url=url, api_key=api_key, timeout=30)
     path.mkdir(parents=True, exist_ok=True)
@@ -590,8 +582,6 @@ def qdrant_client(url: str | None, path, api_key: str | None = None):
 
 
 def ensure_collections(client) -> None:
-    from qdrant_client import models as m
-
     if not client.collection_exists("images"):
         client.create_collection("images", vectors_config={
             name: m.VectorParams(size=dim, distance=m.Distance.COSINE) for name, dim in IMAGE_VECTORS.items()})
@@ -638,8 +628,6 @@ class QdrantStore:
         self._pool.submit(local_commits_without_sync, self.client).result()
 
     async def upsert_images(self, points: list[dict]) -> None:
-        from qdrant_client import models as m
-
         for p in points:
             check_vectors(p["vectors"])
         structs = [m.PointStruct(id=p["id"], vector=p["vectors"], payload=p["payload"]) for p in points]
@@ -650,8 +638,6 @@ class QdrantStore:
                               limit: int = 10) -> list[tuple[str, float]]:
         """(image id, cosine similarity) of the user's other images whose visual vector is at least
         ``threshold`` similar to ``visual``, most similar first."""
-        from qdrant_client import models as m
-
         flt = m.Filter(must=[m.FieldCondition(key="user_id", match=m.MatchValue(value=user_id))],
                        must_not=[m.HasIdCondition(has_id=[point_id(exclude)])])
         hits = await self.call(lambda c: c.query_points("images", query=visual, using="visual", query_filter=flt,
@@ -672,8 +658,6 @@ class QdrantStore:
     def keyword_matches(self, words: list[str], query_filter, limit: int) -> list:
         """Points whose ``keywords`` hold any of ``words`` (Qdrant full-text match; the caller checks
         whole words: local mode matches substrings)."""
-        from qdrant_client import models as m
-
         flt = m.Filter(must=query_filter.must, must_not=query_filter.must_not,
                        should=[m.FieldCondition(key="keywords", match=m.MatchText(text=w)) for w in words])
         return self.run(lambda c: c.scroll("images", scroll_filter=flt, limit=limit, with_payload=True)[0])
