@@ -135,7 +135,21 @@ class Offload:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-class OwnStores:
+class _StoresView:
+    """The read service's view of a ``Stores`` (``streams/app.py``): its clients, once open."""
+
+    stores: Any
+
+    @property
+    def cassandra(self):
+        return self.stores.cassandra
+
+    @property
+    def qdrant(self):
+        return self.stores.qdrant
+
+
+class OwnStores(_StoresView):
     """The stores of a read service running on its own (a Qdrant server): opened in the background,
     retried until they answer, so the process starts and reports not ready meanwhile."""
 
@@ -162,14 +176,6 @@ class OwnStores:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
-    @property
-    def cassandra(self):
-        return self.stores.cassandra
-
-    @property
-    def qdrant(self):
-        return self.stores.qdrant
-
     def ready(self) -> bool:
         return self._opened.is_set()
 
@@ -179,20 +185,12 @@ class OwnStores:
             self.stores.close()
 
 
-class SharedStores:
+class SharedStores(_StoresView):
     """The stores of the worker that hosts the read service (Qdrant local mode admits one process)."""
 
     def __init__(self, stores):
         self.stores = stores
         self.error = None
-
-    @property
-    def cassandra(self):
-        return self.stores.cassandra
-
-    @property
-    def qdrant(self):
-        return self.stores.qdrant
 
     def ready(self) -> bool:
         return self.stores.ready.is_set() and self.stores.cassandra is not None and self.stores.qdrant is not None
