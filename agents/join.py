@@ -187,10 +187,14 @@ class Join(Stage):
             decision = decisions[key]
             try:
                 if self.may_be_notified(entry, now) and await self.already_notified(entry):
-                    # inputs redelivered after a crash, for a run that was stored and announced: the
-                    # rest of its inputs were committed and will not come again
-                    self.log.info("run_already_stored", image_id=key.decode(), run_id=entry["run_id"])
-                    finishes.append(Finish(key, None, write=False, notify=False))
+                    # the run was stored and announced. A result it lacks (one that came after its
+                    # deadline while the announced entry was still held) is merged in like any late
+                    # result; otherwise these are inputs redelivered after a crash, whose rest were
+                    # committed and will not come again
+                    late = await self.late_into_announced(key, entry)
+                    if late is None:
+                        self.log.info("run_already_stored", image_id=key.decode(), run_id=entry["run_id"])
+                    finishes.append(late or Finish(key, None, write=False, notify=False))
                     continue
                 if decision.action == JoinAction.AGGREGATE:
                     _, prepared, _ = self.decoded(entry["prepared"])
@@ -361,14 +365,7 @@ class Join(Stage):
             self.log.error("orphan_results", image_id=image_id, stages=sorted({s for s, _ in held}),
                            reason="no images.prepared and no stored run")
             return Finish(key, None, write=False, notify=False)
-        raw = await self.store.cassandra.stage_records(image_id, stored.run_id)
-        changed = False
-        for stage, r in held:
-            if r["run_id"] != stored.run_id:
-                continue
-            b = base64.b64decode(r["b64"])
-            if raw.get(stage) != b:
-                raw[stage], changed = b, True
+        raw, changed = await self.with_held(image_id, stored.run_id, held)
         if PREPROCESS not in raw:
             return Finish(key, None, write=False, notify=False)
         if not changed:
@@ -379,6 +376,34 @@ class Join(Stage):
             return Finish(key, self.reassemble(raw, stored.version), notify=False)
         self.log.info("late_results_merged", image_id=image_id, stages=sorted({s for s, r in held if r["run_id"] == stored.run_id}),
                       version=stored.version + 1)
+        return Finish(key, self.reassemble(raw, stored.version + 1), notify=False)
+
+    async def with_held(self, image_id: str, run_id: str, held, only_missing: bool = False) -> tuple[dict[str, bytes], bool]:
+        """The stored run's records with the held results of that run put in, and whether any was new
+        or different (``only_missing``: only results of stages the stored run has none of)."""
+        raw = await self.store.cassandra.stage_records(image_id, run_id)
+        changed = False
+        for stage, r in held:
+            if r["run_id"] != run_id or (only_missing and stage in raw):
+                continue
+            b = base64.b64decode(r["b64"])
+            if raw.get(stage) != b:
+                raw[stage], changed = b, True
+        return raw, changed
+
+    async def late_into_announced(self, key: bytes, entry: Entry) -> Finish | None:
+        """A stored and announced run whose entry holds a result the stored run lacks (it came after the
+        run's deadline, before the entry was let go): merged into the stored run at ``version + 1``
+        (stores and an invalidation, no second ImageAnalyzed), as ``unprepared`` does with late results
+        that find no entry. None when the stored run has a result of every held stage (a stage run again
+        after a crash gives other bytes, a duration for one: that is a redelivery, not news)."""
+        image_id = key.decode()
+        stored = await self.stored(image_id)
+        raw, changed = await self.with_held(image_id, stored.run_id, all_results(entry), only_missing=True)
+        if not changed or PREPROCESS not in raw:
+            return None
+        self.log.info("late_results_merged", image_id=image_id, run_id=stored.run_id, version=stored.version + 1,
+                      stages=sorted(s for s, r in all_results(entry) if r["run_id"] == stored.run_id))
         return Finish(key, self.reassemble(raw, stored.version + 1), notify=False)
 
     async def write(self, finishes: list[Finish]) -> None:

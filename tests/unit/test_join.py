@@ -359,3 +359,43 @@ def test_a_late_result_already_stored_sends_its_invalidation_again():
     finish = asyncio.new_event_loop().run_until_complete(join.unprepared(b"img", entry, T0 + TIMEOUT))
     assert finish is not None and finish.completed is not None and finish.write and not finish.notify, finish
     assert finish.completed.version == 2 and finish.completed.invalidation["image_id"] == "img"
+
+
+def test_a_result_after_the_deadline_of_an_announced_run_is_merged_not_dropped():
+    """The run was completed partial at its deadline (objects missing) and announced; its entry is still
+    held when the objects result comes. The join merged nothing and dropped it as "run_already_stored"
+    (the chaos test saw 7 of 150 images stay partial this way): it must be merged into the stored run
+    like any late result (version + 1, an invalidation, no second ImageAnalyzed). A result of a stage
+    the stored run already has (a stage run again after a crash) is a redelivery: nothing is written."""
+    import asyncio
+
+    import structlog
+
+    from lensflow.agents.join import Join
+    from lensflow.streams.store import StoredImage
+
+    stored_records = {"preprocess": codec.encode("ImagePrepared", prepared(expected=["metadata", "objects"])),
+                      "metadata": codec.encode("MetadataResult", md())}  # objects: timed out, no record
+
+    class Cassandra:
+        async def current(self, image_id):
+            return StoredImage("r1", 1, "u", "r1")
+
+        async def stage_records(self, image_id, run_id):
+            return dict(stored_records)
+
+    join = Join.__new__(Join)
+    join.ctx = type("Ctx", (), {"codec": codec})()
+    join.ctx.stores = type("Stores", (), {"cassandra": Cassandra()})()
+    join.log = structlog.get_logger("test")
+    join._prefetched = set()
+    entry, _ = feed(None, "ImagePrepared", prepared(expected=["metadata", "objects"]))
+    entry, _ = feed(entry, "MetadataResult", md())
+    entry, _ = feed(entry, "ObjectsResult", objects(), now=TIMEOUT + 1)  # after the run's deadline
+    loop = asyncio.new_event_loop()
+    finish = loop.run_until_complete(join.late_into_announced(b"img", entry))
+    assert finish is not None and finish.completed is not None and finish.write and not finish.notify, finish
+    assert finish.completed.version == 2 and finish.completed.invalidation["image_id"] == "img"
+    assert finish.completed.analyzed["status"] == "complete"
+    stored_records["objects"] = codec.encode("ObjectsResult", objects(produced=5))  # has it, other bytes
+    assert loop.run_until_complete(join.late_into_announced(b"img", entry)) is None
