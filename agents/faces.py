@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from lensflow.streams.models import Model, ModelCache, ort_session, preview
+from lensflow.streams.models import Model, ModelCache, ModelError, ort_session, preview
 from lensflow.streams.faces_store import LEGACY_MODEL, MATCH_THRESHOLDS, FaceGallery
 
 STAGE = "faces"
@@ -152,7 +152,10 @@ class FaceModel(Model):
         self.min_score = min_score
 
     def _load(self, paths: dict[str, Path]) -> None:
-        import dlib
+        try:
+            import dlib
+        except ImportError:
+            raise ModelError("LENSFLOW_FACES_MODEL=dlib needs dlib: pip install 'lensflow[dlib]'") from None
 
         self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(paths[LANDMARKS_FILE]))

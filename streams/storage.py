@@ -49,6 +49,21 @@ HTTP_TIMEOUT_S = 30.0
 #: redirects an http(s) read follows before giving up
 MAX_REDIRECTS = 5
 _HTTP = ("http", "https")
+#: URL scheme -> (the fsspec implementation's module, the lensflow extra that installs it)
+BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+
+
+def missing_backend(urls: list[str]) -> str | None:
+    """One line naming the extra to install when a storage URL needs an fsspec backend that is missing
+    (checked when a worker starts: fsspec itself would say so only on the first read)."""
+    import importlib.util
+
+    for url in urls:
+        scheme = urlsplit(url).scheme.lower()
+        module, extra = BACKENDS.get(scheme, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            return f"storage {_shown(url)} needs {module}: pip install 'lensflow[{extra}]'"
+    return None
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 

