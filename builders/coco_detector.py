@@ -160,10 +160,11 @@ def _toolchain_env() -> dict[str, str]:
     return env
 
 
-def toolchain_base_python() -> str:
-    """The interpreter the toolchain venv is created with (see ``TOOLCHAIN_PYTHONS``); ``ModelError`` in one
-    line saying what to install when there is none."""
-    if sys.version_info[:2] in TOOLCHAIN_PYTHONS:
+def toolchain_base_python(running: tuple[int, int] | None = None) -> str:
+    """The interpreter the toolchain venv is created with (see ``TOOLCHAIN_PYTHONS``; ``running``: this
+    Python's version, for tests); ``ModelError`` in one line saying what to install when there is none."""
+    running = running or tuple(sys.version_info[:2])
+    if running in TOOLCHAIN_PYTHONS:
         return getattr(sys, "_base_executable", None) or sys.executable
     for major, minor in TOOLCHAIN_PYTHONS:
         exe = shutil.which(f"python{major}.{minor}")
@@ -178,7 +179,7 @@ def toolchain_base_python() -> str:
             return exe
     names = ", ".join(f"python{a}.{b}" for a, b in TOOLCHAIN_PYTHONS)
     raise ModelError(f"the object detector's converter ({TOOLCHAIN_PINS[0]}) needs Python 3.9-3.11 and this is "
-                     f"{sys.version_info.major}.{sys.version_info.minor}; none of {names} (with venv) is on PATH: "
+                     f"{running[0]}.{running[1]}; none of {names} (with venv) is on PATH: "
                      "install one (e.g. apt-get install python3.11-venv), then run `lensflow models prepare coco-detector`")
 
 

@@ -3,25 +3,44 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 from .app import app
-from .core import CliError, Table, err, friendly, out, settings
+from .core import CliError, Table, err, friendly, out, say, settings
 from .client import api_url
-from .models import models_prepare
 from .show import fetch_image
 from .stack import stack_up
 from .submit import submit
-from .worker import hosts_api, worker
+from .worker import ensure_models, hosts_api, worker
+
+#: The photos of a checkout, relative to where `make demo` runs.
+CHECKOUT_PHOTOS = Path("samples/photos")
+
+
+def sample_photos(photos: Path | None) -> Path:
+    """``photos`` when given, else a checkout's samples/photos (the current folder's), else the few sample
+    photos shipped inside the package (``lensflow.samples``), said in one line."""
+    if photos is not None:
+        return photos
+    if CHECKOUT_PHOTOS.is_dir():
+        return CHECKOUT_PHOTOS
+    from lensflow.streams.stack import package_file
+
+    shipped = package_file("lensflow.samples", "SOURCES.md").parent
+    say(f"lensflow: no {CHECKOUT_PHOTOS} here: submitting the sample photos shipped with lensflow ({shipped})")
+    return shipped
 
 
 @app.command()
 @friendly
 def demo(
-    photos: Path = typer.Option(Path("samples/photos"), help="Folder of photos to submit."),
+    photos: Optional[Path] = typer.Option(None, help="Folder of photos to submit [default: samples/photos when "
+                                          "it is there (a checkout), else the sample photos shipped with lensflow]."),
     user: str = typer.Option("demo", help="User id for the demo images."),
     models: bool = typer.Option(True, "--models/--no-models", help="Run every available model stage (prepares the models first)."),
     keep_worker: bool = typer.Option(True, help="Leave the background worker running afterwards."),
@@ -32,13 +51,17 @@ def demo(
     from lensflow.streams.topology import AVAILABLE_STAGES
 
     s = settings()
+    photos = sample_photos(photos)
     files = sorted(p for p in photos.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".heic", ".avif"})
     if not files:
         raise CliError(f"no photos in {photos}")
     stages = list(AVAILABLE_STAGES) if models else ["metadata"]
-    needed = sorted(models_for_stages(stages, s))
-    if needed:
-        models_prepare(names=needed, force=False)
+    needed = models_for_stages(stages, s)
+    if needed and s.prepare_models:  # one line (two more per model built now); the details go to a log
+        t0 = time.monotonic()
+        failed = ensure_models(s, stages, log=s.data_path / "logs" / "models.log")
+        say(f"lensflow: models: {len(needed) - len(failed)} of {len(needed)} ready in {time.monotonic() - t0:.1f}s"
+            + (f" ({', '.join(failed)} not available: their stages report model_unavailable)" if failed else ""))
     stack_up()
     worker(stages=None, background=True, stop=False, ready_timeout=240.0, group=None)
     err.print(f"lensflow: submitting {len(files)} photos as user {user!r} through stages {', '.join(stages)}")

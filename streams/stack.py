@@ -2,6 +2,9 @@
 (jars from Maven Central, cached under LENSFLOW_CACHE_DIR), then made ready for lensflow: every
 topology topic created (idempotently) and the CQL schema applied. Qdrant needs nothing started: local
 mode lives in DATA_DIR/qdrant, opened by the worker that runs the join.
+
+deploy/local ships inside the package as ``lensflow.deploy.local`` (pyproject maps the folder; one copy),
+so an installed wheel finds the script with ``importlib.resources`` as a checkout does.
 """
 
 from __future__ import annotations
@@ -16,11 +19,41 @@ from .settings import Settings
 from .security import cassandra_options
 from .store import connect_cassandra, cql_statements, wait_for_cassandra
 
-SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "local" / "stack.sh"
-
 
 class StackError(RuntimeError):
     pass
+
+
+#: The package that holds deploy/local (stack.sh, its Maven poms and config templates, the registry script).
+PACKAGE = "lensflow.deploy.local"
+
+
+def package_file(package: str, name: str) -> Path:
+    """The file ``name`` of a data package (a folder of package data such as deploy/local) as installed, found
+    with ``importlib.resources``. Raises FileNotFoundError when the package or the file is not there."""
+    from importlib import resources, util
+
+    try:
+        path = Path(str(resources.files(package).joinpath(name)))
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"no package {package}") from None
+    except NotADirectoryError:
+        # an editable install (pip install -e) lists a placeholder beside the folder in a data package's
+        # __path__, which importlib.resources refuses on Python 3.11: look in the folders it lists
+        spec = util.find_spec(package)
+        found = [Path(p) / name for p in (spec.submodule_search_locations or []) if (Path(p) / name).is_file()]
+        path = found[0] if found else Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{package} holds no {name}")
+    return path
+
+
+def script_path(name: str = "stack.sh") -> Path:
+    """A file of deploy/local as installed (in an editable install, the checkout's own folder)."""
+    try:
+        return package_file(PACKAGE, name)
+    except FileNotFoundError as exc:
+        raise StackError(f"this lensflow was installed without its local stack files ({exc}): reinstall it") from None
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -34,9 +67,7 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def script(settings: Settings, command: str, capture: bool = False) -> subprocess.CompletedProcess:
-    if not SCRIPT.exists():
-        raise StackError(f"the local stack needs a source checkout ({SCRIPT} not found)")
-    return subprocess.run(["bash", str(SCRIPT), command], env=_env(settings), text=True,
+    return subprocess.run(["bash", str(script_path()), command], env=_env(settings), text=True,
                           capture_output=capture, check=False)
 
 

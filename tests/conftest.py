@@ -22,3 +22,12 @@ def geonames() -> Path:
     cache = ModelCache(get_settings().models_path)
     preparer("geonames")(cache)
     return cache.root
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+    """lensflow's wheel, built from this checkout and installed with its dependencies from PyPI into a fresh
+    venv outside it (tests/wheel.py): once per session, shared by the unit and the integration tests."""
+    from tests.wheel import build_and_install
+
+    return build_and_install(tmp_path_factory.mktemp("wheel"))

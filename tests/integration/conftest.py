@@ -55,7 +55,8 @@ def stack():
 @pytest.fixture(scope="session")
 def models(stack):
     """Every model file, prepared once (idempotent; cached in ~/.cache/lensflow)."""
-    run(["models", "prepare", "yunet-sface", "efficientnet-lite0", "minilm-l6-v2", "rapidocr", "coco-detector", "open-nsfw"], stack,
+    run(["models", "prepare", "yunet-sface", "efficientnet-lite0", "minilm-l6-v2", "rapidocr", "coco-detector", "open-nsfw",
+         "geonames"], stack,
         timeout=1500)
 
 

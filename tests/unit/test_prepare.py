@@ -71,3 +71,25 @@ def test_a_prepared_read_only_models_dir_is_checked_without_sources_or_writes(tm
     ocr.prepare_tesseract_rus(ModelCache(baked), messages.append)
     assert messages == [f"{TESS_RUS_FILE}: up to date"]
     assert sorted(p.name for p in baked.iterdir()) == sorted([TESS_RUS_FILE, "manifest.json"])
+
+
+def test_the_detector_s_converter_finds_a_python_it_runs_on(tmp_path, monkeypatch):
+    """tensorflow-cpu 2.15.1 has no build for 3.12: a lensflow on 3.12 makes the converter's venv with a
+    python3.11 (3.10, 3.9) from PATH, and says in one line what to install when there is none."""
+    import sys
+
+    from lensflow.builders import coco_detector as coco
+    from lensflow.streams.models import ModelError
+
+    assert coco.toolchain_base_python((3, 11)) == (getattr(sys, "_base_executable", None) or sys.executable)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ModelError, match=r"needs Python 3.9-3.11 and this is 3.12; none of python3.11.*apt-get install"):
+        coco.toolchain_base_python((3, 12))
+    shim = tmp_path / "python3.10"  # a pyenv shim of a version that is not selected runs, and fails
+    shim.write_text("#!/bin/sh\nexit 127\n")
+    shim.chmod(0o755)
+    with pytest.raises(ModelError):
+        coco.toolchain_base_python((3, 12))
+    real = tmp_path / "python3.11"
+    real.symlink_to(getattr(sys, "_base_executable", None) or sys.executable)  # this test runs on 3.11
+    assert coco.toolchain_base_python((3, 12)) == str(real)
