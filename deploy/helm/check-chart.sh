@@ -8,7 +8,9 @@
 #   * the guards (template `fail`s and schema errors) refuse what they must, with their message;
 #   * the PrometheusRule: `promtool check rules` on every rendered one, and `promtool test rules` with
 #     deploy/helm/tests/rules/*.test.yaml on the one rendered from deploy/helm/tests/rules/values.yaml
-#     (each alert must have a case that fires and one that does not).
+#     (each alert must have a case that fires and one that does not);
+#   * values-dev.yaml, the `helm test` Pod (templates/tests/: `helm template` renders test hooks, so it is
+#     in every render; also alone with --show-only, through the API and through Kafka) and NOTES.txt.
 # Tools: helm, kubeconform and promtool from tools.sh (built once into ~/.cache/lensflow/tools), unless
 # HELM, KUBECONFORM, PROMTOOL and K8S_SCHEMAS are all given. Needs python3 with PyYAML ($PYTHON, default python3).
 #   deploy/helm/check-chart.sh
@@ -239,4 +241,40 @@ expect_fail "api Ingress without hosts" "api.ingress.enabled needs at least one 
 expect_fail "misspelt api Ingress TLS key" "'secretname' not allowed" \
   --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s --set 'api.ingress.tls[0].secretname=x'
 expect_fail "misspelt api key" "'replica' not allowed" --set api.replica=3
+# --- values-dev.yaml, the helm test hook, NOTES.txt ------------------------------------------------
+render dev -f "$CHART/values-dev.yaml"
+# Renders of one template go to $out/parts/ (not whole releases: the tests of whole renders skip them).
+mkdir -p "$out/parts"
+test_pod() {  # test_pod NAME WAY [helm args…]: the test hook alone, kubeconform'd, submitting WAY (api|kafka)
+  local name=$1 way=$2; shift 2
+  "$HELM" template ci "$CHART" --namespace lensflow --kube-version "$K8S_VERSION" \
+    --show-only templates/tests/submit-test.yaml "$@" >"$out/parts/$name.yaml" || fail "helm template --show-only ($name)"
+  kubeconform "$out/parts/$name.yaml" >"$tmp/kc.txt" 2>&1 || { cat "$tmp/kc.txt" >&2; fail "kubeconform ($name)"; }
+  grep -q '"helm.sh/hook": test' "$out/parts/$name.yaml" || fail "$name: not a test hook"
+  grep -q "lensflow.io/submit-via: $way" "$out/parts/$name.yaml" || fail "$name: does not submit through $way"
+  echo "ok   $name: the helm test Pod, through $way"
+}
+test_pod test-pod-kafka kafka
+test_pod test-pod-api api --set api.enabled=true --set api.auth.jwtSecret.existingSecret=s
+test_pod test-pod-jwks kafka -f "$CHART/ci/api-jwks-values.yaml"
+"$HELM" template ci "$CHART" --kube-version "$K8S_VERSION" --set tests.enabled=false | grep -q 'helm.sh/hook": test' \
+  && fail "tests.enabled=false still renders the test Pod"
+echo "ok   tests.enabled=false renders no test Pod"
+# NOTES.txt as `helm install` prints it (`helm install --dry-run` wants a cluster here): rendered with
+# tpl into a ConfigMap by a copy of the chart, written to $out/parts/notes-NAME.yaml.
+notes() {  # notes NAME [helm args…]
+  local name=$1; shift
+  rm -rf "$tmp/notes-chart"; cp -r "$CHART" "$tmp/notes-chart"
+  cp "$CHART/templates/NOTES.txt" "$tmp/notes-chart/files/NOTES.txt"
+  printf '%s\n' 'apiVersion: v1' 'kind: ConfigMap' 'metadata: {name: notes}' \
+    'data: {notes: {{ tpl (.Files.Get "files/NOTES.txt") . | toJson }}}' >"$tmp/notes-chart/templates/zz-notes.yaml"
+  "$HELM" template ci "$tmp/notes-chart" --namespace lensflow --kube-version "$K8S_VERSION" \
+    --show-only templates/zz-notes.yaml "$@" >"$out/parts/notes-$name.yaml" || fail "NOTES.txt ($name)"
+  echo "ok   NOTES.txt ($name)"
+}
+notes defaults
+notes dev -f "$CHART/values-dev.yaml"
+expect_fail "generated API secret beside a value" "api.auth.jwtSecret.generate makes the secret" \
+  --set api.enabled=true --set api.auth.jwtSecret.generate=true --set api.auth.jwtSecret.value=v --skip-schema-validation
+expect_fail "test user with a space" "/tests/user" --set "tests.user=a b"
 echo "chart checks passed"

@@ -100,7 +100,17 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
                     "tools.sh lines below (needs go: apt-get install -y golang-go, and the Go module proxy and "
                     f"PyPI).\n{log[-6000:]}", pytrace=False)
     assert "chart checks passed" in proc.stdout
+    _RENDER_DIRS.append(out)
     return {p.stem: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in out.glob("*.yaml")}
+
+
+_RENDER_DIRS: list[Path] = []
+
+
+@pytest.fixture(scope="module")
+def parts(rendered) -> dict[str, list[dict]]:
+    """What check-chart.sh renders of one template only (RENDER_DIR/parts): the helm test Pod, NOTES.txt."""
+    return {p.stem: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in (_RENDER_DIRS[-1] / "parts").glob("*.yaml")}
 
 
 def workloads(docs):
@@ -113,6 +123,7 @@ def env_of(workload) -> dict[str, dict]:
 
 def test_check_chart_passes(rendered):
     assert {"defaults", "ci-full-values", "ci-secure-values", "no-qdrant-split", "alert-rules"} <= set(rendered)
+    assert "dev" in rendered
 
 
 def worker_consumer_group(docs, workload) -> str:
@@ -197,14 +208,17 @@ def test_static_membership_models_digest_and_affinity(rendered):
     assert join["kind"] == "StatefulSet"
     assert env_of(join)["LENSFLOW_GROUP_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "LENSFLOW_GROUP_INSTANCE_ID" not in env_of(w["ci-lensflow-preprocess"])
-    vision = w["ci-lensflow-vision"]["spec"]["template"]["spec"]
-    (init,) = vision["initContainers"]
-    assert init["command"][-3:] == ["lensflow", "models", "prepare"] and init["args"] == ["coco-detector", "efficientnet-lite0"]
-    cache = next(v for v in vision["volumes"] if v["name"] == "cache")
+    text_pod = w["ci-lensflow-text"]["spec"]["template"]["spec"]
+    (init,) = text_pod["initContainers"]
+    assert init["command"][-3:] == ["lensflow", "models", "prepare"] and init["args"] == ["rapidocr", "yunet-sface"]
+    cache = next(v for v in text_pod["volumes"] if v["name"] == "cache")
     assert cache["persistentVolumeClaim"]["claimName"] == "ci-lensflow-models"
     # prepared models replace the image's own: the init container and the worker both use the claim's
     prepared_dir = {"name": "LENSFLOW_MODELS_DIR", "value": "/var/cache/lensflow/models"}
-    assert prepared_dir in init["env"] and prepared_dir in vision["containers"][0]["env"]
+    assert prepared_dir in init["env"] and prepared_dir in text_pod["containers"][0]["env"]
+    # the vision group's models (coco-detector needs npm to build) come from its image
+    vision = w["ci-lensflow-vision"]["spec"]["template"]["spec"]
+    assert "initContainers" not in vision and "LENSFLOW_MODELS_DIR" not in env_of(w["ci-lensflow-vision"])
     assert vision["containers"][0]["image"].startswith("registry.example/lensflow-cuda@sha256:")
     pre = w["ci-lensflow-preprocess"]["spec"]["template"]["spec"]
     assert pre["containers"][0]["image"] == "registry.example/lensflow@sha256:" + "0123456789abcdef" * 4
@@ -221,7 +235,7 @@ def test_network_policy_and_alerts(rendered):
     (np,) = [d for d in secure if d["kind"] == "NetworkPolicy"]
     assert np["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
     egress_ports = {p["port"] for rule in np["spec"]["egress"] for p in rule["ports"]}
-    assert egress_ports == {53, 9093, 9042, 6334, 8081}
+    assert egress_ports == {53, 9093, 9042, 6334, 8081, 443}  # 443: the package index (models init containers)
     (rule,) = [d for d in secure if d["kind"] == "PrometheusRule"]
     exprs = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
     assert "lensflow_deadletters_total" in exprs["LensflowDeadLettersHigh"]
@@ -500,7 +514,7 @@ def test_stream_groups_carry_no_api(rendered):
             assert c["args"][0] == "worker"
             assert not API_ENV & set(env_of(w)), (name, w["metadata"]["name"])
     worker_routes = re.compile(r"(?<!/v1)/(search|faces)\b")
-    texts = [CHART / "README.md", CHART / "values.yaml", *sorted((CHART / "templates").iterdir())]
+    texts = [CHART / "README.md", CHART / "values.yaml", *sorted(p for p in (CHART / "templates").rglob("*") if p.is_file())]
     for path in texts:
         hits = worker_routes.findall(path.read_text())
         assert not hits, f"{path.relative_to(ROOT)} still points at the workers' /search or /faces"
@@ -542,3 +556,183 @@ def test_network_policy_admits_the_api_port(rendered):
     assert api["spec"]["egress"][:len(workers["spec"]["egress"])] == workers["spec"]["egress"]
     assert len(api["spec"]["egress"]) == len(workers["spec"]["egress"]) + 1
     assert api["spec"]["egress"][-1] == {"ports": [{"port": 443, "protocol": "TCP"}]}
+
+
+# --- values-dev.yaml, `helm test`, NOTES.txt ------------------------------------------------------
+
+SUBMIT_TEST = CHART / "files" / "submit-test.py"
+
+
+def helm_test_pods(docs) -> list[dict]:
+    return [d for d in docs if d["kind"] == "Pod" and d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+
+
+def test_no_init_container_builds_the_coco_detector(rendered):
+    """coco-detector is converted from an npm package: the runtime image (no npm) cannot prepare it."""
+    for name, docs in rendered.items():
+        for d in docs:
+            if d["kind"] in ("Deployment", "StatefulSet"):
+                for c in d["spec"]["template"]["spec"].get("initContainers", []):
+                    assert "coco-detector" not in c.get("args", []), (name, d["metadata"]["name"])
+
+
+def test_helm_test_pod_through_the_api_or_kafka(rendered, parts):
+    script = SUBMIT_TEST.read_text()
+    for name in ("defaults", "ci-full-values", "ci-secure-values", "ci-api-secret-values", "ci-api-jwks-values",
+                 "api-created-secret", "dev"):
+        docs = rendered[name]
+        (pod,) = helm_test_pods(docs)
+        (c,) = pod["spec"]["containers"]
+        worker = workloads(docs)[sorted(workloads(docs))[0]]
+        (wc,) = worker["spec"]["template"]["spec"]["containers"]
+        assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation"
+        assert pod["spec"]["restartPolicy"] == "Never" and pod["spec"]["activeDeadlineSeconds"] == 300 + 120
+        assert c["command"] == ["python", "-c", script]  # files/submit-test.py, run by the image's python
+        assert c["image"] == wc["image"] and c["securityContext"] == wc["securityContext"]
+        assert pod["spec"]["securityContext"] == worker["spec"]["template"]["spec"]["securityContext"]
+        assert c["args"][-4:] == ["--user", "helm-test", "--timeout", "300"]
+        env = {e["name"]: e for e in c.get("env", [])}
+        way = pod["metadata"]["annotations"]["lensflow.io/submit-via"]
+        if name in ("ci-api-secret-values", "api-created-secret", "dev"):  # an HS256 secret: through the API
+            assert way == "api" and c["args"][:2] == ["--api", "http://ci-lensflow-api:8080"]
+            api_env = env_of(api_objects(docs)["Deployment"])
+            assert env["LENSFLOW_API_JWT_SECRET"] == api_env["LENSFLOW_API_JWT_SECRET"]  # the same Secret key
+            assert "envFrom" not in c and not SECRET_ENV & set(env)  # nothing else of the workers' secrets
+        else:  # no API, or JWKS tokens the pod cannot mint: through Kafka, with the workers' environment
+            assert way == "kafka" and c["args"][0] == "--kafka"
+            assert c["envFrom"] == wc["envFrom"]
+            assert {n: e for n, e in env.items() if n in SECRET_ENV} == {n: e for n, e in env_of(worker).items() if n in SECRET_ENV}
+            mounts = {m["name"]: m for m in c["volumeMounts"]}
+            for m in wc["volumeMounts"]:
+                if m["name"] == "storage" or m["name"].endswith("-tls"):
+                    assert mounts[m["name"]] == m, (name, m)
+    for name, way in (("test-pod-api", "api"), ("test-pod-kafka", "kafka"), ("test-pod-jwks", "kafka")):
+        (pod,) = parts[name]
+        assert pod["metadata"]["annotations"]["lensflow.io/submit-via"] == way
+
+
+def test_values_dev_is_for_one_node(rendered):
+    import base64
+
+    docs = rendered["dev"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert (config["LENSFLOW_REPLICATION_FACTOR"], config["LENSFLOW_MIN_INSYNC_REPLICAS"]) == ("1", "1")
+    assert config["LENSFLOW_CASSANDRA_REPLICATION"] == "1" and config["LENSFLOW_PARTITIONS"] == "3"
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert all(d["spec"]["replicas"] == 1 for d in workloads(docs).values())
+    assert not [d for d in docs if d["kind"] in ("PodDisruptionBudget", "HorizontalPodAutoscaler")]
+    api = api_objects(docs)
+    secret = api["Secret"]  # generated: 48 random characters, never in the values
+    assert secret["metadata"]["annotations"]["lensflow.io/generated"] == "api.auth.jwtSecret.generate"
+    assert len(base64.b64decode(secret["data"]["jwt-secret"])) == 48
+    assert env_of(api["Deployment"])["LENSFLOW_API_JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"], "key": "jwt-secret"}
+
+
+def test_notes_say_what_the_values_need(parts):
+    def notes(name):
+        (cm,) = parts[f"notes-{name}"]
+        return " ".join(cm["data"]["notes"].split())
+
+    defaults, dev = notes("defaults"), notes("dev")
+    assert "a 100Gi claim ci-lensflow-storage (ReadWriteMany). ReadWriteMany needs a class that provides it" in defaults
+    assert "Kafka: at least 3 broker(s)" in defaults and "SimpleStrategy, 3 replica(s): at least 3 node(s)" in defaults
+    assert "Qdrant: a server at http://qdrant:6333" in defaults
+    assert "the read API (off): enabling it needs a JWT secret" in defaults
+    assert "helm test ci -n lensflow --logs" in defaults and "through Kafka" in defaults
+    assert "(ReadWriteOnce). ReadWriteOnce: every pod must run on one node" in dev and "Kafka: at least 1 broker(s)" in dev
+    assert "a random HS256 secret the chart generated (Secret ci-lensflow-api-jwt" in dev and "through the read API" in dev
+
+
+class _StandInApi:
+    """The read service as files/submit-test.py sees it: /readyz (503 twice), POST /v1/images (the token
+    checked with PyJWT, the body a JPEG), GET /v1/images/{id} (processing twice, then ``final``)."""
+
+    def __init__(self, secret: str, final: str):
+        import http.server
+        import threading
+
+        import jwt
+        from PIL import Image
+
+        self.calls: list[str] = []
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def authorized(self):
+                auth = self.headers.get("Authorization", "")
+                claims = jwt.decode(auth.removeprefix("Bearer "), secret, algorithms=["HS256"])
+                return claims["sub"] == "tester"
+
+            def do_GET(self):  # noqa: N802
+                api.calls.append(f"GET {self.path}")
+                if self.path == "/readyz":
+                    return self.reply(200 if api.calls.count("GET /readyz") > 2 else 503, {})
+                assert self.authorized()
+                n = sum(c.startswith("GET /v1/images/") for c in api.calls)
+                self.reply(200, {"image_id": "img-1", "status": "processing" if n <= 2 else final})
+
+            def do_POST(self):  # noqa: N802
+                api.calls.append(f"POST {self.path}")
+                assert self.authorized() and self.headers["Content-Type"] == "image/jpeg"
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                import io
+                assert Image.open(io.BytesIO(data)).format == "JPEG"
+                self.reply(202, {"image_id": "img-1", "run_id": "r", "url": "/v1/images/img-1"})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def run_submit_test(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    # as the Pod runs it: python -c <files/submit-test.py> <args>
+    return subprocess.run([sys.executable, "-c", SUBMIT_TEST.read_text(), *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+def test_the_helm_test_script_through_the_api(tmp_path):
+    secret = "s" * 40
+    env = {"LENSFLOW_API_JWT_SECRET": secret, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "LENSFLOW_DATA_DIR": str(tmp_path)}
+    for final, rc in (("complete", 0), ("partial", 1)):
+        api = _StandInApi(secret, final)
+        try:
+            proc = run_submit_test(["--api", api.url, "--user", "tester", "--timeout", "60"], env)
+        finally:
+            api.server.shutdown()
+        assert proc.returncode == rc, proc.stdout + proc.stderr
+        assert api.calls[:4] == ["GET /readyz"] * 3 + ["POST /v1/images"]
+        assert api.calls[4:] == ["GET /v1/images/img-1"] * 3
+        assert (f"img-1 {final}" if rc == 0 else f"img-1 is {final}, not complete") in proc.stdout
+
+
+def test_the_helm_test_script_through_kafka(tmp_path):
+    """--kafka runs `lensflow submit --wait --json`: a stand-in `lensflow` records its arguments and answers."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for status, rc in (("complete", 0), ("partial", 1)):
+        fake = bin_dir / "lensflow"
+        fake.write_text(f"""#!/bin/sh
+echo "$@" > {tmp_path}/args
+echo '{{"image_id": "img-2", "status": "{status}", "seconds": 1.5}}'
+""")
+        fake.chmod(0o755)
+        proc = run_submit_test(["--kafka", "--user", "tester", "--timeout", "45"],
+                               {"PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)})
+        assert proc.returncode == rc, proc.stdout + proc.stderr
+        args = (tmp_path / "args").read_text().split()
+        assert args[:7] == ["submit", "--user", "tester", "--wait", "--json", "--timeout", "45"]
+        assert args[7].endswith(".jpg") and Path(args[7]).read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG

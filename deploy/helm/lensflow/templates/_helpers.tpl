@@ -573,7 +573,7 @@ app.kubernetes.io/component: api
 {{- $s := .Values.api.auth.jwtSecret -}}
 {{- if $s.existingSecret -}}
 {{- $s.existingSecret -}}
-{{- else if $s.value -}}
+{{- else if or $s.value $s.generate -}}
 {{- printf "%s-jwt" (include "lensflow.apiFullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
@@ -584,16 +584,19 @@ app.kubernetes.io/component: api
 {{- $a := .Values.api -}}
 {{- $s := $a.auth.jwtSecret -}}
 {{- $j := $a.auth.jwks -}}
-{{- if not (or $s.existingSecret $s.value $j.url) -}}
-{{- fail "lensflow: api.enabled needs a way to verify bearer tokens: an HS256 secret (api.auth.jwtSecret.existingSecret + key, or api.auth.jwtSecret.value) or an OIDC issuer's JWKS (api.auth.jwks.url + api.auth.jwks.audience)." -}}
+{{- if not (or $s.existingSecret $s.value $s.generate $j.url) -}}
+{{- fail "lensflow: api.enabled needs a way to verify bearer tokens: an HS256 secret (api.auth.jwtSecret.existingSecret + key, api.auth.jwtSecret.value, or api.auth.jwtSecret.generate) or an OIDC issuer's JWKS (api.auth.jwks.url + api.auth.jwks.audience)." -}}
 {{- end -}}
 {{- if and $s.existingSecret $s.value -}}
 {{- fail "lensflow: api.auth.jwtSecret: give existingSecret or value, not both." -}}
 {{- end -}}
-{{- if and (or $s.existingSecret $s.value) $j.url -}}
+{{- if and $s.generate (or $s.existingSecret $s.value) -}}
+{{- fail "lensflow: api.auth.jwtSecret.generate makes the secret: give no existingSecret or value with it." -}}
+{{- end -}}
+{{- if and (or $s.existingSecret $s.value $s.generate) $j.url -}}
 {{- fail "lensflow: api.auth: give an HS256 secret (jwtSecret) or a JWKS URL (jwks.url), not both." -}}
 {{- end -}}
-{{- if and (or $s.existingSecret $s.value) (not $s.key) -}}
+{{- if and (or $s.existingSecret $s.value $s.generate) (not $s.key) -}}
 {{- fail "lensflow: api.auth.jwtSecret.key is empty: name the Secret's key holding the HS256 secret." -}}
 {{- end -}}
 {{- if and $j.url (not $j.audience) -}}
