@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lensflow.streams.avro_types import ImageDescribed, ModelRef, StageError
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify
 from lensflow.streams.models import ModelCache, ModelError
 from lensflow.streams.records import Status, result
@@ -32,7 +33,7 @@ from lensflow.streams.runner import Item, Outcome, Output, Stage, run
 from lensflow.streams.topology import AGGREGATED, DESCRIBED
 
 STAGE = "describe"
-CAPTIONER = {"name": "grounded-caption", "version": "1", "sha256": None}
+CAPTIONER = ModelRef(name="grounded-caption", version="1", sha256=None)
 MIN_OBJECT_CONFIDENCE = 0.4
 MAX_QUOTE_WORDS = 6
 _NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
@@ -233,7 +234,7 @@ class Describe(Stage):
         self.metrics = ctx.metrics.stage(STAGE)
 
     @property
-    def model_ref(self) -> dict:
+    def model_ref(self) -> ModelRef:
         return self.captioner.ref if self.captioner is not None else CAPTIONER
 
     def load(self) -> None:
@@ -273,12 +274,12 @@ class Describe(Stage):
         vectors = iter(self.embedder.predict([semantic_text(a, c) for a, c in good]) if good else [])
         return [c if isinstance(c, BaseException) else (c, next(vectors)) for c in caps]
 
-    def record(self, agg: dict, duration_ms: float, error: dict | None = None, cap: str = "",
+    def record(self, agg: dict, duration_ms: float, error: StageError | None = None, cap: str = "",
                vector: list[float] | None = None) -> Output:
-        rec = result(STAGE, agg["image_id"], agg["user_id"], agg["run_id"], model=self.model_ref,
+        rec = result(ImageDescribed, STAGE, agg["image_id"], agg["user_id"], agg["run_id"], model=self.model_ref,
                      status=Status.FAILED if error else Status.OK, error=error, duration_ms=duration_ms,
                      caption=cap, text_model=self.embedder.ref, semantic_vector=vector or [])
-        self.metrics.observe(duration_ms / 1000, rec["status"])
+        self.metrics.observe(duration_ms / 1000, rec.status)
         return Output(DESCRIBED, agg["image_id"], "ImageDescribed", rec)
 
     def failed(self, item: Item, verdict: Verdict) -> list[Output]:

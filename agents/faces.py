@@ -464,6 +464,7 @@ def match_threshold(settings, model: Model) -> float:
 def register(ctx, stages: list[str] | None = None) -> None:
     """The faces agent: detect + encode per batch (one predict call), then match each image's faces
     against the same user's gallery in Qdrant ``faces`` and store them (on the Qdrant thread)."""
+    from lensflow.streams.avro_types import Box, Face, Point
     from lensflow.streams.pixel import pixel_stage, scale_box
 
     ctx.stores.want("qdrant")
@@ -476,12 +477,14 @@ def register(ctx, stages: list[str] | None = None) -> None:
 
     async def fields(faces: list[dict], info: dict) -> dict:
         sx, sy = info["scale"]
-        scaled = [{**f, "box": scale_box(f["box"], info["scale"]),
+        # the gallery stores the box in Qdrant's JSON payload: it gets plain dicts
+        scaled = [{**f, "box": scale_box(f["box"], info["scale"]).to_avro(),
                    "landmarks": [{"x": p["x"] * sx, "y": p["y"] * sy} for p in f["landmarks"]]} for f in faces]
         assigned = await ctx.stores.qdrant.call(gallery_assign, info["user_id"], info["image_id"], scaled)
-        return {"faces": [{"face_id": f["face_id"], "box": f["box"], "confidence": float(f.get("confidence", 1.0)),
-                           "landmarks": f["landmarks"], "encoding": [float(x) for x in f["encoding"]],
-                           "person_id": f.get("person_id"), "person_name": f.get("person_name"),
-                           "match_distance": f.get("match_distance")} for f in assigned]}
+        return {"faces": [Face(face_id=f["face_id"], box=Box.from_avro(f["box"]), confidence=float(f.get("confidence", 1.0)),
+                               landmarks=[Point(x=p["x"], y=p["y"]) for p in f["landmarks"]],
+                               encoding=[float(x) for x in f["encoding"]], person_id=f.get("person_id"),
+                               person_name=f.get("person_name"), match_distance=f.get("match_distance"))
+                          for f in assigned]}
 
     pixel_stage(ctx, STAGE, lambda: face_model(ctx.settings, cache), {STAGE: fields})

@@ -35,10 +35,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from lensflow.streams.avro_types import ImageAnalyzed, JoinTick, StageError
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, is_transient
 from lensflow.streams.records import ImageStatus, ms
 from lensflow.streams.runner import Item, Outcome, Output, Stage, run, use_event
@@ -66,7 +67,7 @@ class Finish:
     write: bool = True
     notify: bool = True
     dead_letter: Verdict | None = None
-    also: list[dict] = field(default_factory=list)  # ImageAnalyzed of superseded runs, answered with this one
+    also: list[ImageAnalyzed] = field(default_factory=list)  # of superseded runs, answered with this one
 
 
 class Join(Stage):
@@ -226,7 +227,7 @@ class Join(Stage):
             if c is not None and f.notify:
                 outputs.setdefault(f.key, []).append(Output(ANALYZED, c.image_id, "ImageAnalyzed", c.analyzed))
             for analyzed in f.also:
-                outputs.setdefault(f.key, []).append(Output(ANALYZED, analyzed["image_id"], "ImageAnalyzed", analyzed))
+                outputs.setdefault(f.key, []).append(Output(ANALYZED, analyzed.image_id, "ImageAnalyzed", analyzed))
             if c is not None and f.write:
                 outputs.setdefault(f.key, []).append(Output(INVALIDATIONS, c.image_id, "CacheInvalidation", c.invalidation))
             if f.dead_letter is not None:
@@ -297,7 +298,7 @@ class Join(Stage):
         done.first_write = stored is None
         return Finish(key, done)
 
-    def superseded(self, entry: Entry, done: Completed | None) -> list[dict]:
+    def superseded(self, entry: Entry, done: Completed | None) -> list[ImageAnalyzed]:
         """An ImageAnalyzed for each run of the image that the analysed run superseded: the same
         result under its own run id (a run of another user gets ``id_conflict``)."""
         if done is None or not entry.get("superseded"):
@@ -305,12 +306,12 @@ class Join(Stage):
         out = []
         for s in entry["superseded"]:
             _, prepared, _ = self.decoded(s["b64"])
-            analyzed = {**done.analyzed, "run_id": s["run_id"], "user_id": prepared["user_id"],
-                        "uploaded_at": prepared["uploaded_at"]}
+            analyzed = replace(done.analyzed, run_id=s["run_id"], user_id=prepared["user_id"],
+                               uploaded_at=prepared["uploaded_at"])
             if prepared["user_id"] != done.user_id:
                 message = f"image id {done.image_id} belongs to another user: choose another id"
-                analyzed.update(status=ImageStatus.FAILED, caption=None, tags=[],
-                                error={"code": str(ErrorCode.ID_CONFLICT), "message": message, "retryable": False, "attempts": 1})
+                analyzed = replace(analyzed, status=ImageStatus.FAILED, caption=None, tags=[],
+                                   error=StageError(code=str(ErrorCode.ID_CONFLICT), message=message, retryable=False, attempts=1))
             out.append(analyzed)
         self.log.info("runs_superseded", image_id=done.image_id, run_id=done.run_id, superseded=[s["run_id"] for s in entry["superseded"]])
         return out
@@ -497,7 +498,7 @@ class Join(Stage):
         for c in (f.completed for f in p["finishes"] if f.completed is not None and f.write):
             self.metrics.images_total.labels(STAGE, c.status).inc()
             self.metrics.end_to_end.labels(c.status).observe(
-                max(0.0, (c.analyzed["analyzed_at"] - c.analyzed["uploaded_at"]).total_seconds()))
+                max(0.0, (c.analyzed.analyzed_at - c.analyzed.uploaded_at).total_seconds()))
             self.log.info("image_analyzed", image_id=c.image_id, status=c.status, version=c.version)
         for key, i in p["last"].items():
             use_event(items[i].event)
@@ -522,8 +523,8 @@ class Join(Stage):
             count += 1
             if decide(entry, now, self.progress).action != JoinAction.WAIT and self.ticked.get(key, 0) < now - self.timeout_ms // 4:
                 try:
-                    await self.ctx.send(JOIN_TICKS, key.decode(), "JoinTick", {"image_id": key.decode(), "reason": "timeout",
-                                                                                "produced_at": datetime.now().astimezone()})
+                    await self.ctx.send(JOIN_TICKS, key.decode(), "JoinTick", JoinTick(image_id=key.decode(), reason="timeout",
+                                                                                        produced_at=datetime.now().astimezone()))
                 except Exception as exc:
                     # the broker or the schema registry is down: a timer that raises crashes the whole app
                     # (mode's Service task), so this tick ends here and the next one tries again

@@ -1,6 +1,10 @@
 """The join's projection, pure: from the decoded records of one image to everything the stores and
 the notifications need (``assemble``), and the phase-1 aggregate the derived stages read
-(``aggregated_record``). Tags are chosen here, in one place."""
+(``aggregated_record``). Tags are chosen here, in one place.
+
+The records it builds (``ImageAnalyzed``, ``CacheInvalidation``, ``ImageAggregated`` and their
+``StageSummary``-s) are the generated types; the stage records inside them are the ones the join
+decoded, embedded as they are (dicts)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from lensflow.streams.avro_types import (AnalysisSummary, AvroRecord, CacheInvalidation, ImageAggregated, ImageAnalyzed,
+                                        StageError, StageSummary, Tag)
 from lensflow.streams.errors import ErrorCode
 from lensflow.streams.records import ImageStatus, Status, now, point_id
 from lensflow.streams.view import analysis_of, summary_of
@@ -21,13 +27,13 @@ DESCRIBED_STAGE = "describe"
 CACHE_KEYS = ("image:{image_id}", "user:{user_id}:gallery", "user:{user_id}:tags")
 
 
-def _summary(stage: str, rec: dict | None, missing_code: str = ErrorCode.TIMEOUT) -> dict:
+def _summary(stage: str, rec: dict | None, missing_code: str = ErrorCode.TIMEOUT) -> StageSummary:
     if rec is None:
-        return {"stage": stage, "status": Status.FAILED, "duration_ms": 0.0, "model": None,
-                "error": {"code": str(missing_code), "message": f"no {stage} result before the join deadline",
-                          "retryable": True, "attempts": 1}}
-    return {"stage": stage, "status": rec["status"], "error": rec.get("error"), "duration_ms": rec.get("duration_ms", 0.0),
-            "model": rec.get("model")}
+        return StageSummary(stage=stage, status=Status.FAILED, duration_ms=0.0, model=None,
+                            error=StageError(code=str(missing_code), message=f"no {stage} result before the join deadline",
+                                             retryable=True, attempts=1))
+    return StageSummary(stage=stage, status=rec["status"], error=rec.get("error"), duration_ms=rec.get("duration_ms", 0.0),
+                        model=rec.get("model"))
 
 
 def tags_of(results: dict[str, dict]) -> list[dict]:
@@ -76,6 +82,11 @@ def tags_of(results: dict[str, dict]) -> list[dict]:
     return [{"kind": k, "tag": t, "score": s} for (k, t), s in sorted(tags.items())]
 
 
+def _tags(tags: list[dict]) -> list[Tag]:
+    """``tags_of``'s tags (the stores' rows read them as mappings) as the ``Tag``-s ImageAnalyzed carries."""
+    return [Tag(kind=t["kind"], tag=t["tag"], score=t["score"]) for t in tags]
+
+
 #: Characters of keyword text stored per image (caption, tags, OCR text, title, description, keywords, place).
 KEYWORD_CHARS = 4000
 
@@ -106,12 +117,14 @@ class Completed:
     analysis_row: dict
     tags: list[dict]
     point: dict | None  # None: nothing to upsert in Qdrant
-    analyzed: dict
-    invalidation: dict
+    analyzed: ImageAnalyzed
+    invalidation: CacheInvalidation
     first_write: bool = False  # no earlier row: the sink can skip reading old tags
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, AvroRecord):
+        return _jsonable(value.to_avro())
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
@@ -123,10 +136,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def overall_status(prepared: dict | None, summaries: list[dict]) -> ImageStatus:
+def overall_status(prepared: dict | None, summaries: list[StageSummary]) -> ImageStatus:
     if prepared is None or prepared["status"] == Status.FAILED:
         return ImageStatus.FAILED
-    return ImageStatus.COMPLETE if all(s["status"] == Status.OK for s in summaries) else ImageStatus.PARTIAL
+    return ImageStatus.COMPLETE if all(s.status == Status.OK for s in summaries) else ImageStatus.PARTIAL
 
 
 def with_refined_scene(results: dict[str, dict]) -> dict[str, dict]:
@@ -180,10 +193,10 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
                  "prepared": prepared, "results": results, "stages": summaries, "tags": tags}
     analysis_row = {
         "image_id": image_id, "run_id": run_id, "analysis_version": version, "status": status,
-        "stage_status": {s["stage"]: s["status"] for s in summaries},
-        "stage_ms": {s["stage"]: float(s["duration_ms"]) for s in summaries},
-        "stage_errors": {s["stage"]: f"{s['error']['code']}: {s['error']['message']}" for s in summaries if s.get("error")},
-        "stage_models": {s["stage"]: f"{s['model']['name']}@{s['model']['version']}" for s in summaries if s.get("model")},
+        "stage_status": {s.stage: s.status for s in summaries},
+        "stage_ms": {s.stage: float(s.duration_ms) for s in summaries},
+        "stage_errors": {s.stage: f"{s.error['code']}: {s.error['message']}" for s in summaries if s.error},
+        "stage_models": {s.stage: f"{s.model['name']}@{s.model['version']}" for s in summaries if s.model},
         "stage_records": raw, "result_json": json.dumps(_jsonable(aggregate), sort_keys=True),
         "uploaded_at": prepared.get("uploaded_at"), "completed_at": analyzed_at,
     }
@@ -197,25 +210,26 @@ def assemble(prepared: dict, results: dict[str, dict], raw: dict[str, bytes], st
                "camera": camera_name(md.get("camera_make"), md.get("camera_model")),
                "geo": {"lat": gps["lat"], "lon": gps["lon"]} if gps else None, "analysis_version": version,
                "nsfw_score": nsfw_score, "keywords": keywords_of(image_row["caption"], tags, results)}
-    analyzed = {"image_id": image_id, "user_id": user_id, "run_id": run_id, "analysis_version": version, "status": status,
-                "error": err, "stages": summaries, "uri": prepared.get("uri"), "caption": image_row["caption"],
-                "tags": tags, "taken_at": md.get("taken_at"), "uploaded_at": prepared["uploaded_at"],
-                "analyzed_at": analyzed_at, "summary": summary_of(analysis_of(aggregate))}
-    invalidation = {"image_id": image_id, "user_id": user_id, "reason": reason, "analysis_version": version,
-                    "keys": [k.format(image_id=image_id, user_id=user_id) for k in CACHE_KEYS], "produced_at": analyzed_at}
+    analyzed = ImageAnalyzed(image_id=image_id, user_id=user_id, run_id=run_id, analysis_version=version, status=status,
+                             error=err, stages=summaries, uri=prepared.get("uri"), caption=image_row["caption"],
+                             tags=_tags(tags), taken_at=md.get("taken_at"), uploaded_at=prepared["uploaded_at"],
+                             analyzed_at=analyzed_at, summary=AnalysisSummary(**summary_of(analysis_of(aggregate))))
+    invalidation = CacheInvalidation(image_id=image_id, user_id=user_id, reason=reason, analysis_version=version,
+                                     keys=[k.format(image_id=image_id, user_id=user_id) for k in CACHE_KEYS],
+                                     produced_at=analyzed_at)
     return Completed(image_id, user_id, run_id, version, status, image_row, analysis_row, tags,
                      {"id": point_id(image_id), "vectors": vectors, "payload": payload}, analyzed, invalidation)
 
 
-def aggregated_record(prepared: dict, results: dict[str, dict], stages: list[str]) -> dict:
+def aggregated_record(prepared: dict, results: dict[str, dict], stages: list[str]) -> ImageAggregated:
     """The phase-1 aggregate for derived stages (ImageAggregated)."""
     results = with_refined_scene(results)
     summaries = [_summary(PREPROCESS, prepared)] + [_summary(s, results.get(s)) for s in stages]
-    rec = {"image_id": prepared["image_id"], "user_id": prepared["user_id"], "run_id": prepared["run_id"],
-           "status": overall_status(prepared, summaries), "prepared": prepared, "stages": summaries, "aggregated_at": now()}
-    for field_name in ("metadata", "objects", "scene", "text", "faces", "embedding"):
-        rec[field_name] = results.get(field_name)
-    return rec
+    return ImageAggregated(image_id=prepared["image_id"], user_id=prepared["user_id"], run_id=prepared["run_id"],
+                           status=overall_status(prepared, summaries), prepared=prepared, stages=summaries,
+                           aggregated_at=now(), metadata=results.get("metadata"), objects=results.get("objects"),
+                           scene=results.get("scene"), text=results.get("text"), faces=results.get("faces"),
+                           embedding=results.get("embedding"))
 
 
 def mark_duplicates(c: Completed, exact: list[str], near: list[tuple[str, float]]) -> Completed:
@@ -236,7 +250,7 @@ def mark_duplicates(c: Completed, exact: list[str], near: list[tuple[str, float]
     if c.point is not None:
         c.point["payload"]["duplicate_of"] = exact + near_ids
         c.point["payload"]["tags"] = [t["tag"] for t in tags]
-    c.analyzed["tags"] = tags
+    c.analyzed.tags = _tags(tags)
     return c
 
 
@@ -245,8 +259,8 @@ def failed_copy(c: Completed, code: ErrorCode, message: str) -> Completed:
     write for good (no vectors, no tags: only the row saying why)."""
     from dataclasses import replace
 
-    err = {"code": str(code), "message": message[:500], "retryable": False, "attempts": 1}
-    row = {**c.image_row, "visual": None, "nsfw_score": None, "status": ImageStatus.FAILED, "error_code": err["code"], "error_message": err["message"]}
+    err = StageError(code=str(code), message=message[:500], retryable=False, attempts=1)
+    row = {**c.image_row, "visual": None, "nsfw_score": None, "status": ImageStatus.FAILED, "error_code": err.code, "error_message": err.message}
     analysis = {**c.analysis_row, "status": ImageStatus.FAILED}
-    analyzed = {**c.analyzed, "status": ImageStatus.FAILED, "error": err}
+    analyzed = replace(c.analyzed, status=ImageStatus.FAILED, error=err)
     return replace(c, status=ImageStatus.FAILED, image_row=row, analysis_row=analysis, tags=[], point=None, analyzed=analyzed)

@@ -52,9 +52,11 @@ from typing import Any
 
 from PIL import ExifTags, Image
 
+from lensflow.streams.avro_types import GeoPoint, ModelRef, Place
+
 from . import geocode
 
-MODEL = {"name": "pillow-exif", "version": "2", "sha256": None}
+MODEL = ModelRef(name="pillow-exif", version="2", sha256=None)
 
 MAX_XMP_BYTES = 1 << 20  # Lightroom/Photoshop packets with history run to a few 100 kB
 MAX_IPTC_BYTES = 256 << 10
@@ -162,6 +164,16 @@ def extract(img: Image.Image) -> dict:
         else:
             if place is not None:
                 out["place"] = place
+    return out
+
+
+def record_fields(md: dict) -> dict:
+    """``extract``'s fields as the MetadataResult takes them: its position a ``GeoPoint``, its place a ``Place``."""
+    out = dict(md)
+    if out.get("gps") is not None:
+        out["gps"] = GeoPoint(**out["gps"])
+    if out.get("place") is not None:
+        out["place"] = Place(**out["place"])
     return out
 
 

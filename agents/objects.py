@@ -57,6 +57,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lensflow.streams.avro_types import Detection
 from lensflow.streams.models import Model, ModelCache, ort_session, preview, round_up
 
 STAGE = "objects"
@@ -321,8 +322,8 @@ def register(ctx, stages: list[str] | None = None) -> None:
     cache = ModelCache(ctx.settings.models_path)
 
     def fields(detections: list[dict], info: dict) -> dict:
-        return {"detections": [{"label": d["label"], "class_id": int(d["class_id"]), "confidence": float(d["confidence"]),
-                                "box": scale_box(d["box"], info["scale"])} for d in detections]}
+        return {"detections": [Detection(label=d["label"], class_id=int(d["class_id"]), confidence=float(d["confidence"]),
+                                         box=scale_box(d["box"], info["scale"])) for d in detections]}
 
     pixel_stage(ctx, "objects", lambda: ObjectDetector(cache, threads=ctx.settings.model_threads, allow_gpu=ctx.settings.model_gpu,
                                                        threshold=ctx.settings.objects_min_score,

@@ -32,10 +32,11 @@ from typing import Any
 import PIL
 from PIL import Image
 
+from lensflow.streams.avro_types import ImagePrepared, MetadataResult, ModelRef, StageError
 from lensflow.streams.errors import ErrorCode, StageFailure, Verdict, classify, record_fault, retry_sync
 from lensflow.streams.budget import MemoryBudget, decode_budget, run_within
 from lensflow.streams.decode_cost import decode_cost
-from lensflow.streams.records import ImagePrepared, ImageUploaded, Status, check_user_id, now, result
+from lensflow.streams.records import Status, check_user_id, now, result
 from lensflow.streams.runner import Item, Outcome, Output, Stage, run
 from lensflow.streams.storage import derivative_url
 from lensflow.streams.topology import PREPARED, UPLOADED, plan_for
@@ -43,7 +44,7 @@ from lensflow.streams.topology import PREPARED, UPLOADED, plan_for
 from . import metadata as metadata_stage
 
 STAGE = "preprocess"
-MODEL = {"name": "pillow-normalise", "version": f"1+pillow{PIL.__version__}", "sha256": None}
+MODEL = ModelRef(name="pillow-normalise", version=f"1+pillow{PIL.__version__}", sha256=None)
 
 # lensflow enforces its own pixel limit (max_pixels) from the header, before decoding; Pillow's own
 # (Image.MAX_IMAGE_PIXELS) stays on behind it, set to max_pixels by the worker (streams.budget.decode_budget).
@@ -379,29 +380,31 @@ class Preprocess(Stage):
             self.log.warning("geocoder_unavailable", reason="the GeoNames data is not prepared: photos get no place",
                              fix="lensflow models prepare geonames")
 
-    def records(self, upload: ImageUploaded, outcome: Normalised, source: str, plan, duration: float) -> list[Output]:
-        """analysis.metadata and images.prepared for one upload (the join needs both, in either order)."""
+    def records(self, upload: dict, outcome: Normalised, source: str, plan, duration: float) -> list[Output]:
+        """analysis.metadata and images.prepared for one upload (its decoded ``ImageUploaded``; the join
+        needs both, in either order)."""
         image_id, user_id, run_id = upload["image_id"], upload["user_id"], upload["run_id"]
         error = None
         if outcome.error is not None:
             e = outcome.error
-            error = {"code": str(e.code), "message": e.message[:500], "retryable": e.retryable, "attempts": outcome.attempts}
+            error = StageError(code=str(e.code), message=e.message[:500], retryable=e.retryable, attempts=outcome.attempts)
         status = Status.FAILED if error else Status.OK
-        md_fields = outcome.metadata or {}
-        md = result("metadata", image_id, user_id, run_id, model=metadata_stage.MODEL,
+        md_fields = metadata_stage.record_fields(outcome.metadata or {})
+        md = result(MetadataResult, "metadata", image_id, user_id, run_id, model=metadata_stage.MODEL,
                     status=Status.OK if outcome.metadata is not None else Status.FAILED,
-                    error=None if outcome.metadata is not None else (error or {"code": ErrorCode.UNREADABLE, "message": "no metadata", "retryable": False, "attempts": 1}),
+                    error=None if outcome.metadata is not None else (
+                        error or StageError(code=str(ErrorCode.UNREADABLE), message="no metadata", retryable=False, attempts=1)),
                     duration_ms=outcome.metadata_ms, **md_fields)
         for w in md_fields.get("warnings", []):
             self.log.warning("metadata_value_dropped", image_id=image_id, detail=w)
         fields = dict(outcome.fields)
-        prepared: ImagePrepared = result(STAGE, image_id, user_id, run_id, model=MODEL, status=status, error=error, duration_ms=duration,
+        prepared = result(ImagePrepared, STAGE, image_id, user_id, run_id, model=MODEL, status=status, error=error, duration_ms=duration,
                           source_uri=source, uri=fields.pop("uri", None),
                           expected_stages=(plan.expected if plan and not error else ["metadata"]),
                           derived_stages=(plan.derived if plan and not error else []),
                           uploaded_at=upload["uploaded_at"], **fields)
         self.stage_metrics.observe(duration / 1000, status)
-        self.md_metrics.observe(outcome.metadata_ms / 1000, md["status"])
+        self.md_metrics.observe(outcome.metadata_ms / 1000, md.status)
         return [Output("analysis.metadata", image_id, "MetadataResult", md), Output(PREPARED, image_id, "ImagePrepared", prepared)]
 
     def failed(self, item: Item, verdict: Verdict) -> list[Output]:
@@ -411,7 +414,7 @@ class Preprocess(Stage):
 
     async def one(self, item: Item) -> Outcome:
         """The outcome of one upload; never raises for a fault of that image alone."""
-        upload: ImageUploaded = item.record
+        upload: dict = item.record  # a decoded ImageUploaded
         s = self.settings
         t0, started = time.perf_counter(), now()
         plan, source, dead = None, upload["uri"], None

@@ -599,13 +599,14 @@ def warmup_image() -> Image.Image:
 
 def register(ctx, stages: list[str] | None = None) -> None:
     """The text agent: OCR on the derivatives (gate first), line boxes mapped to original pixels."""
+    from lensflow.streams.avro_types import TextLine
     from lensflow.streams.pixel import pixel_stage, scale_box
 
     cache = ModelCache(ctx.settings.models_path)
 
     def fields(read: dict, info: dict) -> dict:
         return {"text": read["text"], "language": read["language"], "script": read["script"],
-                "lines": [{"text": ln["text"], "confidence": float(ln["confidence"]), "box": scale_box(ln["box"], info["scale"])}
+                "lines": [TextLine(text=ln["text"], confidence=float(ln["confidence"]), box=scale_box(ln["box"], info["scale"]))
                           for ln in read["lines"]]}
 
     pixel_stage(ctx, "text", lambda: OcrModel(cache, threads=ctx.settings.text_threads, allow_gpu=ctx.settings.model_gpu,

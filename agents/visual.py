@@ -11,6 +11,7 @@ supports them for a derived pass.
 
 from __future__ import annotations
 
+from lensflow.streams.avro_types import Label
 from lensflow.streams.models import ModelCache
 from lensflow.streams.pixel import pixel_stage
 
@@ -19,8 +20,13 @@ from .backbones.efficientnet_lite0 import EfficientNetLite0
 
 
 def scene_fields(pred, info: dict) -> dict:
+    """The SceneResult fields: ``scene.classify``'s labels (plain mappings, which the join's ``refine``
+    shares with decoded records) as ``Label``-s."""
     logits, _ = pred
-    return scene.classify(logits)
+    s = scene.classify(logits)
+    env = s["environment"]
+    return {"environment": Label.from_avro(env) if env else None, "places": [Label.from_avro(x) for x in s["places"]],
+            "events": [Label.from_avro(x) for x in s["events"]], "classes": [Label.from_avro(x) for x in s["classes"]]}
 
 
 def embedding_fields(pred, info: dict) -> dict:

@@ -37,18 +37,27 @@ def topology(as_json: bool = typer.Option(False, "--json", help="Print JSON (wha
 @friendly
 def schemas(check: bool = typer.Option(False, "--check", help="Fail when a schema changed without being frozen, or broke compatibility."),
             freeze: bool = typer.Option(False, "--freeze", help="Record changed schemas as new versions (after checking them)."),
+            generate: bool = typer.Option(False, "--generate", help="Write the Python type of every record "
+                                                                    "(streams/avro_types.py) from the schemas."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON (the list, or the findings of --check).")) -> None:
-    """List the Avro records and their topics; check or freeze schema evolution."""
-    from lensflow.streams import evolution
+    """List the Avro records and their topics; check or freeze schema evolution; generate the records' types."""
+    from lensflow.streams import evolution, recordgen
     from lensflow.streams.codec import default_schemas
     from lensflow.streams.topology import TOPICS
 
+    if generate:
+        changed = recordgen.write()
+        err.print(f"lensflow: {'wrote' if changed else 'unchanged:'} {recordgen.MODULE}", highlight=False)
+        return
     if freeze:
         for path in evolution.freeze():
             err.print(f"lensflow: froze {path}")
         return
     if check:
         findings = evolution.check()
+        if recordgen.stale():
+            findings.append(evolution.Finding(str(recordgen.MODULE.name), "out of date with the schemas: run "
+                                                                          "`lensflow schemas --generate`"))
         if as_json:
             print(json.dumps([{"record": f.record, "problem": f.problem} for f in findings], indent=2))
         for f in findings:

@@ -38,6 +38,7 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.transport.drivers import aiokafka as driver
 from faust.web import Request, Response, View
 
+from .avro_types import AvroRecord
 from .codec import Codec
 from .errors import fatal
 from .kafka import topic_config
@@ -108,16 +109,17 @@ class Context:
                                                partitions=self.settings.partitions, acks=True)
         return self._topics[key]
 
-    async def produce(self, topic: str, image_id: str, record_name: str, record: dict) -> "asyncio.Future":
-        """Avro-encode ``record`` and hand it to the producer, keyed by image id; returns the future of
-        its delivery report (await it before acking the input: see ``streams/runner.py``)."""
+    async def produce(self, topic: str, image_id: str, record_name: str, record: AvroRecord) -> "asyncio.Future":
+        """Avro-encode ``record`` (its generated type, ``avro_types.py``) and hand it to the producer,
+        keyed by image id; returns the future of its delivery report (await it before acking the input:
+        see ``streams/runner.py``)."""
         name = self.settings.topic(topic)
         if not self.codec.registered(record_name, name):  # a registry request: never on the event loop
             await asyncio.get_running_loop().run_in_executor(None, self.codec.register, record_name, name)
         value = self.codec.encode(record_name, record, topic=name)
         return await self.topic(topic).send(key=image_id.encode(), value=value)
 
-    async def send(self, topic: str, image_id: str, record_name: str, record: dict) -> None:
+    async def send(self, topic: str, image_id: str, record_name: str, record: AvroRecord) -> None:
         """Produce one record and wait until the broker has it (for code outside a stage runner)."""
         await (await self.produce(topic, image_id, record_name, record))
 

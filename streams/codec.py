@@ -11,9 +11,10 @@ Wire formats (decoders accept both, whatever the writer chose):
   schema id + body; schemas are registered under ``<topic>-value`` (TopicNameStrategy), exactly as
   confluent-kafka's AvroSerializer does, so either side can read the other's bytes.
 
-Records are plain dicts shaped like their schema; ``timestamp-millis`` fields are ints (epoch ms) on
-both sides. Schema files use named-type references (``lensflow.v1.Box``) that fastavro resolves from
-sibling files; the expanded form is what is fingerprinted and registered.
+Records are written from the generated types of ``avro_types.py`` (``to_avro()``) or from dicts shaped
+like their schema, and read as dicts; ``timestamp-millis`` fields are written from datetimes or ints
+(epoch ms) and read as datetimes. Schema files use named-type references (``lensflow.v1.Box``) that
+fastavro resolves from sibling files; the expanded form is what is fingerprinted and registered.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+
+from .avro_types import AvroRecord
 
 NAMESPACE = "lensflow.v1"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -156,8 +159,14 @@ class Codec:
         return self._registry
 
     # encoding --------------------------------------------------------------------------------
-    def encode(self, name: str, record: dict, topic: str | None = None) -> bytes:
+    def encode(self, name: str, record: AvroRecord | dict, topic: str | None = None) -> bytes:
+        """The record ``name`` in single-object encoding (Confluent framing with a registry). ``record``: its
+        generated type (what stages build) or a dict shaped like the schema (a decoded record re-sent)."""
         sv = self.schemas.get(name)
+        if isinstance(record, AvroRecord):
+            if record.AVRO_NAME != sv.name:
+                raise CodecError(f"a {record.AVRO_NAME} cannot be encoded as {sv.name}")
+            record = record.to_avro()
         try:
             body = write_body(sv, record)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -38,6 +38,8 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .avro_types import StageError
+
 import structlog
 
 log = structlog.get_logger("lensflow.errors")
@@ -151,8 +153,9 @@ class Verdict:
     def kind(self) -> Kind:
         return CODES[self.code].kind
 
-    def as_error(self, attempts: int = 1) -> dict:
-        return {"code": str(self.code), "message": self.message[:500], "retryable": self.retryable, "attempts": attempts}
+    def as_error(self, attempts: int = 1) -> StageError:
+        """The ``StageError`` a failed result or a dead letter carries."""
+        return StageError(code=str(self.code), message=self.message[:500], retryable=self.retryable, attempts=attempts)
 
 
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.EHOSTUNREACH,

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 import structlog
 
+from .avro_types import ModelRef
+
 log = structlog.get_logger("lensflow.models")
 
 MANIFEST = "manifest.json"
@@ -189,8 +191,9 @@ class Model:
         self.sha256: str | None = None
 
     @property
-    def ref(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+    def ref(self) -> ModelRef:
+        """The ``ModelRef`` its results carry."""
+        return ModelRef(name=self.name, version=self.version, sha256=self.sha256)
 
     def load(self) -> "Model":
         with self._lock:

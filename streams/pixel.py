@@ -6,6 +6,10 @@ A stage module supplies only its domain logic:
 
     pixel_stage(ctx, "scene", model=lambda: EfficientNetLite0(...), fields=lambda pred, prepared: {...})
 
+* ``fields`` returns the stage's own fields of its result record (``{"detections": [Detection(...)]}``);
+  the runner builds the record, the generated type of the stage's topic (``ObjectsResult(...)``), with
+  the envelope every result carries: a field the record does not have fails the image there.
+
 * Images whose ``expected_stages`` do not name the stage, or whose preprocess failed, are skipped
   (the join does not wait for them).
 * The model is loaded and warmed up once per worker before the agent consumes. Missing weights or
@@ -38,6 +42,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from .avro_types import Box, StageError, record_type
 from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, record_fault, retry_sync
 from .decode_cost import decode_cost
 from .budget import MemoryBudget, decode_budget, run_within
@@ -46,11 +51,11 @@ from .runner import Item, Outcome, Output, Stage, run
 from .topology import PREPARED, STAGES, TOPICS
 
 
-def scale_box(box, scale: tuple[float, float]) -> dict:
-    """(x1, y1, x2, y2) in derivative pixels -> Box in original-image pixels."""
+def scale_box(box, scale: tuple[float, float]) -> Box:
+    """(x1, y1, x2, y2) (or a box mapping) in derivative pixels -> Box in original-image pixels."""
     sx, sy = scale
-    x1, y1, x2, y2 = (box["x1"], box["y1"], box["x2"], box["y2"]) if isinstance(box, dict) else box
-    return {"x1": float(x1) * sx, "y1": float(y1) * sy, "x2": float(x2) * sx, "y2": float(y2) * sy}
+    x1, y1, x2, y2 = (box["x1"], box["y1"], box["x2"], box["y2"]) if isinstance(box, (dict, Box)) else box
+    return Box(x1=float(x1) * sx, y1=float(y1) * sy, x2=float(x2) * sx, y2=float(y2) * sy)
 
 
 def split(items: list, n: int) -> list[list]:
@@ -367,10 +372,10 @@ class PixelStage(Stage):
     def wanted(self, prepared: dict) -> list[str]:
         return [s for s in self.outputs if s in (prepared.get("expected_stages") or [])]
 
-    def result(self, stage: str, prepared: dict, duration_ms: float, error: dict | None = None, **extra) -> Output:
+    def result(self, stage: str, prepared: dict, duration_ms: float, error: StageError | None = None, **extra) -> Output:
         topic = STAGES[stage].writes[0]
         status = Status.FAILED if error else Status.OK
-        rec = result(stage, prepared["image_id"], prepared["user_id"], prepared["run_id"],
+        rec = result(record_type(TOPICS[topic].record), stage, prepared["image_id"], prepared["user_id"], prepared["run_id"],
                      model=self.model.ref if self.model is not None else None, status=status, error=error,
                      duration_ms=duration_ms, **extra)
         self.stage_metrics[stage].observe(duration_ms / 1000, status)
@@ -436,13 +441,14 @@ class PixelStage(Stage):
                     extra = self.outputs[stage](pred, info)
                     if asyncio.iscoroutine(extra):
                         extra = await extra
+                    out = self.result(stage, prepared, per_image_ms, **extra)  # a field the record lacks: TypeError
                 except Exception as exc:
                     if is_transient(exc):
                         raise  # a store behind the fields function (the faces gallery) is down: retry the batch
                     failure = self.failure(item, exc, duration_ms=per_image_ms, stages=[stage])
                     outputs += failure.outputs
                     continue
-                outputs.append(self.result(stage, prepared, per_image_ms, **extra))
+                outputs.append(out)
             outcomes[i] = Outcome(outputs, failure.dead_letter if failure else None)
         return outcomes
 

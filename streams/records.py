@@ -1,119 +1,27 @@
-"""Small helpers shared by every stage for building records (dicts shaped like their Avro schemas)."""
+"""Small helpers shared by every stage for building records. The records themselves are the generated
+types of ``avro_types.py`` (one per Avro schema, ``lensflow schemas --generate``); ``result`` builds a
+stage result's envelope in any of them."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
-from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, TypeVar
 
-
-class Status(StrEnum):
-    """Status of one stage's result (Avro ``StageStatus``)."""
-
-    OK = "ok"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-class ImageStatus(StrEnum):
-    """Overall status of an analysed image (Avro ``AnalysisStatus``)."""
-
-    COMPLETE = "complete"
-    PARTIAL = "partial"
-    FAILED = "failed"
-
+from .avro_types import AnalysisStatus, AvroRecord, ModelRef, StageError, StageStatus
 from .errors import ErrorCode, StageFailure
+
+#: Status of one stage's result (Avro ``StageStatus``).
+Status = StageStatus
+#: Overall status of an analysed image (Avro ``AnalysisStatus``).
+ImageStatus = AnalysisStatus
 
 #: Namespace of lensflow's derived UUIDs (image ids from content, Qdrant point ids).
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LENSFLOW_NS = uuid.UUID("6f1b7a52-93a4-4c1c-9a43-6c1f0c6f3e11")
 
-
-# --- the records lensflow's code builds and reads, typed (their wire form is the .avsc of the same name) ---
-
-class ModelRef(TypedDict):
-    name: str
-    version: str
-    sha256: str | None
-
-
-class StageError(TypedDict):
-    code: str  # an ErrorCode (streams/errors.py)
-    message: str
-    retryable: bool
-    attempts: int
-
-
-class ImageUploaded(TypedDict):
-    image_id: str
-    user_id: str
-    run_id: str
-    uri: str
-    content_type: str | None
-    size_bytes: int | None
-    uploaded_at: datetime
-    stages: list[str] | None
-    source: str | None
-    attributes: dict[str, str]
-
-
-class StageResult(TypedDict, total=False):
-    """The envelope of every stage result (ImagePrepared, ObjectsResult, … ImageDescribed)."""
-
-    image_id: str
-    user_id: str
-    run_id: str
-    stage: str
-    model: ModelRef | None
-    status: Status
-    error: StageError | None
-    duration_ms: float
-    produced_at: datetime
-
-
-class ImagePrepared(StageResult, total=False):
-    source_uri: str
-    uri: str | None
-    format: str | None
-    mime_type: str | None
-    size_bytes: int
-    sha256: str | None
-    original_width: int
-    original_height: int
-    width: int
-    height: int
-    orientation: int
-    derivative_sha256: str | None
-    derivative_size_bytes: int
-    expected_stages: list[str]
-    derived_stages: list[str]
-    uploaded_at: datetime
-    mode: str  # "full" | "merge"
-
-
-class DeadLetterInput(TypedDict):
-    topic: str
-    key: bytes | None
-    value: bytes
-
-
-class DeadLetter(TypedDict):
-    stage: str
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    image_id: str | None
-    user_id: str | None
-    run_id: str | None
-    record: str | None
-    error: StageError
-    failed_at: datetime
-    first_failed_at: datetime | None
-    inputs: list[DeadLetterInput]
+R = TypeVar("R", bound=AvroRecord)
 
 
 def now() -> datetime:
@@ -129,11 +37,12 @@ def ms(dt: datetime | int | None) -> int | None:
     return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
-def result(stage: str, image_id: str, user_id: str, run_id: str, *, model: ModelRef | None, status: Status = Status.OK,
-           error: StageError | None = None, duration_ms: float = 0.0, **fields: Any) -> StageResult:
-    """The envelope every stage result carries, plus the stage's own fields."""
-    return {"image_id": image_id, "user_id": user_id, "run_id": run_id, "stage": stage, "model": model,
-            "status": status, "error": error, "duration_ms": float(duration_ms), "produced_at": now(), **fields}
+def result(record_type: type[R], stage: str, image_id: str, user_id: str, run_id: str, *, model: ModelRef | None,
+           status: Status = Status.OK, error: StageError | None = None, duration_ms: float = 0.0, **fields: Any) -> R:
+    """A stage result of ``record_type`` (``ObjectsResult``, ``ImagePrepared``…): the envelope every stage
+    result carries, plus the stage's own ``fields`` (a field the record does not have is a TypeError here)."""
+    return record_type(image_id=image_id, user_id=user_id, run_id=run_id, stage=stage, model=model, status=status,
+                       error=error, duration_ms=float(duration_ms), produced_at=now(), **fields)
 
 
 def image_id_for(user_id: str, sha256_hex: str) -> str:

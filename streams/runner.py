@@ -45,8 +45,9 @@ from typing import Any, ClassVar
 
 from faust.streams import _current_event
 
+from .avro_types import AvroRecord, DeadLetter, DeadLetterInput
 from .errors import EXIT_BUG, ErrorCode, RetryPolicy, StageFailure, Verdict, classify, fatal, is_transient
-from .records import DeadLetter, now
+from .records import now
 from .topology import DEADLETTER, TOPICS
 
 #: Seconds a stopping agent may take to finish (deliver) the batch in hand before the process exits.
@@ -55,13 +56,13 @@ STOP_GRACE_S = 30.0
 
 @dataclass
 class Output:
-    """One record to produce: ``record`` (a dict shaped like the Avro record ``record_name``) on
-    ``topic`` (a topology name), keyed by ``image_id``."""
+    """One record to produce: ``record`` (the generated type of the Avro record ``record_name``, see
+    ``avro_types.py``) on ``topic`` (a topology name), keyed by ``image_id``."""
 
     topic: str
     image_id: str
     record_name: str
-    record: dict
+    record: AvroRecord
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Item:
 
     event: Any
     record_name: str  # short Avro record name, e.g. "ImagePrepared"
-    record: dict
+    record: dict  # as decoded (fastavro's dict)
 
     @property
     def image_id(self) -> str:
@@ -273,11 +274,11 @@ class Runner:
         msg = event.message
         rec = item.record if item is not None else {}
         image_id = rec.get("image_id") or (msg.key.decode("utf-8", "replace") if msg.key else None)
-        record: DeadLetter = {"stage": self.stage.name, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                  "key": msg.key, "value": msg.value or b"", "image_id": image_id, "user_id": rec.get("user_id"),
-                  "run_id": rec.get("run_id"), "record": f"lensflow.v1.{item.record_name}" if item else None,
-                  "error": verdict.as_error(attempts), "failed_at": now(), "first_failed_at": first_failed_at,
-                  "inputs": [{"topic": t, "key": k, "value": v} for t, k, v in inputs]}
+        record = DeadLetter(stage=self.stage.name, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                            key=msg.key, value=msg.value or b"", image_id=image_id, user_id=rec.get("user_id"),
+                            run_id=rec.get("run_id"), record=f"lensflow.v1.{item.record_name}" if item else None,
+                            error=verdict.as_error(attempts), failed_at=now(), first_failed_at=first_failed_at,
+                            inputs=[DeadLetterInput(topic=t, key=k, value=v) for t, k, v in inputs])
         self.metrics.deadletters.labels(self.stage.name, verdict.code).inc()
         self.log.error("dead_letter", image_id=image_id, code=verdict.code, reason=verdict.message[:300],
                        topic=msg.topic, partition=msg.partition, offset=msg.offset)

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .avro_types import AvroRecord, ImageUploaded
 from .codec import Codec
 from .kafka import end_offsets_consumer, producer
 from .records import check_user_id, image_id_for, now
@@ -52,11 +53,10 @@ def store_upload(s: Settings, storage: Storage, user: str, data: bytes, suffix: 
 
 
 def upload_record(user: str, image_id: str, uri: str, size: int | None, run_id: str, stages: list[str] | None,
-                  source: str, attributes: dict[str, str] | None = None) -> dict:
+                  source: str, attributes: dict[str, str] | None = None) -> ImageUploaded:
     """The ``ImageUploaded`` of one image."""
-    return {"image_id": image_id, "user_id": user, "run_id": run_id, "uri": uri, "content_type": None,
-            "size_bytes": size, "uploaded_at": now(), "stages": stages, "source": source,
-            "attributes": dict(attributes or {})}
+    return ImageUploaded(image_id=image_id, user_id=user, run_id=run_id, uri=uri, content_type=None, size_bytes=size,
+                         uploaded_at=now(), stages=stages, source=source, attributes=dict(attributes or {}))
 
 
 def new_run_id(image_id: str, batch: str | None = None) -> str:
@@ -78,7 +78,7 @@ class Publisher:
     def for_settings(cls, s: Settings) -> "Publisher":
         return cls(s, Codec.for_settings(s))
 
-    def send(self, topic: str, record_name: str, records: Iterable[tuple[str, dict]],
+    def send(self, topic: str, record_name: str, records: Iterable[tuple[str, AvroRecord | dict]],
              advance: Callable[[], None] | None = None, timeout_s: float = FLUSH_TIMEOUT_S) -> int:
         """Produce ``(key, record)`` pairs to ``topic`` (a topology name); the number sent."""
         if self._producer is None:
@@ -104,7 +104,7 @@ class Publisher:
                                f"{'; '.join(failures[:3]) or 'Kafka unreachable'}")
         return sent
 
-    def upload(self, records: list[dict], advance: Callable[[], None] | None = None) -> int:
+    def upload(self, records: list[ImageUploaded | dict], advance: Callable[[], None] | None = None) -> int:
         """Produce ``ImageUploaded`` records (``upload_record``), keyed by image id."""
         return self.send(UPLOADED, "ImageUploaded", ((r["image_id"], r) for r in records), advance)
 

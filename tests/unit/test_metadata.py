@@ -430,12 +430,13 @@ def test_missing_place_data_is_a_warning_not_a_failure(monkeypatch):
 
 
 def test_result_with_new_fields_encodes_and_decodes():
+    from lensflow.streams.avro_types import MetadataResult
     from lensflow.streams.codec import Codec
     from lensflow.streams.records import result
 
     codec = Codec()
     for md in (extract("road_cars_canberra.jpg"), metadata.extract(_open(_jpeg(XMP))), extract("printed_page_text.png")):
-        rec = result("metadata", "img", "user", "run", model=metadata.MODEL, **md)
+        rec = result(MetadataResult, "metadata", "img", "user", "run", model=metadata.MODEL, **metadata.record_fields(md))
         name, back = codec.decode(codec.encode("MetadataResult", rec))
         assert name == "lensflow.v1.MetadataResult"
         for key in NEW_FIELDS:

@@ -258,8 +258,8 @@ def test_second_prepare_is_a_fast_no_op(prepared):
 
 
 def test_model_ref_and_single_thread(model, prepared):
-    assert model.ref == {"name": O.ObjectDetector.name, "version": O.VERSION,
-                         "sha256": ModelCache(prepared.parent).manifest()[O.ONNX_FILE]["sha256"]}
+    assert model.ref.to_avro() == {"name": O.ObjectDetector.name, "version": O.VERSION,
+                                   "sha256": ModelCache(prepared.parent).manifest()[O.ONNX_FILE]["sha256"]}
     assert model.session.get_session_options().intra_op_num_threads == 1
 
 
