@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from lensflow.agents.faces import face_model as make_face_model
+from lensflow.agents.face_models import face_model as make_face_model
 from lensflow.agents.preprocess import Limits, prepare
 from lensflow.agents.textembed import TextEmbedder
 from lensflow.streams.decode_cost import decode_cost

@@ -160,7 +160,7 @@ def main() -> None:
 
     import cv2
 
-    from lensflow.agents import faces as F
+    from lensflow.agents import face_models as F
     from lensflow.builders.faces import prepare_dlib_faces, prepare_yunet_sface
     from lensflow.streams.models import ModelCache
     from lensflow.streams.settings import Settings

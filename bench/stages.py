@@ -203,7 +203,7 @@ def sface_floor(model, images) -> Callable[[list], None]:
 def faces_floor(model, images) -> Callable[[list], None]:
     """The faces model's bare floor: only its dlib calls (HOG detection on the prepared grayscale
     input, then landmarks and descriptor per face found), on the inputs ``predict`` gives them."""
-    from lensflow.agents.faces import ENCODING_PADDING, dlib_rect
+    from lensflow.agents.face_models import ENCODING_PADDING, dlib_rect
 
     inputs = {}
     for im in images:
@@ -220,7 +220,7 @@ def faces_floor(model, images) -> Callable[[list], None]:
 
 
 def models_report(batch: int) -> dict:
-    from lensflow.agents import faces, objects, safety, text, textembed
+    from lensflow.agents import face_models as faces, objects, safety, text, textembed
     from lensflow.agents.backbones import efficientnet_lite0 as eff
     from lensflow.streams.models import ModelCache
     from lensflow.streams.settings import Settings

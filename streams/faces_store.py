@@ -3,7 +3,7 @@ stage assigns each detected face a person; the read service enrols, names and li
 in the store layer beside the ``images`` collection's calls (``streams/store.py``), so neither the
 stage nor the read service reaches into the other.
 
-The match thresholds are the models' own (``agents/faces.py`` defines the models and checks that its
+The match thresholds are the models' own (``agents/face_models.py`` defines the models and checks that its
 names and thresholds are these): a gallery compares encodings of one model only.
 """
 

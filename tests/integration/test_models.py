@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lensflow.agents.faces import SFaceModel
+from lensflow.agents.face_models import SFaceModel
 from lensflow.streams.faces_store import MATCH_THRESHOLDS
 from tests.conftest import PHOTOS
 

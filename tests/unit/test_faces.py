@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 import dlib  # noqa: F401
 import qdrant_client  # noqa: F401
 
-from lensflow.agents import faces as F  # noqa: E402
+from lensflow.agents import face_models as F  # noqa: E402
 from lensflow.streams import faces_store as G  # noqa: E402
 from lensflow.builders import faces as build  # noqa: E402
 from lensflow.builders.registry import models_for_stages, preparer  # noqa: E402
