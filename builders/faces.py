@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lensflow.agents.face_models import ENCODER_FILE, LANDMARKS_FILE, SFACE_FILE, YUNET_FILE
+from lensflow.streams.model_files import DLIB_ENCODER_FILE as ENCODER_FILE, DLIB_LANDMARKS_FILE as LANDMARKS_FILE
+from lensflow.streams.model_files import SFACE_FILE, YUNET_FILE
 from lensflow.builders.common import all_pinned_present, copy_all_pinned, package_dir
 from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lensflow.agents.geocode import COUNTRIES_FILE, PLACES_FILE, SOURCE_VERSION
+from lensflow.streams.model_files import GEONAMES_COUNTRIES_FILE as COUNTRIES_FILE, GEONAMES_PLACES_FILE as PLACES_FILE
+from lensflow.streams.model_files import GEONAMES_VERSION as SOURCE_VERSION
 from lensflow.builders.common import all_pinned_present, copy_pinned
 from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache

@@ -28,7 +28,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lensflow.agents.textembed import DIM, ONNX_FILE, TOKENIZER_FILE, VERSION
+from lensflow.streams.model_files import MINILM_DIM as DIM, MINILM_ONNX_FILE as ONNX_FILE
+from lensflow.streams.model_files import MINILM_TOKENIZER_FILE as TOKENIZER_FILE, MINILM_VERSION as VERSION
 from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache, ModelError, sha256_file
 

