@@ -488,7 +488,8 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
         q = Query.parse(params)
         async with Admitted(who):
             vector = await service.model_calls(service.embed, q.text) if q.text else None
-            page = await service.store_calls(service.search, q, vector)
+            pool = service.store_calls if q.tag else service.qdrant_calls  # text, like, person: Qdrant
+            page = await pool(service.search, q, vector)
             return SearchAnswer(results=[Hit(**{k: v for k, v in h.items() if k in Hit.model_fields}) for h in page.results],
                                 next_cursor=page.next_cursor)
 
@@ -518,7 +519,7 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
                     raise ApiError(400, f"photos: no face found in photo {i}", "photos")
                 largest.append(max(faces, key=_area))
             model_name = (await service.model_calls(service.face_model)).name
-            enrolled = await service.store_calls(service.enroll, who.user, name.strip(),
+            enrolled = await service.qdrant_calls(service.enroll, who.user, name.strip(),
                                                  [f["encoding"] for f in largest], model_name)
             return Enrolled(person_id=enrolled[0], faces=len(enrolled))
 
@@ -527,7 +528,7 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
     async def people(who: auth.Principal = Depends(principal), limit: int = Q(50, ge=1, le=200),
                      cursor: Optional[str] = Q(None, max_length=128)):
         async with Admitted(who):
-            found, nxt = await service.store_calls(service.people, who.user, cursor or "", limit)
+            found, nxt = await service.qdrant_calls(service.people, who.user, cursor or "", limit)
             return PeopleAnswer(people=[Person(**p) for p in found], next_cursor=nxt)
 
     @app.put("/v1/people/{person_id}/name", response_model=Renamed, responses=ERRORS, tags=["faces"],
@@ -537,7 +538,7 @@ def create_app(settings: Settings, service: ReadService) -> FastAPI:
             name = body.name.strip()
             if not name:
                 raise ApiError(400, "name: must not be blank", "name")
-            changed = await service.store_calls(service.rename, who.user, person_id[:128], name)
+            changed = await service.qdrant_calls(service.rename, who.user, person_id[:128], name)
             if not changed:
                 raise NotFound(f"person {person_id} not found")
             return Renamed(person_id=person_id, name=name, faces=changed)
