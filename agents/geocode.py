@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 from lensflow.streams import model_files
+from lensflow.streams.geo import EARTH_RADIUS_KM, haversine_km
 
 #: Farther than this from every known place of 1,000+ people: no place (open sea, wilderness).
 MAX_DISTANCE_KM = 50.0
-EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 #: The model cache's names of the two data files (``lensflow models prepare geonames``), and their source.
 PLACES_FILE = model_files.GEONAMES_PLACES_FILE  # names and versions: streams/model_files.py
 COUNTRIES_FILE = model_files.GEONAMES_COUNTRIES_FILE
@@ -171,13 +171,6 @@ def available() -> bool:
     except GeocodeUnavailable:
         return False
     return True
-
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
 def place_of(lat: float, lon: float, max_km: float = MAX_DISTANCE_KM) -> dict | None:

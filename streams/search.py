@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 from qdrant_client import models as m
 
 from .errors import StageFailure
+from .geo import haversine_km
 from .records import check_user_id, point_id
 
 
@@ -190,13 +191,6 @@ def fuse(semantic: list[dict], keyword: list[dict], limit: int) -> list[dict]:
     for h in ranked:
         h["score"] = round(h["score"], 6)
     return ranked[:limit]
-
-
-def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 6371.0088 * 2 * math.asin(math.sqrt(a))
 
 
 class SearchService:
@@ -391,4 +385,4 @@ class SearchService:
         if not q.near:
             return hits
         lat, lon, km = q.near
-        return [h for h in hits if h.get("gps") and _haversine_km(lat, lon, *h["gps"]) <= km][: q.limit]
+        return [h for h in hits if h.get("gps") and haversine_km(lat, lon, *h["gps"]) <= km][: q.limit]

@@ -4,7 +4,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from lensflow.streams.search import Query, SearchError, _haversine_km
+from lensflow.streams.geo import haversine_km as _haversine_km
+from lensflow.streams.search import Query, SearchError
 
 
 def test_exactly_one_mode_and_a_user():
