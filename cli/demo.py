@@ -62,7 +62,7 @@ def demo(
         failed = ensure_models(s, stages, log=s.data_path / "logs" / "models.log")
         say(f"lensflow: models: {len(needed) - len(failed)} of {len(needed)} ready in {time.monotonic() - t0:.1f}s"
             + (f" ({', '.join(failed)} not available: their stages report model_unavailable)" if failed else ""))
-    stack_up()
+    stack_up(as_json=False)
     worker(stages=None, background=True, stop=False, ready_timeout=240.0, group=None)
     err.print(f"lensflow: submitting {len(files)} photos as user {user!r} through stages {', '.join(stages)}")
     code = 0

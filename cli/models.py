@@ -31,7 +31,9 @@ def preparers(names: list[str]) -> dict:
 @models_app.command("prepare")
 @friendly
 def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Models to prepare (default: all)."),
-                   force: bool = typer.Option(False, "--force", help="Rebuild even when up to date.")) -> None:
+                   force: bool = typer.Option(False, "--force", help="Rebuild even when up to date."),
+                   as_json: bool = typer.Option(False, "--json", help="One JSON line per model on stdout: "
+                                                "{model, status: ready|skipped, seconds, reason}.")) -> None:
     """Build every model file into CACHE_DIR/models (idempotent) and record their SHA-256 in manifest.json."""
     import inspect
 
@@ -45,12 +47,16 @@ def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="Model
     for name in chosen:
         if not names and (fix := MODELS[name].missing_extra()):  # an optional backend's model, not asked for
             err.print(f"lensflow: {name}: skipped (its optional backend is not installed: {fix})", highlight=False)
+            if as_json:
+                print(json.dumps({"model": name, "status": "skipped", "seconds": 0.0, "reason": fix}))
             continue
         fn = chosen[name]
         t0 = time.monotonic()
         kwargs = {"force": True} if force and "force" in inspect.signature(fn).parameters else {}
         fn(cache, lambda m, n=name: err.print(f"lensflow: {n}: {m}", highlight=False), **kwargs)
         err.print(f"lensflow: {name}: ready ({time.monotonic() - t0:.1f}s)", highlight=False)
+        if as_json:
+            print(json.dumps({"model": name, "status": "ready", "seconds": round(time.monotonic() - t0, 2), "reason": None}))
 
 
 @models_app.command("list")

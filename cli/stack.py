@@ -15,13 +15,18 @@ from .core import err, friendly, settings
 
 @stack_app.command("up")
 @friendly
-def stack_up() -> None:
+def stack_up(as_json: bool = typer.Option(False, "--json", help="Print {ready, seconds, log} as JSON on stdout "
+                                          "(progress stays on stderr).")) -> None:
     """Start Kafka and Cassandra on 127.0.0.1 (idempotent), create the topics, apply the CQL schema."""
     from lensflow.streams import stack
 
     t0 = time.monotonic()
-    stack.up(settings(), log=lambda m: err.print(f"lensflow: {m}", highlight=False))
-    err.print(f"lensflow: stack ready in {time.monotonic() - t0:.0f}s", highlight=False)
+    s = settings()
+    stack.up(s, log=lambda m: err.print(f"lensflow: {m}", highlight=False))
+    seconds = time.monotonic() - t0
+    err.print(f"lensflow: stack ready in {seconds:.0f}s", highlight=False)
+    if as_json:
+        print(json.dumps({"ready": True, "seconds": round(seconds, 1), "data_dir": str(s.stack_path)}))
 
 
 @stack_app.command("down")
@@ -59,12 +64,21 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="One JSON ob
 @friendly
 def init(topics_only: bool = typer.Option(False, "--topics-only", help="Only create the Kafka topics."),
          cql_only: bool = typer.Option(False, "--cql-only", help="Only apply the Cassandra schema."),
-         timeout: float = typer.Option(120.0, help="Seconds to wait for Kafka / Cassandra to answer.")) -> None:
+         timeout: float = typer.Option(120.0, help="Seconds to wait for Kafka / Cassandra to answer."),
+         as_json: bool = typer.Option(False, "--json", help="Print each step's line as a JSON object on stdout.")) -> None:
     """Create the topics and apply the CQL schema on the configured Kafka and Cassandra (idempotent).
 
     `stack up` does this for the local stack; Kubernetes runs it as a Helm hook Job.
     """
     from lensflow.streams.stack import prepare
 
-    prepare(settings(), log=lambda m: err.print(f"lensflow: {m}", highlight=False), topics=not cql_only,
-            cql=not topics_only, timeout_s=timeout)
+    steps: list[str] = []
+
+    def log(message: str) -> None:
+        steps.append(message)
+        err.print(f"lensflow: {message}", highlight=False)
+
+    t0 = time.monotonic()
+    prepare(settings(), log=log, topics=not cql_only, cql=not topics_only, timeout_s=timeout)
+    if as_json:
+        print(json.dumps({"ready": True, "seconds": round(time.monotonic() - t0, 1), "steps": steps}))
