@@ -209,11 +209,11 @@ class ReadService:
         self.searcher = SearchService(stores, settings, embedder_factory=lambda: TextEmbedder(
             ModelCache(settings.models_path)).load())
         self.store_calls = Offload("stores", STORE_THREADS, STORE_TIMEOUT_S, "Cassandra or Qdrant")
-        # calls that need Qdrant wait in a pool of their own: local mode answers on one thread, and a slow
-        # Qdrant must not hold every store thread while Cassandra-only requests (tag search, images,
-        # show) queue behind it (bench/api.py measured a 72 ms tag search at 6.7 s p50 after a like cell)
-        self.qdrant_calls = Offload("qdrant", 1 if settings.qdrant_url is None else STORE_THREADS, STORE_TIMEOUT_S,
-                                    "Qdrant")
+        # calls that need Qdrant wait in a pool of their own, so a slow Qdrant (local mode answers on one
+        # thread) cannot hold every store thread while Cassandra-only requests (tag search, images, show)
+        # queue behind it (bench/api.py measured a 72 ms tag search at 6.7 s p50 after a like cell). As
+        # many threads as the store pool: a search's Cassandra reads overlap other searches' Qdrant calls
+        self.qdrant_calls = Offload("qdrant", STORE_THREADS, STORE_TIMEOUT_S, "Qdrant (or Cassandra)")
         self.model_calls = Offload("models", MODEL_THREADS, MODEL_TIMEOUT_S, "the models")
         self.storage = storage_for(settings)
         self._publisher: Publisher | None = None

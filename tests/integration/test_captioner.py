@@ -56,7 +56,7 @@ def test_the_result_names_the_model_that_wrote_it(captioned):
                              (image_id, row.run_id)).one().stage_records
     described = Codec().decode(records["describe"])[1]
     assert described["status"] == "ok" and described["caption"] == DARK
-    assert described["model"] == OnnxCaptioner(model).load().ref
+    assert described["model"] == OnnxCaptioner(model).load().ref.to_avro()
     assert len(described["semantic_vector"]) == 384
 
 
