@@ -11,7 +11,7 @@ import typer
 
 
 from .app import deadletter_app
-from .core import CliError, Table, emit, err, friendly, out, settings
+from .core import CliError, Table, emit, err, friendly, out, progress, settings
 import functools
 
 from lensflow.streams.deadletter import (DeadLetterError, Filter, Letter, _abbreviate, _aware, _chronological, _when, expand,
@@ -78,7 +78,7 @@ def list_(stage: Optional[str] = StageOpt, code: Optional[str] = CodeOpt, since:
     s = settings()
     flt = _filter(stage, code, since, image)
     codec = Codec.for_settings(s)
-    letters = sorted(flt.select(read_letters(s, codec, flt.since, quiet=as_json)), key=_chronological)
+    letters = sorted(flt.select(read_letters(s, codec, flt.since, progress=progress(as_json))), key=_chronological)
     for letter in letters:
         emit(as_json, summary(letter), _line(letter))
     undecodable = sum(1 for x in letters if x.record is None)
@@ -145,7 +145,7 @@ def replay(ids: Optional[list[str]] = typer.Argument(None, help="Only these dead
     flt = _filter(stage, code, since, image, ids)
     publisher = Publisher.for_settings(s)
     codec = publisher.codec
-    letters = sorted(flt.select(read_letters(s, codec, flt.since, quiet=as_json)), key=_chronological)
+    letters = sorted(flt.select(read_letters(s, codec, flt.since, progress=progress(as_json))), key=_chronological)
     if flt.ids:
         missing = sorted(flt.ids - {x.id for x in letters})
         if missing:
