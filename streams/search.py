@@ -31,6 +31,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,6 +66,14 @@ TEXT_POOL = 300
 #: Query embeddings kept (LRU): each page of a text search embeds the same text again, and users repeat
 #: queries; a 384-d embedding is ~3 KiB, so this is ~3 MiB at most.
 EMBED_CACHE = 1_024
+#: Seconds a text or like search's ranking (and a person's tags) is kept: the next pages of a search read
+#: it instead of ranking the whole pool again, and page over one snapshot (an image analysed meanwhile
+#: shifts no page); a new search sees new images after at most this long.
+RANKING_TTL_S = 30.0
+#: Rankings kept at most (LRU).
+RANKINGS_KEPT = 256
+#: How deep a ``like`` ranking is read at once (its later pages come from it).
+LIKE_POOL = 200
 #: Paging a ``like`` search: results beyond this rank are not served (Qdrant reads offset + limit).
 MAX_VECTOR_OFFSET = 1_000
 
@@ -204,6 +213,8 @@ class SearchService:
         self._embedder = None
         self._lock = threading.Lock()
         self._embedded: OrderedDict[str, list[float]] = OrderedDict()
+        self._rankings: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
+        self._rankings_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------------
     def embed(self, text: str) -> list[float]:
@@ -262,6 +273,22 @@ class SearchService:
             keyword.sort(key=lambda h: (-h["matches"], h["image_id"]))
         return fuse(semantic, keyword, q.limit)
 
+    def _ranking(self, key: tuple, make):
+        """``make()``, or what it gave for ``key`` less than ``RANKING_TTL_S`` ago."""
+        now = time.monotonic()
+        with self._rankings_lock:
+            held = self._rankings.get(key)
+            if held is not None and now - held[0] < RANKING_TTL_S:
+                self._rankings.move_to_end(key)
+                return held[1]
+        value = make()
+        with self._rankings_lock:
+            self._rankings[key] = (now, value)
+            self._rankings.move_to_end(key)
+            while len(self._rankings) > RANKINGS_KEPT:
+                self._rankings.popitem(last=False)
+        return value
+
     # -- pages (the read service) ------------------------------------------------------------------
     def page(self, q: Query, text_vector: list[float] | None = None) -> SearchPage:
         """One page of ``q``'s hits and the cursor of the next (None on the last page). Text: both
@@ -271,16 +298,22 @@ class SearchService:
         position = q.position()
         if q.text:
             offset = int(position.get("o", 0))
-            fused = self._text_search(dataclasses.replace(q, limit=2 * TEXT_POOL), text_vector, pool=TEXT_POOL)
-            hits = fused[offset:offset + q.limit]
+            fused = self._ranking(("text", q.fingerprint()), lambda: self._text_search(
+                dataclasses.replace(q, limit=2 * TEXT_POOL, cursor=None), text_vector, pool=TEXT_POOL))
+            hits = [dict(h) for h in fused[offset:offset + q.limit]]
             more = offset + q.limit < len(fused)
             return SearchPage(self._with_rows(hits, q.user, q.safe), q.make_cursor({"o": offset + q.limit}) if more else None)
         if q.like:
             offset = int(position.get("o", 0))
             if offset > MAX_VECTOR_OFFSET:
                 raise SearchError(f"cursor: results past rank {MAX_VECTOR_OFFSET} are not served; refine the query")
-            vector = self._like_vector(q)
-            hits = self._vector_search("visual", vector, dataclasses.replace(q, limit=q.limit + 1), exclude=q.like, offset=offset)
+            if offset + q.limit < LIKE_POOL:  # the first pages come from one ranking LIKE_POOL deep
+                ranked = self._ranking(("like", q.fingerprint()), lambda: self._vector_search(
+                    "visual", self._like_vector(q), dataclasses.replace(q, limit=LIKE_POOL), exclude=q.like))
+                hits = [dict(h) for h in ranked[offset:offset + q.limit + 1]]
+            else:
+                hits = self._vector_search("visual", self._like_vector(q), dataclasses.replace(q, limit=q.limit + 1),
+                                           exclude=q.like, offset=offset)
             more = len(hits) > q.limit
             return SearchPage(self._with_rows(hits[:q.limit], q.user, q.safe),
                               q.make_cursor({"o": offset + q.limit}) if more else None)
@@ -324,7 +357,8 @@ class SearchService:
         ``TAG_SCAN_LIMIT`` index rows are read per query: a tag on a million images costs bounded
         memory and time (it loaded every row before). With ``near`` more are kept, for the place filter.
         ``after``: (taken_at, image_id) of the last hit of the previous page: only older ones are kept."""
-        tags = [q.tag.lower().strip()] if q.tag else self._person_tags(q.user, q.person)
+        tags = [q.tag.lower().strip()] if q.tag else self._ranking(
+            ("person", q.user, q.person), lambda: self._person_tags(q.user, q.person))
         if keep is None:
             keep = q.limit * NEAR_POOL if q.near else q.limit
         heap: list[tuple[str, str]] = []  # (taken_at, image_id) of the newest ``keep``

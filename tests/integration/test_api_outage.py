@@ -30,7 +30,8 @@ SEARCH_BOUND_S = 14.0
 
 @pytest.fixture()
 def ns(stack, tmp_path):
-    with fresh_namespace(stack, tmp_path / "data", retry_max_s=5) as ns:
+    # a search a second, each held up to its 10 s deadline by the frozen store: up to 10 in flight at once
+    with fresh_namespace(stack, tmp_path / "data", retry_max_s=5, api_user_concurrency=32) as ns:
         yield ns
 
 
