@@ -494,20 +494,10 @@ def cli_module() -> str:
 
 
 def poll_ready(url: str, timeout_s: float, exited) -> str:
-    """"ready" once ``url`` answers 200, "exited" once ``exited()``, else "timeout" (as the CLI polls)."""
-    import httpx
+    """"ready" once ``url`` answers 200, "exited" once ``exited()``, else "timeout": the CLI's own poll."""
+    from lensflow.cli.supervise import poll_ready as cli_poll_ready
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if exited():
-            return "exited"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return "ready"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return "timeout"
+    return cli_poll_ready(url, timeout_s, exited)
 
 
 @contextlib.contextmanager

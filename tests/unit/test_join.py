@@ -331,29 +331,13 @@ def test_a_late_result_already_stored_sends_its_invalidation_again():
     the invalidation (rewriting the run idempotently at its version), not drop it for good."""
     import asyncio
 
-    import structlog
-
-    from lensflow.agents.join import Join
     from lensflow.streams.store import StoredImage
 
     late = objects()
     stored_records = {"preprocess": codec.encode("ImagePrepared", prepared(expected=["metadata", "objects"])),
                       "metadata": codec.encode("MetadataResult", md()),
                       "objects": codec.encode("ObjectsResult", late)}  # the late result, written before the crash
-
-    class Cassandra:
-        async def current(self, image_id):
-            return StoredImage("r1", 2, "u", "r1")
-
-        async def stage_records(self, image_id, run_id):
-            return dict(stored_records)
-
-    join = Join.__new__(Join)
-    join.ctx = type("Ctx", (), {"codec": codec})()
-    join.ctx.stores = type("Stores", (), {"cassandra": Cassandra()})()
-    join.log = structlog.get_logger("test")
-    join.orphan_after_ms = 600_000
-    join._prefetched = set()  # no batch read the row first: unprepared() reads it itself
+    join = _join_over(stored_records, StoredImage("r1", 2, "u", "r1"))
     entry, _ = feed(None, "ObjectsResult", late)  # redelivered after the crash: no images.prepared with it
     assert decide(entry, T0 + TIMEOUT).action == "unprepared"
     finish = asyncio.new_event_loop().run_until_complete(join.unprepared(b"img", entry, T0 + TIMEOUT))
@@ -369,26 +353,11 @@ def test_a_result_after_the_deadline_of_an_announced_run_is_merged_not_dropped()
     the stored run already has (a stage run again after a crash) is a redelivery: nothing is written."""
     import asyncio
 
-    import structlog
-
-    from lensflow.agents.join import Join
     from lensflow.streams.store import StoredImage
 
     stored_records = {"preprocess": codec.encode("ImagePrepared", prepared(expected=["metadata", "objects"])),
                       "metadata": codec.encode("MetadataResult", md())}  # objects: timed out, no record
-
-    class Cassandra:
-        async def current(self, image_id):
-            return StoredImage("r1", 1, "u", "r1")
-
-        async def stage_records(self, image_id, run_id):
-            return dict(stored_records)
-
-    join = Join.__new__(Join)
-    join.ctx = type("Ctx", (), {"codec": codec})()
-    join.ctx.stores = type("Stores", (), {"cassandra": Cassandra()})()
-    join.log = structlog.get_logger("test")
-    join._prefetched = set()
+    join = _join_over(stored_records, StoredImage("r1", 1, "u", "r1"))
     entry, _ = feed(None, "ImagePrepared", prepared(expected=["metadata", "objects"]))
     entry, _ = feed(entry, "MetadataResult", md())
     entry, _ = feed(entry, "ObjectsResult", objects(), now=TIMEOUT + 1)  # after the run's deadline
@@ -399,3 +368,25 @@ def test_a_result_after_the_deadline_of_an_announced_run_is_merged_not_dropped()
     assert finish.completed.analyzed["status"] == "complete"
     stored_records["objects"] = codec.encode("ObjectsResult", objects(produced=5))  # has it, other bytes
     assert loop.run_until_complete(join.late_into_announced(b"img", entry)) is None
+
+
+def _join_over(stored_records: dict, stored):
+    """A Join whose store answers ``stored`` (a StoredImage) and ``stored_records`` (stage -> bytes)."""
+    import structlog
+
+    from lensflow.agents.join import Join
+
+    class Cassandra:
+        async def current(self, image_id):
+            return stored
+
+        async def stage_records(self, image_id, run_id):
+            return dict(stored_records)
+
+    join = Join.__new__(Join)
+    join.ctx = type("Ctx", (), {"codec": codec})()
+    join.ctx.stores = type("Stores", (), {"cassandra": Cassandra()})()
+    join.log = structlog.get_logger("test")
+    join.orphan_after_ms = 600_000
+    join._prefetched = set()  # no batch read the row first: the join reads it itself
+    return join
