@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 import structlog
+from PIL import Image
 
 from .errors import ErrorCode, StageFailure
 
@@ -202,8 +203,6 @@ def decode_budget(ctx, malloc_mmap_threshold: int | None = None) -> MemoryBudget
     them for any decode that has none."""
     budget = getattr(ctx, "decode_budget", None)
     if budget is None:
-        from PIL import Image
-
         s = ctx.settings
         Image.MAX_IMAGE_PIXELS = s.max_pixels
         budget = ctx.decode_budget = MemoryBudget(s.decode_memory_mb * _MIB, malloc_mmap_threshold=None,

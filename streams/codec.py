@@ -32,6 +32,7 @@ import fastavro
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
 from .avro_types import AvroRecord
+from .security import registry_conf
 
 NAMESPACE = "lensflow.v1"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -134,7 +135,6 @@ class Codec:
     @classmethod
     def for_settings(cls, settings) -> "Codec":
         """The codec of a worker or CLI command: the schema registry (and its credentials) from settings."""
-        from .security import registry_conf
 
         return cls(registry_url=settings.schema_registry_url, registry_conf=registry_conf(settings))
 
@@ -153,7 +153,7 @@ class Codec:
         if self._registry is None:
             if not self.registry_url:
                 raise CodecError("record is in Confluent framing but no schema registry is configured (LENSFLOW_SCHEMA_REGISTRY_URL)")
-            from confluent_kafka.schema_registry import SchemaRegistryClient
+            from confluent_kafka.schema_registry import SchemaRegistryClient  # lazy: only with a registry configured
 
             self._registry = SchemaRegistryClient.new_client({"url": self.registry_url, **self.registry_conf})  # mock:// for tests
         return self._registry
@@ -191,7 +191,7 @@ class Codec:
     def _schema_id(self, subject: str, sv: SchemaVersion) -> int:
         key = (subject, sv.name)
         if key not in self._ids:
-            from confluent_kafka.schema_registry import Schema
+            from confluent_kafka.schema_registry import Schema  # lazy: only with a registry configured
 
             self._ids[key] = self.registry.register_schema(subject, Schema(json.dumps(sv.schema), "AVRO"))
         return self._ids[key]

@@ -35,12 +35,14 @@ import errno
 import os
 import random
 import sys
+import time
+import traceback
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .avro_types import StageError
-
 import structlog
+
+from .avro_types import StageError
 
 log = structlog.get_logger("lensflow.errors")
 
@@ -283,7 +285,6 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
 def retry_sync(fn, attempts: int, base_s: float = 0.2, max_s: float = 5.0, sleep=None):
     """``fn()`` retried on transient faults up to ``attempts`` times, in the calling (worker) thread.
     Returns (value, attempts made); raises the last exception, with ``attempts`` set on it."""
-    import time
 
     sleep = sleep or time.sleep
     for attempt in range(1, attempts + 1):
@@ -362,7 +363,6 @@ class RetryPolicy:
 
 def fatal(message: str, exc: BaseException | None = None, code: int = EXIT_BUG) -> None:
     """Exit the process at once, without acknowledging the batch in hand (no offset is committed past it)."""
-    import traceback
 
     trace = "".join(traceback.format_exception(exc))[-6000:] if exc is not None and exc.__traceback__ else None
     log.critical("worker_exit", reason=message, error=repr(exc) if exc else None, exit_code=code, traceback=trace)

@@ -16,11 +16,16 @@ after checking them.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .codec import SchemaSet
+from .settings import get_settings
 from .topology import TOPICS
 
 #: Records that travel on topics: the public contract, versioned one by one.
@@ -46,17 +51,11 @@ class CheckerUnavailable(RuntimeError):
 
 def avro_jars(cache_dir: Path | None = None) -> Path:
     """The folder of Avro's jars, resolved with Maven on first use (cached; keyed by the pom's SHA-256)."""
-    import hashlib
-    import shutil
-    import subprocess
-    import tempfile
 
     pom = AVRO_TOOLS / "pom.xml"
     if not pom.exists():
         raise CheckerUnavailable(f"the schema check needs a source checkout ({pom} not found)")
     if cache_dir is None:
-        from .settings import get_settings
-
         cache_dir = get_settings().cache_path
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     target = cache_dir / "jars" / "avro-tools"
@@ -81,9 +80,6 @@ def avro_jars(cache_dir: Path | None = None) -> Path:
 def incompatibilities(chains: dict[str, list[dict]], cache_dir: Path | None = None) -> list[tuple[str, int, int, str]]:
     """(record, writer version, reader version, why) for every pair of versions of every record that
     Avro's SchemaCompatibility finds incompatible, both ways. Versions count from 1 in chain order."""
-    import shutil
-    import subprocess
-    import tempfile
 
     if shutil.which("java") is None:
         raise CheckerUnavailable("Java 17+ is needed for the schema check (Apache Avro's SchemaCompatibility)")

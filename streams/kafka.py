@@ -12,13 +12,13 @@ from typing import Iterable
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from .security import confluent_conf
 from .settings import Settings
 from .topology import TOPICS
 
 
 def kafka_conf(settings: Settings, **extra) -> dict:
     """Base configuration of every confluent-kafka client: bootstrap servers and security."""
-    from .security import confluent_conf
 
     return {"bootstrap.servers": settings.kafka_bootstrap, **confluent_conf(settings), **extra}
 

@@ -110,7 +110,7 @@ def providers(allow_gpu: bool = True) -> list[str]:
     (``onnxruntime.preload_dlls``, ORT ≥ 1.21), so no CUDA installation is needed beside the driver; a
     node without a GPU falls back to the CPU provider (ONNX Runtime logs why)."""
     global _cuda_preloaded
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: ~0.3 s to import, and only a process that runs a model needs it
 
     available = ort.get_available_providers()
     preferred = (["CUDAExecutionProvider"] if allow_gpu else []) + ["CPUExecutionProvider"]
@@ -156,7 +156,7 @@ def preview(image):
 def ort_session(model: Path | bytes, threads: int = 1, allow_gpu: bool = True, quiet: bool = False):
     """An ONNX Runtime session for a model file or an in-memory model (bytes). ``quiet`` silences ONNX
     Runtime's warnings (e.g. about unused initialisers, which some shipped files carry)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: ~0.3 s to import, and only a process that runs a model needs it
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

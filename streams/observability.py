@@ -32,6 +32,7 @@ from contextlib import contextmanager
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -107,7 +108,6 @@ class Metrics:
 def counter_values(exposition: str, name: str) -> dict[str, float]:
     """Values of the one-label counter ``name`` (without ``_total``) in a /metrics text, by label value:
     what the benchmarks and tests read back from a running worker."""
-    from prometheus_client.parser import text_string_to_metric_families
 
     return {next(iter(sample.labels.values())): sample.value
             for family in text_string_to_metric_families(exposition) if family.name == name

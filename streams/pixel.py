@@ -31,10 +31,12 @@ A stage module supplies only its domain logic:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import io
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,9 +45,9 @@ from typing import Any, Callable
 from PIL import Image
 
 from .avro_types import Box, StageError, record_type
-from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, record_fault, retry_sync
-from .decode_cost import decode_cost
 from .budget import MemoryBudget, decode_budget, run_within
+from .decode_cost import decode_cost
+from .errors import ErrorCode, StageFailure, Verdict, classify, is_transient, record_fault, retry_sync
 from .records import Status, result
 from .runner import Item, Outcome, Output, Stage, run
 from .topology import PREPARED, STAGES, TOPICS
@@ -194,8 +196,6 @@ class DecodedCache:
     Callers must not modify the images they get."""
 
     def __init__(self, size: int, metric=None, wait_s: float = 5.0, limits: DecodeLimits | None = None):
-        from collections import OrderedDict
-
         self.size = size
         self.wait_s = wait_s
         self.limits = limits or DecodeLimits()
@@ -247,7 +247,6 @@ class DecodedCache:
 
     def get(self, storage, derivative: Derivative, reader: str = "", readers: set[str] | frozenset = frozenset()) -> Image.Image:
         """The decoded ``derivative`` for agent ``reader``; ``readers``: every agent here that will ask."""
-        import concurrent.futures
 
         uri = derivative.key  # the entry's key: a file replaced under the same URI is another entry
         self._local.wait_s = 0.0

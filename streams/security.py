@@ -37,7 +37,7 @@ def kafka_protocol(settings) -> str:
 
 def faust_credentials(settings):
     """``broker_credentials`` for faust.App (None for PLAINTEXT)."""
-    import faust
+    import faust  # lazy: ~1 s to import; the CLI's Kafka and registry clients use this module without Faust
 
     protocol = kafka_protocol(settings)
     if protocol == "PLAINTEXT":
@@ -76,7 +76,7 @@ def cassandra_options(settings) -> dict[str, Any]:
     """Keyword arguments for cassandra.cluster.Cluster: auth provider and TLS."""
     options: dict[str, Any] = {}
     if settings.cassandra_username:
-        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.auth import PlainTextAuthProvider  # lazy: only with Cassandra credentials configured
 
         options["auth_provider"] = PlainTextAuthProvider(settings.cassandra_username,
                                                          _secret(settings.cassandra_password) or "")

@@ -8,6 +8,7 @@ generated from the field descriptions below, so documentation and code cannot dr
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -23,8 +24,6 @@ def _split(value: Any) -> Any:
     if isinstance(value, str):
         value = value.strip()
         if value.startswith("["):
-            import json
-
             return json.loads(value)
         return [v.strip() for v in value.split(",") if v.strip()]
     return value

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from importlib import resources, util
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .kafka import ensure_topics, wait_for_kafka
-from .settings import Settings
 from .security import cassandra_options
+from .settings import Settings
 from .store import connect_cassandra, cql_statements, wait_for_cassandra
 
 
@@ -31,7 +32,6 @@ PACKAGE = "lensflow.deploy.local"
 def package_file(package: str, name: str) -> Path:
     """The file ``name`` of a data package (a folder of package data such as deploy/local) as installed, found
     with ``importlib.resources``. Raises FileNotFoundError when the package or the file is not there."""
-    from importlib import resources, util
 
     try:
         path = Path(str(resources.files(package).joinpath(name)))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import ipaddress
 import os
 import posixpath
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import fsspec
+import httpx
 
 from .errors import ErrorCode, StageFailure
 from .records import check_user_id
@@ -56,7 +58,6 @@ BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"),
 def missing_backend(urls: list[str]) -> str | None:
     """One line naming the extra to install when a storage URL needs an fsspec backend that is missing
     (checked when a worker starts: fsspec itself would say so only on the first read)."""
-    import importlib.util
 
     for url in urls:
         scheme = urlsplit(url).scheme.lower()
@@ -146,8 +147,6 @@ def _non_public(host: str, port: int) -> str | None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        import httpx
-
         raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from None  # transient, like any DNS failure
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
@@ -256,8 +255,6 @@ class Storage:
         return data
 
     def _client(self):
-        import httpx
-
         with self._http_lock:
             if self._http is None:
                 self._http = httpx.Client(follow_redirects=False, timeout=HTTP_TIMEOUT_S,
@@ -287,7 +284,6 @@ class Storage:
         """GET ``url`` (already checked), following redirects by hand, each into ``owner``'s area when
         given; 5xx, 408, 429 are transient (retryable StageFailure); timeouts and connection errors raise
         httpx's exception (transient too)."""
-        import httpx
 
         client = self._client()
         current = url

@@ -16,6 +16,8 @@ partitioner, so all topics the join reads are co-partitioned with its table.
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -226,8 +228,6 @@ def plan_for(requested: list[str] | None, default: list[str]) -> Plan:
 
 
 if __name__ == "__main__":  # python -m lensflow.streams.topology --json: the stage graph for the Helm chart
-    import json
-    import sys
 
     if sys.argv[1:] != ["--json"]:
         sys.exit("usage: python -m lensflow.streams.topology --json")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from PIL import ImageDraw, ImageFont
+
 #: Scene classes shown (the stored aggregate keeps all the stage returned).
 TOP_CLASSES = 5
 #: Characters of OCR text in the summary that ``images.analyzed`` carries.
@@ -146,7 +148,6 @@ def boxes_of(analysis: dict) -> list[tuple[str, dict, str]]:
 
 def render(image, analysis: dict):
     """A copy of ``image`` (PIL, oriented) with the object, face and text boxes drawn and labelled."""
-    from PIL import ImageDraw, ImageFont
 
     img = image.convert("RGB").copy()
     size = analysis.get("size") or {}
