@@ -4,6 +4,7 @@ glibc's malloc arenas, for the worker and the read service started in the backgr
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,8 +16,9 @@ from lensflow.streams.settings import Settings
 from .core import CliError
 
 
-def worker_pidfile(s: Settings) -> Path:
-    return s.data_path / "run" / "worker.pid"
+def pidfile(s: Settings, name: str) -> Path:
+    """The pid file of a background process (``worker``, ``api``)."""
+    return s.data_path / "run" / f"{name}.pid"
 
 
 def alive(pid: int) -> bool:
@@ -30,12 +32,30 @@ def alive(pid: int) -> bool:
         return True
 
 
-def worker_alive(s: Settings) -> int | None:
+def running(s: Settings, name: str) -> int | None:
+    """The pid of the background process ``name`` when it is alive, else None."""
     try:
-        pid = int(worker_pidfile(s).read_text().strip())
+        pid = int(pidfile(s, name).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
     return pid if alive(pid) else None
+
+
+def stop(s: Settings, name: str, grace_s: float) -> int | None:
+    """Stop the background process ``name``: SIGTERM, then SIGKILL after ``grace_s``; its pid, or None
+    when none was running."""
+    pid = running(s, name)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while running(s, name) is not None:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    pidfile(s, name).unlink(missing_ok=True)
+    return pid
 
 
 def poll_ready(url: str, timeout_s: float, exited: Callable[[], bool]) -> str:

@@ -3,8 +3,6 @@ Qdrant's local mode), or the read service on its own."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,12 @@ from .app import app
 from .core import CliError, err, friendly, out, settings
 from .client import api_url
 from .models import preparers
-from .supervise import alive, check_web_port, limit_malloc_arenas, poll_ready, wait_ready, worker_alive, worker_pidfile
+from .supervise import check_web_port, limit_malloc_arenas, pidfile, poll_ready, running, wait_ready
+from .supervise import stop as stop_process
+
+#: seconds a stopping worker gets to finish its batch in hand before SIGKILL; the read service's
+WORKER_STOP_S = 60.0
+API_STOP_S = 20.0
 
 
 @app.command()
@@ -54,22 +57,11 @@ def worker(
         if problem:
             raise CliError(problem)
     if stop:
-        pid = worker_alive(s)
-        if pid is None:
-            err.print("lensflow: no background worker running")
-            return
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(600):
-            if worker_alive(s) is None:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        worker_pidfile(s).unlink(missing_ok=True)
-        err.print(f"lensflow: worker {pid} stopped")
+        pid = stop_process(s, "worker", WORKER_STOP_S)
+        err.print("lensflow: no background worker running" if pid is None else f"lensflow: worker {pid} stopped")
         return
     if background:
-        pid = worker_alive(s)
+        pid = running(s, "worker")
         if pid is None:
             check_web_port(s.web_host, s.web_port)  # else wait_ready could hear another worker's /readyz
         if pid is not None:
@@ -79,13 +71,13 @@ def worker(
         ensure_models(s, chosen)  # here, where its progress is seen; the detached worker finds them ready
         logs = s.data_path / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        worker_pidfile(s).parent.mkdir(parents=True, exist_ok=True)
+        pidfile(s, "worker").parent.mkdir(parents=True, exist_ok=True)
         cmd = ([sys.executable, "-m", "lensflow.cli", "worker"] + (["--stages", stages] if stages else [])
                + (["--group", group] if group else []))
         with open(logs / "worker.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        worker_pidfile(s).write_text(str(proc.pid))
+        pidfile(s, "worker").write_text(str(proc.pid))
         wait_ready(s, ready_timeout, proc)
         err.print(f"lensflow: worker {proc.pid} ready (log: {logs / 'worker.log'}; stop: lensflow worker --stop)")
         return
@@ -181,10 +173,6 @@ def run_worker(s: Settings, stages: list[str] | None) -> None:
     w.execute_from_commandline()
 
 
-def api_pidfile(s: Settings) -> Path:
-    return s.data_path / "run" / "api.pid"
-
-
 @app.command("api")
 @friendly
 def api_cmd(background: bool = typer.Option(False, "--background", help="Run detached (log in DATA_DIR/logs/api.log); "
@@ -201,51 +189,31 @@ def api_cmd(background: bool = typer.Option(False, "--background", help="Run det
             err.print("lensflow: with Qdrant's local mode the read service runs inside the worker; it stops with it "
                       "(`lensflow worker --stop`)", highlight=False)
             return
-        if worker_alive(s) is None:
+        if running(s, "worker") is None:
             raise CliError("with Qdrant's local mode (LENSFLOW_QDRANT_URL unset) the read service runs inside the worker "
                            "that owns Qdrant: start it with `lensflow worker --background`, or set LENSFLOW_QDRANT_URL "
                            "to run `lensflow api` on its own")
-        outcome = poll_ready(f"{url}/readyz", ready_timeout if background else 5.0, lambda: worker_alive(s) is None)
+        outcome = poll_ready(f"{url}/readyz", ready_timeout if background else 5.0, lambda: running(s, "worker") is None)
         if outcome != "ready":
             raise CliError(f"the worker runs but its read service is not ready at {url} ({outcome}); see "
                            f"{s.data_path / 'logs' / 'worker.log'}")
         out.print(f"the read service runs inside the worker: {url}", highlight=False)
         return
-    pidfile = api_pidfile(s)
-
-    def running() -> int | None:
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if alive(pid) else None
-
     if stop:
-        pid = running()
-        if pid is None:
-            err.print("lensflow: no background read service running")
-            return
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(200):
-            if running() is None:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        pidfile.unlink(missing_ok=True)
-        err.print(f"lensflow: read service {pid} stopped")
+        pid = stop_process(s, "api", API_STOP_S)
+        err.print("lensflow: no background read service running" if pid is None else f"lensflow: read service {pid} stopped")
         return
     if background:
-        if (pid := running()) is not None:
+        if (pid := running(s, "api")) is not None:
             err.print(f"lensflow: read service already running (pid {pid}): {url}")
             return
         logs = s.data_path / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile(s, "api").parent.mkdir(parents=True, exist_ok=True)
         with open(logs / "api.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "lensflow.cli", "api"], stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        pidfile.write_text(str(proc.pid))
+        pidfile(s, "api").write_text(str(proc.pid))
         outcome = poll_ready(f"{url}/readyz", ready_timeout, lambda: proc.poll() is not None)
         if outcome != "ready":
             raise CliError(f"read service {'exited' if outcome == 'exited' else 'not ready'} ({url}); see {logs / 'api.log'}")

@@ -341,16 +341,6 @@ class SearchService:
         return found[1]
 
     # -- queries ---------------------------------------------------------------------------------
-    def search(self, q: Query, text_vector: list[float] | None = None) -> list[dict]:
-        """The hits of ``q`` (``text_vector``: a text query's embedding, from ``embed``; made here if None)."""
-        if q.text:
-            hits = self._text_search(q, text_vector)
-        elif q.like:
-            hits = self._vector_search("visual", self._like_vector(q), q, exclude=q.like)
-        else:
-            return self.filter_near(self._with_rows(self._tag_search(q), q.user, q.safe), q)
-        return self._with_rows(hits, q.user, q.safe)
-
     def _tag_search(self, q: Query, after: tuple[str, str] | None = None, keep: int | None = None) -> list[dict]:
         """The newest ``limit`` images carrying the tag (or one of the person's tags), newest first. Rows are
         streamed from the driver's pages and only the newest ``keep`` are held (a heap), and at most
