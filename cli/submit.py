@@ -103,7 +103,12 @@ def submit(
             emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "file": u["name"], "status": "submitted"},
                   f"{u['image_id']}  submitted  {u['name']}")
         return
-    results = await_analyzed(watch, uploads, timeout, started, as_json)
+    _report(uploads, await_analyzed(watch, uploads, timeout, started, as_json), as_json, timeout)
+
+
+def _report(uploads: list[dict], results: dict[str, dict], as_json: bool, timeout: float) -> None:
+    """One line (or JSON line) per upload of ``submit --wait``, however it was uploaded; exit 4 when one
+    was not analyzed in time, 1 when one failed."""
     for u in uploads:
         r = results.get(u["image_id"])
         if r is None:
@@ -151,17 +156,7 @@ def _submit_via_api(s: Settings, user: str, paths: list[str], wait: bool, as_jso
         for u in uploads:
             emit(as_json, {**u, "file": u["name"], "status": "submitted"}, f"{u['image_id']}  submitted  {u['name']}")
         return
-    results = await_analyzed(watch, uploads, timeout, started, as_json)
-    for u in uploads:
-        r = results.get(u["image_id"])
-        status = r["status"] if r else "timeout"
-        emit(as_json, {"image_id": u["image_id"], "run_id": u["run_id"], "file": u["name"], "status": status,
-                        "seconds": round(r["seconds"], 3) if r else None, "error": r.get("error") if r else None},
-              f"{u['image_id']}  {status:<8}  {u['name']}")
-    if len(results) < len(uploads):
-        raise CliError(f"{len(uploads) - len(results)} image(s) not analyzed within {timeout:.0f}s", 4)
-    if any(r["status"] == "failed" for r in results.values()):
-        raise typer.Exit(1)
+    _report(uploads, await_analyzed(watch, uploads, timeout, started, as_json), as_json, timeout)
 
 
 @app.command()
@@ -175,14 +170,12 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
               as_json: bool = typer.Option(False, "--json", help="One JSON line per image (sent, or its outcome with --wait).")) -> None:
     """Run one stage again on stored images; the join merges the new result into each stored aggregate
     (other stages untouched), bumps analysis_version and last_analyzed, and emits the invalidation."""
-    from lensflow.streams.records import now
-    from lensflow.streams.topology import AVAILABLE_STAGES, PREPARED, STAGES, StageKind
-    from lensflow.streams.uploads import AnalyzedWatch, NotDelivered, Publisher
+    from lensflow.streams.topology import PREPARED
+    from lensflow.streams.uploads import AnalyzedWatch, NotDelivered, Publisher, reanalysable_stages, reanalysis
 
     s = settings()
-    if stage not in AVAILABLE_STAGES or STAGES[stage].kind != StageKind.PIXEL:
-        pixel = [x for x in AVAILABLE_STAGES if STAGES[x].kind == StageKind.PIXEL]
-        raise CliError(f"--stage must be one of {pixel} (metadata and describe follow a re-submission)")
+    if stage not in reanalysable_stages():
+        raise CliError(f"--stage must be one of {reanalysable_stages()} (metadata and describe follow a re-submission)")
     publisher = Publisher.for_settings(s)
     codec = publisher.codec
     store = cassandra_store(s)
@@ -191,26 +184,18 @@ def reanalyze(stage: str = typer.Option(..., "--stage", help="The analysis stage
                 if older_than_version is None or (r.analysis_version or 0) < older_than_version]
         watch = AnalyzedWatch(s, codec) if wait else None
         requests: list[tuple[str, dict]] = []
-        batch_id = uuid.uuid4().hex[:12]
+        batch = f"reanalyze-{uuid.uuid4().hex[:12]}"
         uploads, skipped = [], 0
         with progress(False) as bar:
             task = bar.add_task(f"re-running {stage}", total=len(rows))
             for r in rows:
-                raw = store.stored_records(r.image_id, r.run_id).get("preprocess")
-                if raw is None:
+                prepared, _ = reanalysis(codec, store, r.image_id, r.run_id, stage, batch)
+                bar.advance(task)
+                if prepared is None:
                     skipped += 1
-                    bar.advance(task)
                     continue
-                _, prepared = codec.decode(raw, expect="ImagePrepared")
-                if prepared["status"] != "ok":
-                    skipped += 1
-                    bar.advance(task)
-                    continue
-                prepared.update(run_id=f"reanalyze-{batch_id}:{r.image_id[:8]}", expected_stages=[stage], derived_stages=[],
-                                mode="merge", produced_at=now())
                 requests.append((r.image_id, prepared))
                 uploads.append({"image_id": r.image_id, "run_id": prepared["run_id"], "name": r.image_id})
-                bar.advance(task)
         try:
             publisher.send(PREPARED, "ImagePrepared", requests)
         except NotDelivered as exc:
