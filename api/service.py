@@ -27,9 +27,9 @@ from lensflow.streams.faces_store import FaceGallery
 from lensflow.streams.models import ModelCache
 from lensflow.streams.search import Query, SearchPage, SearchService
 from lensflow.streams.settings import Settings
-from lensflow.streams.topology import AVAILABLE_STAGES, PREPARED, STAGES, StageKind
-from lensflow.streams.records import now
-from lensflow.streams.uploads import FORMAT_EXTENSIONS, Publisher, new_run_id, storage_for, store_upload, upload_record
+from lensflow.streams.topology import PREPARED
+from lensflow.streams.uploads import (FORMAT_EXTENSIONS, Publisher, new_run_id, reanalysable_stages, reanalysis,
+                                      storage_for, store_upload, upload_record)
 from lensflow.streams.view import document_of, render
 
 #: seconds a request waits for the stores (a free store thread, then the call) before answering 503:
@@ -392,24 +392,19 @@ class ReadService:
     def reanalyze(self, image_ids: list[str], stage: str) -> list[dict]:
         """(store thread) Run one pixel stage again on these images (any user's), as ``lensflow
         reanalyze`` does: each image's stored preprocess result is sent again in merge mode."""
-        if stage not in AVAILABLE_STAGES or STAGES[stage].kind != StageKind.PIXEL:
-            raise ValueError(f"stage must be one of {[x for x in AVAILABLE_STAGES if STAGES[x].kind == StageKind.PIXEL]}")
+        if stage not in reanalysable_stages():
+            raise ValueError(f"stage must be one of {reanalysable_stages()}")
         codec = self.publisher.codec
+        batch = f"reanalyze-api-{int(time.time())}"
         requests, out = [], []
         for image_id in image_ids:
             doc = self.stores.cassandra.image(image_id)
             if doc is None:
                 raise NotFound(f"image {image_id} not found")
-            raw = self.stores.cassandra.stored_records(image_id, doc["run_id"]).get("preprocess")
-            if raw is None:
-                out.append({"image_id": image_id, "status": "skipped", "reason": "no stored preprocess result"})
+            prepared, why = reanalysis(codec, self.stores.cassandra, image_id, doc["run_id"], stage, batch)
+            if prepared is None:
+                out.append({"image_id": image_id, "status": "skipped", "reason": why})
                 continue
-            _, prepared = codec.decode(raw, expect="ImagePrepared")
-            if prepared["status"] != "ok":
-                out.append({"image_id": image_id, "status": "skipped", "reason": "the image failed preprocess"})
-                continue
-            prepared.update(run_id=new_run_id(image_id, f"reanalyze-api-{int(time.time())}"), expected_stages=[stage],
-                            derived_stages=[], mode="merge", produced_at=now())
             requests.append((image_id, prepared))
             out.append({"image_id": image_id, "status": "sent", "run_id": prepared["run_id"]})
         from lensflow.streams.uploads import NotDelivered

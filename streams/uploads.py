@@ -20,7 +20,7 @@ from .kafka import end_offsets_consumer, producer
 from .records import check_user_id, image_id_for, now
 from .settings import Settings
 from .storage import Storage
-from .topology import ANALYZED, UPLOADED
+from .topology import ANALYZED, AVAILABLE_STAGES, STAGES, UPLOADED, StageKind
 
 #: the extensions a stored original keeps (the worker sniffs the format from the bytes; a file's name is
 #: the user's text and never part of the stored name otherwise)
@@ -62,6 +62,27 @@ def upload_record(user: str, image_id: str, uri: str, size: int | None, run_id: 
 def new_run_id(image_id: str, batch: str | None = None) -> str:
     """A run id: one batch id shared by a submission, then the image's first 8 characters."""
     return f"{batch or uuid.uuid4()}:{image_id[:8]}"
+
+
+def reanalysable_stages() -> list[str]:
+    """The stages a re-analysis may run again: the pixel stages (metadata and describe follow a
+    re-submission)."""
+    return [x for x in AVAILABLE_STAGES if STAGES[x].kind == StageKind.PIXEL]
+
+
+def reanalysis(codec: Codec, store, image_id: str, run_id: str, stage: str, batch: str) -> tuple[dict | None, str]:
+    """The ``ImagePrepared`` that runs ``stage`` again on a stored run of an image (``lensflow reanalyze``
+    and the read service's admin route): its stored preprocess result, sent again in merge mode under
+    run ``<batch>:<image id's first 8>``; or (None, why not)."""
+    raw = store.stored_records(image_id, run_id).get("preprocess")
+    if raw is None:
+        return None, "no stored preprocess result"
+    _, prepared = codec.decode(raw, expect="ImagePrepared")
+    if prepared["status"] != "ok":
+        return None, "the image failed preprocess"
+    prepared.update(run_id=new_run_id(image_id, batch), expected_stages=[stage], derived_stages=[], mode="merge",
+                    produced_at=now())
+    return prepared, ""
 
 
 @dataclass

@@ -328,3 +328,24 @@ def test_the_openapi_document_validates_and_holds_every_route(ns):
     assert {"text", "like", "tag", "person", "taken_after", "near", "safe", "limit", "cursor"} <= {
         p["name"] for p in doc["paths"]["/v1/search"]["get"]["parameters"]}
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
+
+
+def test_an_admin_runs_a_stage_again_on_any_users_image(ns, tokens, alices):
+    page = alices["page"]
+    before = get(ns, tokens["admin"], f"/v1/admin/images/{page}").json()["analysis_version"]
+    r = httpx.post(f"{ns.api}/v1/admin/reanalyze", headers=bearer(tokens["admin"]),
+                   json={"image_ids": [page], "stage": "describe"}, timeout=30)
+    assert r.status_code == 400 and r.json()["parameter"] == "stage", r.text  # describe follows a re-submission
+    r = httpx.post(f"{ns.api}/v1/admin/reanalyze", headers=bearer(tokens["admin"]),
+                   json={"image_ids": [page], "stage": "text"}, timeout=30)
+    assert r.status_code == 202, r.text
+    (sent,) = r.json()["results"]
+    assert sent["status"] == "sent" and sent["run_id"].startswith("reanalyze-api-") and sent["run_id"].endswith(page[:8])
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        doc = get(ns, tokens["alice"], f"/v1/images/{page}").json()
+        if doc["analysis_version"] > before:
+            break
+        time.sleep(1)
+    assert doc["analysis_version"] == before + 1 and doc["run_id"] == sent["run_id"], doc["run_id"]
+    assert any("Region-based segmentation" in ln["text"] for ln in doc["analysis"]["text"]["lines"])
